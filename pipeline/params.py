@@ -22,8 +22,10 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
+from pipeline.errors import UserError
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """A params problem the user must fix; the message names the key and the fix."""
 
 

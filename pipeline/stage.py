@@ -74,6 +74,9 @@ class Stage:
       resumable: keep `out_dir` across killed runs (checkpointed shards) instead of wiping it.
       all_processes: in a multi-host run, every process runs this stage (the backbone pass and
         the gradient stages); otherwise only process 0 does.
+      fingerprint: optional ``fingerprint(params) -> str`` over the declared sections, for
+        inputs that live outside params (the photos in a folder): it is hashed into the key,
+        so adding a photo makes the stage stale. It must be cheap (stat, not read, the files).
       description: one line for `dag` and `status`.
     """
 
@@ -85,4 +88,5 @@ class Stage:
     schemas: Mapping[str, type] = dataclasses.field(default_factory=dict)
     resumable: bool = False
     all_processes: bool = False
+    fingerprint: Callable[[Mapping[str, Any]], str] | None = None
     description: str = ""
