@@ -1,0 +1,208 @@
+"""`python -m pipeline ...`: parse flags, call the engine. No logic lives here beyond wiring."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.errors import UserError
+from pipeline.graph import DEFAULT_GRAPH, draw, load_graph
+
+DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_CACHE = Path("cache")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one param for this command, e.g. -S heads.seed=3 (repeatable; "
+                        "the value is read as YAML)")
+    p.add_argument("--params", dest="params_files", action="append", type=Path, default=None,
+                   metavar="FILE", help="params file (default params.yaml); repeat to overlay files, "
+                                        "later ones win")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="cache root (default ./cache)")
+    p.add_argument("--graph", default=DEFAULT_GRAPH, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Transfer learning with cached embeddings: data -> features -> heads -> "
+                    "ideal / adversarial -> report. Reruns only what your params touch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="bring stages up to date (and whatever they read from)")
+    run.add_argument("targets", nargs="*", default=["all"], help="stage names, or 'all' (default)")
+    run.add_argument("--force", action="append", default=[], metavar="STAGE",
+                     help="rerun STAGE even when it is up to date (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    _add_common(run)
+
+    status = sub.add_parser("status", help="up to date, stale (and why) or missing, per stage")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(status)
+
+    dag = sub.add_parser("dag", help="draw the stage graph")
+    _add_common(dag)
+
+    params = sub.add_parser("params", help="print the resolved, validated params")
+    _add_common(params)
+
+    backbones = sub.add_parser("backbones", help="list backbones and what is cached locally")
+    backbones.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+
+    show = sub.add_parser("show", help="headline metrics of the latest run")
+    show.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+
+    compare = sub.add_parser("compare", help="two runs' metrics side by side (heads keys or params)")
+    compare.add_argument("a", help="a heads key (or unique prefix), or 'latest'")
+    compare.add_argument("b", nargs="?", default=None,
+                         help="another heads key; or omit it and give -S overrides for the other run")
+    _add_common(compare)
+    return parser
+
+
+def _params_files(args: argparse.Namespace) -> list[Path]:
+    if args.params_files:
+        return list(args.params_files)
+    return [DEFAULT_PARAMS] if DEFAULT_PARAMS.exists() else []
+
+
+def _resolve(args: argparse.Namespace):
+    from pipeline import runner
+
+    graph = load_graph(args.graph)
+    files = _params_files(args)
+    params = runner.resolve_params(graph, files, args.overrides)
+    return graph, files, params
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline import runner
+
+    graph, _, params = _resolve(args)
+    plans = runner.plan(graph, params, args.cache_dir)
+    if args.json:
+        print(json.dumps({"stages": [
+            {"name": p.name, "key": p.key, "up_to_date": p.up_to_date, "out": str(p.out),
+             "state": p.state, "reasons": p.reasons} for p in plans.values()]}, indent=2))
+        return 0
+    width = max((len(n) for n in plans), default=0)
+    for p in plans.values():
+        mark = "✓" if p.up_to_date else ("·" if p.state == "missing" else "✗")
+        line = f"{mark} {p.name.ljust(width)}  {p.key}  {p.state}"
+        if not p.up_to_date and p.state == "stale":
+            line += ": " + "; ".join(p.reasons)
+        print(line)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline import cache, runner
+    from pipeline.progress import RichReporter
+
+    graph, files, params = _resolve(args)
+    targets = graph.names if args.targets in (["all"], []) else args.targets
+    graph.check_names(targets)
+    graph.check_names(args.force, what="stage for --force")
+    plans = runner.plan(graph, params, args.cache_dir)
+    todo = [n for n in graph.upstream_closure(targets)
+            if not plans[n].up_to_date or n in args.force]
+    if args.dry_run:
+        for n in graph.upstream_closure(targets):
+            p = plans[n]
+            state = "would run" if n in todo else "up to date"
+            print(f"{n}: {state} [{p.key}]" + (f" ({'; '.join(p.reasons)})" if p.reasons else ""))
+        return 0
+    if not todo:
+        for n in graph.upstream_closure(targets):
+            print(f"{n:<12} reused  [{plans[n].key}]")
+        return 0
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    command = "python -m pipeline " + " ".join(sys.argv[1:])
+    t0 = time.perf_counter()
+    with cache.RunLock(args.cache_dir, command) as lock:
+        reporter = RichReporter()
+        if lock.took_over:
+            reporter.log(f"took over a stale lock left by {lock.took_over.describe()} (no longer running)")
+        results = []
+        try:
+            results = runner.execute(graph, params, args.cache_dir, targets, reporter, force=args.force)
+        finally:
+            reporter.close()
+            runner.record_latest(args.cache_dir, runner.plan(graph, params, args.cache_dir),
+                                 files, args.overrides)
+    for r in results:
+        summary = ""
+        if r.summary:
+            summary = "  " + ", ".join(f"{k}={_fmt(v)}" for k, v in list(r.summary.items())[:6]
+                                       if not isinstance(v, (dict, list)))
+        print(f"{r.name:<12} {r.action:<7} {r.seconds:7.1f}s  [{r.key}]{summary}")
+    print(f"done in {time.perf_counter() - t0:.1f}s; outputs under {args.cache_dir}")
+    return 0
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def cmd_dag(args: argparse.Namespace) -> int:
+    print(draw(load_graph(args.graph)))
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipeline.params import to_plain
+
+    _, _, params = _resolve(args)
+    print(yaml.safe_dump(to_plain(params), sort_keys=False), end="")
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from pipeline.models import registry
+
+    rows = registry.describe(args.cache_dir)
+    keys = ["name", "input_size", "feature_dim", "normalization", "licence", "cached"]
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from pipeline import results
+
+    print(results.show_latest(args.cache_dir))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline import results
+
+    print(results.compare(args, _resolve))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "params": cmd_params,
+            "backbones": cmd_backbones, "show": cmd_show, "compare": cmd_compare}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished outputs are kept, a resumable stage continues where it stopped",
+              file=sys.stderr)
+        return 130

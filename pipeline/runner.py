@@ -1,0 +1,226 @@
+"""Resolve params, key every stage, say what is stale and why, and run what must run.
+
+Nothing here imports jax, flax or tensorflow: deciding what is up to date reads params, hashes
+them, and stats folders. Only a stage's own `run` pulls in the heavy libraries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from pipeline import cache
+from pipeline.errors import UserError
+from pipeline.graph import Graph
+from pipeline.params import (ParamsError, apply_override, load_yaml, parse_all, parse_override,
+                             to_plain)
+from pipeline.stage import Reporter, StageContext
+
+
+def resolve_params(graph: Graph, params_files: Sequence[Path] = (), overrides: Sequence[str] = (),
+                   ) -> dict[str, Any]:
+    """params files (later ones overlay earlier ones), then ``-S`` overrides, then validation.
+
+    Returns:
+      section name -> frozen dataclass, for every section the graph defines.
+
+    Raises:
+      ParamsError: naming the key, the value, and what is allowed.
+    """
+    raw: dict[str, Any] = {}
+    for path in params_files:
+        for section, values in load_yaml(path).items():
+            if isinstance(values, dict) and isinstance(raw.get(section), dict):
+                _deep_update(raw[section], values)
+            else:
+                raw[section] = values
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(raw, keys, value)
+    source = ", ".join(str(p) for p in params_files) or "defaults"
+    return parse_all(graph.schema, raw, source=source)
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+@dataclasses.dataclass
+class StagePlan:
+    """One stage's key and state for the resolved params."""
+
+    name: str
+    key: str
+    params: dict[str, Any]          # declared sections only
+    upstream: dict[str, str]        # dep name -> key
+    fingerprint: str | None
+    up_to_date: bool
+    out: Path
+    reasons: list[str]              # why it is stale or missing; empty when up to date
+
+    @property
+    def state(self) -> str:
+        if self.up_to_date:
+            return "up to date"
+        return "missing" if self.reasons == ["missing: never run"] else "stale"
+
+
+def plan(graph: Graph, params: Mapping[str, Any], root: Path) -> dict[str, StagePlan]:
+    """Key every stage in dependency order and compare with what the cache holds."""
+    plans: dict[str, StagePlan] = {}
+    for name, stage in graph.stages.items():
+        sections = {s: params[s] for s in stage.sections}
+        upstream = {d: plans[d].key for d in stage.deps}
+        fp = stage.fingerprint(sections) if stage.fingerprint else None
+        key = cache.stage_key(name, stage.version, sections, upstream, fp)
+        done = cache.is_complete(root, name, key)
+        reasons = [] if done else _why_stale(root, name, stage.version, sections, upstream, fp)
+        plans[name] = StagePlan(name, key, sections, upstream, fp, done,
+                                cache.output_dir(root, name, key), reasons)
+    return plans
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = value
+
+
+def _why_stale(root: Path, name: str, version: str, sections: Mapping[str, Any],
+               upstream: Mapping[str, str], fp: str | None) -> list[str]:
+    """Compare with the newest complete output of this stage and name what differs."""
+    previous = next(cache.iter_manifests(root, name), None)
+    if previous is None:
+        return ["missing: never run"]
+    reasons = []
+    if previous.get("version") != version:
+        reasons.append(f"code version {previous.get('version')} -> {version}")
+    old, new = {}, {}
+    _flatten("", previous.get("params", {}), old)
+    _flatten("", to_plain(dict(sections)), new)
+    for k in sorted(set(old) | set(new)):
+        if old.get(k, "<unset>") != new.get(k, "<unset>"):
+            reasons.append(f"param {k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}")
+    for d, k in upstream.items():
+        if previous.get("upstream", {}).get(d) != k:
+            reasons.append(f"upstream {d} changed")
+    if previous.get("fingerprint") != fp:
+        reasons.append("input files changed")
+    return reasons or ["output was removed"]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape outputs (read from metadata; imports nothing)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("jax", "jaxlib", "flax", "optax", "numpy", "scikit-learn", "tensorflow-cpu",
+                 "tensorflow-datasets", "pillow"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclasses.dataclass
+class StageResult:
+    name: str
+    key: str
+    action: str          # "ran", "reused", "failed"
+    seconds: float
+    summary: Mapping[str, Any] | None = None
+
+
+def execute(graph: Graph, params: Mapping[str, Any], root: Path, targets: Sequence[str],
+            reporter: Reporter, force: Sequence[str] = (), process_index: int = 0,
+            process_count: int = 1) -> list[StageResult]:
+    """Run the targets and whatever upstream stage is missing or stale, in dependency order.
+
+    Args:
+      graph: the stage graph.
+      params: resolved params (all sections).
+      root: cache root.
+      targets: stage names to bring up to date (with their upstream closure).
+      reporter: progress sink.
+      force: stages to rerun even when up to date.
+
+    Returns:
+      One result per stage in the closure, in order. A stage's exception propagates after its
+      private output folder is discarded (or kept, for resumable stages, to resume from).
+    """
+    graph.check_names(targets)
+    graph.check_names(force, what="stage for --force")
+    names = graph.upstream_closure(targets)
+    plans = plan(graph, params, root)
+    results: list[StageResult] = []
+    for name in names:
+        p = plans[name]
+        stage = graph.stages[name]
+        if p.up_to_date and name not in force:
+            results.append(StageResult(name, p.key, "reused", 0.0,
+                                       cache.read_manifest(p.out).get("summary")))
+            continue
+        if process_index != 0 and not stage.all_processes:
+            continue
+        why = "; ".join(p.reasons) if p.reasons else "forced"
+        reporter.log(f"▶ {name} [{p.key}] ({why})")
+        work = cache.prepare_partial(root, name, p.key, stage.resumable)
+        ctx = StageContext(name=name, key=p.key, params=p.params,
+                           inputs={d: plans[d].out for d in stage.deps}, out_dir=work,
+                           cache_dir=Path(root), reporter=reporter,
+                           process_index=process_index, process_count=process_count)
+        started = time.time()
+        try:
+            summary = stage.run(ctx)
+        except BaseException:
+            if not stage.resumable:
+                cache.discard_partial(root, name, p.key)
+            results.append(StageResult(name, p.key, "failed", time.time() - started))
+            raise
+        ended = time.time()
+        if process_index == 0:
+            manifest = {
+                "stage": name, "key": p.key, "version": stage.version,
+                "params": to_plain(p.params), "upstream": p.upstream, "fingerprint": p.fingerprint,
+                "versions": library_versions(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)),
+                "seconds": round(ended - started, 3), "summary": summary,
+                "host": platform.node(), "process_count": process_count,
+            }
+            cache.publish(root, name, p.key, manifest)
+        results.append(StageResult(name, p.key, "ran", ended - started, summary))
+    return results
+
+
+def record_latest(root: Path, plans: Mapping[str, StagePlan], params_files: Sequence[Path],
+                  overrides: Sequence[str]) -> None:
+    """Remember the keys of the latest run, for `show` and the report."""
+    runs = Path(root) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    cache.write_json_atomic(runs / "latest.json", {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "params_files": [str(p) for p in params_files], "overrides": list(overrides),
+        "stages": {n: {"key": p.key, "complete": cache.is_complete(root, n, p.key)}
+                   for n, p in plans.items()},
+    })
+
+
+def format_exception_for_user(exc: BaseException) -> str:
+    """A user error is its message; anything else is a bug and keeps its traceback."""
+    if isinstance(exc, (UserError, ParamsError)):
+        return f"error: {exc}"
+    return "".join(traceback.format_exception(exc))
