@@ -38,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", default=[], metavar="STAGE",
                      help="rerun STAGE even when it is up to date (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    dist = run.add_argument_group(
+        "multi-process runs", "launch the same command on every host; on a Cloud TPU pod leave these "
+                              "unset (auto-detected). Environment: PIPELINE_COORDINATOR, "
+                              "PIPELINE_NUM_PROCESSES, PIPELINE_PROCESS_ID, PIPELINE_CPU_DEVICES.")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    dist.add_argument("--num-processes", type=int, help="how many processes take part")
+    dist.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1")
+    dist.add_argument("--cpu-devices", type=int,
+                      help="virtual CPU devices per process (CPU-only hosts and tests)")
     _add_common(run)
 
     status = sub.add_parser("status", help="up to date, stale (and why) or missing, per stage")
@@ -102,13 +111,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline import cache, runner
-    from pipeline.progress import RichReporter
+    from pipeline import cache, distributed, runner
+    from pipeline.progress import QuietReporter, RichReporter
 
     graph, files, params = _resolve(args)
     targets = graph.names if args.targets in (["all"], []) else args.targets
     graph.check_names(targets)
     graph.check_names(args.force, what="stage for --force")
+    cfg = distributed.launch_config(args.coordinator, args.num_processes, args.process_id,
+                                    args.cpu_devices)
     plans = runner.plan(graph, params, args.cache_dir)
     todo = [n for n in graph.upstream_closure(targets)
             if not plans[n].up_to_date or n in args.force]
@@ -118,24 +129,38 @@ def cmd_run(args: argparse.Namespace) -> int:
             state = "would run" if n in todo else "up to date"
             print(f"{n}: {state} [{p.key}]" + (f" ({'; '.join(p.reasons)})" if p.reasons else ""))
         return 0
-    if not todo:
+    if not todo and cfg.mode == "single":
         for n in graph.upstream_closure(targets):
             print(f"{n:<12} reused  [{plans[n].key}]")
         return 0
+    coord = distributed.start(cfg)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m pipeline " + " ".join(sys.argv[1:])
     t0 = time.perf_counter()
-    with cache.RunLock(args.cache_dir, command) as lock:
-        reporter = RichReporter()
-        if lock.took_over:
-            reporter.log(f"took over a stale lock left by {lock.took_over.describe()} (no longer running)")
-        results = []
+    # Only process 0 holds the lock and writes; the others write their own shards inside it.
+    lock = cache.RunLock(args.cache_dir, command) if coord.is_leader else None
+    if lock is not None:
         try:
-            results = runner.execute(graph, params, args.cache_dir, targets, reporter, force=args.force)
-        finally:
+            lock.acquire()
+        except Exception as e:
+            coord.fail(str(e))
+            raise
+    reporter = RichReporter() if coord.is_leader else QuietReporter()
+    try:
+        if lock is not None and lock.took_over:
+            reporter.log(f"took over a stale lock left by {lock.took_over.describe()} (no longer running)")
+        results = runner.execute(graph, params, args.cache_dir, targets, reporter,
+                                 force=args.force, coordinator=coord)
+    finally:
+        if isinstance(reporter, RichReporter):
             reporter.close()
+        if coord.is_leader:
             runner.record_latest(args.cache_dir, runner.plan(graph, params, args.cache_dir),
                                  files, args.overrides)
+        if lock is not None:
+            lock.release()
+    if not coord.is_leader:
+        return 0
     for r in results:
         summary = ""
         if r.summary:

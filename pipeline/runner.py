@@ -145,8 +145,8 @@ class StageResult:
 
 
 def execute(graph: Graph, params: Mapping[str, Any], root: Path, targets: Sequence[str],
-            reporter: Reporter, force: Sequence[str] = (), process_index: int = 0,
-            process_count: int = 1) -> list[StageResult]:
+            reporter: Reporter, force: Sequence[str] = (), coordinator: Any = None,
+            ) -> list[StageResult]:
     """Run the targets and whatever upstream stage is missing or stale, in dependency order.
 
     Args:
@@ -156,53 +156,77 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Path, targets: Sequen
       targets: stage names to bring up to date (with their upstream closure).
       reporter: progress sink.
       force: stages to rerun even when up to date.
+      coordinator: a `pipeline.distributed.Coordinator` for multi-process runs; None for one
+        process. Process 0 decides what runs and publishes; every process runs the stages marked
+        ``all_processes``; a failure anywhere stops every process with that failure's message.
 
     Returns:
       One result per stage in the closure, in order. A stage's exception propagates after its
       private output folder is discarded (or kept, for resumable stages, to resume from).
     """
+    from pipeline.distributed import Coordinator, RemoteFailure
+
+    coord = coordinator or Coordinator()
     graph.check_names(targets)
     graph.check_names(force, what="stage for --force")
     names = graph.upstream_closure(targets)
     plans = plan(graph, params, root)
+    # Process 0's view of the cache is the one that counts; every process must agree on keys.
+    decided = coord.broadcast("plan", {n: [plans[n].key, plans[n].up_to_date and n not in force]
+                                       for n in names})
+    for n in names:
+        if decided[n][0] != plans[n].key:
+            raise UserError(f"process {coord.process_index} computed key {plans[n].key} for stage "
+                            f"{n}, process 0 computed {decided[n][0]}: params files, overrides or "
+                            f"code differ between hosts. Launch every host with the same command "
+                            f"and checkout.")
     results: list[StageResult] = []
     for name in names:
         p = plans[name]
         stage = graph.stages[name]
-        if p.up_to_date and name not in force:
-            results.append(StageResult(name, p.key, "reused", 0.0,
-                                       cache.read_manifest(p.out).get("summary")))
+        if decided[name][1]:
+            summary = cache.read_manifest(p.out).get("summary") if coord.is_leader else None
+            results.append(StageResult(name, p.key, "reused", 0.0, summary))
             continue
-        if process_index != 0 and not stage.all_processes:
-            continue
-        why = "; ".join(p.reasons) if p.reasons else "forced"
-        reporter.log(f"▶ {name} [{p.key}] ({why})")
-        work = cache.prepare_partial(root, name, p.key, stage.resumable)
+        if coord.is_leader:
+            why = "; ".join(p.reasons) if p.reasons else "forced"
+            reporter.log(f"▶ {name} [{p.key}] ({why})")
+            work = cache.prepare_partial(root, name, p.key, stage.resumable)
+        else:
+            work = cache.partial_dir(root, name, p.key)
+        coord.sync(f"{name}/prepared")
         ctx = StageContext(name=name, key=p.key, params=p.params,
                            inputs={d: plans[d].out for d in stage.deps}, out_dir=work,
                            cache_dir=Path(root), reporter=reporter,
-                           process_index=process_index, process_count=process_count)
+                           process_index=coord.process_index, process_count=coord.process_count)
         started = time.time()
         try:
-            summary = stage.run(ctx)
-        except BaseException:
-            if not stage.resumable:
+            summary = None
+            if stage.all_processes or coord.is_leader:
+                summary = stage.run(ctx)
+            coord.sync(f"{name}/ran")
+            if coord.is_leader:
+                if stage.finalize is not None:
+                    summary = stage.finalize(ctx)
+                ended = time.time()
+                cache.publish(root, name, p.key, {
+                    "stage": name, "key": p.key, "version": stage.version,
+                    "params": to_plain(p.params), "upstream": p.upstream,
+                    "fingerprint": p.fingerprint, "versions": library_versions(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                    "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)),
+                    "seconds": round(ended - started, 3), "summary": summary,
+                    "host": platform.node(), "process_count": coord.process_count,
+                })
+            coord.sync(f"{name}/published")
+        except BaseException as exc:
+            if coord.process_count > 1 and not isinstance(exc, RemoteFailure):
+                coord.fail(f"{type(exc).__name__}: {exc}")
+            if coord.is_leader and not stage.resumable:
                 cache.discard_partial(root, name, p.key)
             results.append(StageResult(name, p.key, "failed", time.time() - started))
             raise
-        ended = time.time()
-        if process_index == 0:
-            manifest = {
-                "stage": name, "key": p.key, "version": stage.version,
-                "params": to_plain(p.params), "upstream": p.upstream, "fingerprint": p.fingerprint,
-                "versions": library_versions(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)),
-                "seconds": round(ended - started, 3), "summary": summary,
-                "host": platform.node(), "process_count": process_count,
-            }
-            cache.publish(root, name, p.key, manifest)
-        results.append(StageResult(name, p.key, "ran", ended - started, summary))
+        results.append(StageResult(name, p.key, "ran", time.time() - started, summary))
     return results
 
 

@@ -77,6 +77,9 @@ class Stage:
       fingerprint: optional ``fingerprint(params) -> str`` over the declared sections, for
         inputs that live outside params (the photos in a folder): it is hashed into the key,
         so adding a photo makes the stage stale. It must be cheap (stat, not read, the files).
+      finalize: optional ``finalize(ctx) -> summary`` run by process 0 alone after every process
+        finished `run` (e.g. assembling the per-process feature shards); its summary replaces
+        the one `run` returned. Single-process runs call it right after `run`.
       description: one line for `dag` and `status`.
     """
 
@@ -89,4 +92,5 @@ class Stage:
     resumable: bool = False
     all_processes: bool = False
     fingerprint: Callable[[Mapping[str, Any]], str] | None = None
+    finalize: Callable[[StageContext], Mapping[str, Any] | None] | None = None
     description: str = ""

@@ -45,6 +45,29 @@ class SlowParams:
     steps: int = spec(3, min=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class SpreadParams:
+    fail_on: int = spec(-1, help="process index that raises (-1: none)")
+
+
+def _spread(ctx: StageContext) -> dict:
+    """Every process writes its own part; process 0 joins them in `finalize`."""
+    p = ctx.params["spread"]
+    if ctx.process_index == p.fail_on:
+        raise RuntimeError(f"disk full on process {ctx.process_index}")
+    values = json.loads((ctx.inputs["numbers"] / "numbers.json").read_text())
+    mine = values[ctx.process_index::ctx.process_count]
+    (ctx.out_dir / f"part-{ctx.process_index}.json").write_text(json.dumps(mine))
+    return None
+
+
+def _spread_finalize(ctx: StageContext) -> dict:
+    parts = sorted(ctx.out_dir.glob("part-*.json"))
+    total = sum(sum(json.loads(f.read_text())) for f in parts)
+    (ctx.out_dir / "total.json").write_text(json.dumps(total))
+    return {"parts": len(parts), "total": total}
+
+
 def _numbers(ctx: StageContext) -> dict:
     p = ctx.params["numbers"]
     values = [p.start + (i if p.mode == "linear" else i * i) for i in range(p.count)]
@@ -99,4 +122,7 @@ STAGES = [
           schemas={"total": TotalParams}, description="sum them"),
     Stage(name="slow", run=_slow, deps=("numbers",), sections=("slow",),
           schemas={"slow": SlowParams}, resumable=True, description="sleepy, resumable"),
+    Stage(name="spread", run=_spread, deps=("numbers",), sections=("spread",),
+          schemas={"spread": SpreadParams}, all_processes=True, finalize=_spread_finalize,
+          description="every process does a part"),
 ]
