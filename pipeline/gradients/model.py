@@ -1,0 +1,103 @@
+"""Pixel-space classifiers: ``apply(params, pixels (B, S, S, 3) float 0..255) -> logits (B, C)``.
+
+The gradient stages differentiate with respect to the image, so the model they see takes raw RGB
+pixels on the 0..255 scale (normalisation happens inside the backbone and is differentiable) and
+returns logits of either the backbone's ImageNet head or a head trained by the `heads` stage.
+Target probabilities are group probabilities (`group_log_prob`): one class is a group of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Apply = Callable[[Any, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PixelModel:
+    """A classifier on pixels. Hashable by identity, so `apply` can key a compile cache.
+
+    Attributes:
+      name: for logs and JSON (``efficientnet_lite0+logreg``).
+      apply: ``apply(params, pixels) -> logits``; pixels (B, S, S, 3) float32 in [0, 255].
+      params: the pytree `apply` takes (passed as a jit argument, never baked in as a constant).
+      classes: output class names (index = logit).
+      input_size: S.
+    """
+
+    name: str
+    apply: Apply
+    params: Any
+    classes: tuple[str, ...]
+    input_size: int
+
+
+def imagenet_model(backbone: Any) -> PixelModel:
+    """Backbone + its ImageNet head.
+
+    Args:
+      backbone: a `pipeline.models.registry.Backbone` (``.embed``, ``.imagenet_logits``, ``.spec``).
+    """
+    from pipeline.models import imagenet
+
+    def apply(params: Any, pixels: jax.Array) -> jax.Array:
+        return backbone.imagenet_logits(params, backbone.embed(params, pixels))  # (B, 1000)
+
+    return PixelModel(f"{backbone.spec.name}+imagenet", apply, backbone.params, tuple(imagenet.CLASSES),
+                      backbone.spec.input_size)
+
+
+def head_model(backbone: Any, head: Any, head_name: str) -> PixelModel:
+    """Backbone + a head trained on its features (`stages.heads.TrainedHead`).
+
+    The params are the pair (backbone params, head params).
+    """
+
+    def apply(params: Any, pixels: jax.Array) -> jax.Array:
+        bb_params, head_params = params
+        return head.logits(head_params, backbone.embed(bb_params, pixels))  # (B, C)
+
+    return PixelModel(f"{backbone.spec.name}+{head_name}", apply, (backbone.params, head.params),
+                      tuple(head.classes), backbone.spec.input_size)
+
+
+def class_mask(indices_per_row: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
+    """(T, C) boolean mask, row t true at the classes of target t."""
+    mask = np.zeros((len(indices_per_row), num_classes), bool)
+    for t, idx in enumerate(indices_per_row):
+        mask[t, list(idx)] = True
+    return mask
+
+
+def group_log_prob(logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """log sum_{c in group} softmax(logits)_c, per row.
+
+    Args:
+      logits: (B, C).
+      mask: (B, C) or (C,) boolean, the group's classes.
+
+    Returns:
+      (B,) log-probabilities (float32).
+    """
+    logits = logits.astype(jnp.float32)
+    inside = jnp.where(mask, logits, -jnp.inf)
+    return jax.nn.logsumexp(inside, axis=-1) - jax.nn.logsumexp(logits, axis=-1)
+
+
+def top1_in_group(logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """(B,) bool: the arg-max class belongs to the group."""
+    top = jnp.argmax(logits, axis=-1)
+    mask = jnp.broadcast_to(mask, logits.shape)
+    return jnp.take_along_axis(mask, top[:, None], axis=-1)[:, 0]
+
+
+def topk_in_group(logits: jax.Array, mask: jax.Array, k: int = 5) -> jax.Array:
+    """(B,) bool: one of the k highest classes belongs to the group."""
+    _, top = jax.lax.top_k(logits, k)  # (B, k)
+    mask = jnp.broadcast_to(mask, logits.shape)
+    return jnp.any(jnp.take_along_axis(mask, top, axis=-1), axis=-1)

@@ -1,0 +1,106 @@
+"""Image parameterisations: what the ideal-image optimiser actually updates.
+
+``pixel``: the image itself on the [0, 1] scale, clipped back into range after every update (the
+lesson's plain gradient ascent). Every pixel is free, so high-frequency noise is as easy to
+produce as an object, and the gradient of a CNN is mostly high-frequency.
+
+``fourier``: the feature-visualisation parameterisation (Olah et al., "Feature Visualization",
+Distill 2017; Mordvintsev et al., "Differentiable Image Parameterizations", Distill 2018). The
+free variables are the real and imaginary parts of each colour channel's 2-D spectrum; each
+frequency is scaled by 1/|f|^decay so that a unit step changes every frequency's *image*
+energy about equally (natural images have a 1/f amplitude spectrum), an inverse real FFT gives
+the image in a decorrelated colour space, a fixed 3x3 matrix maps it to RGB with the colour
+correlations of natural images, and a sigmoid bounds it to [0, 1]. Gradient steps in this space
+are preconditioned towards natural image statistics, which is what makes the result look like
+texture of the class rather than adversarial noise.
+
+Both expose ``init(key, batch, size) -> z``, ``render(z) -> (B, S, S, 3)`` in [0, 255], and an
+inverse ``from_image(images) -> z`` (round trip tested).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Kind = Literal["pixel", "fourier"]
+KINDS = ("pixel", "fourier")
+
+# Square root of the RGB colour covariance of ImageNet photos (columns: decorrelated channels),
+# the constant feature-visualisation work uses; normalised so its largest column norm is 1.
+_COLOR_SQRT = np.asarray([[0.26, 0.09, 0.02],
+                          [0.27, 0.00, -0.05],
+                          [0.27, -0.09, 0.03]], np.float32)
+COLOR_MATRIX = _COLOR_SQRT / np.max(np.linalg.norm(_COLOR_SQRT, axis=0))
+# Dividing the inverse FFT output keeps the initial image near mid-grey (sigmoid(0) = 0.5).
+_FFT_DAMP = 4.0
+_INIT_SD = 0.01
+
+
+def spectrum_scale(size: int, decay: float = 1.0) -> np.ndarray:
+    """(S, S//2+1) per-frequency scale 1/max(|f|, 1/S)^decay for an S x S real FFT."""
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    freq = np.sqrt(fx * fx + fy * fy)
+    return (1.0 / np.maximum(freq, 1.0 / size) ** decay).astype(np.float32)
+
+
+def init(kind: Kind, key: jax.Array, batch: int, size: int) -> jax.Array:
+    """Initial free variables for `batch` images of `size` x `size`.
+
+    Returns:
+      pixel: (B, S, S, 3) uniform noise in [0.4, 0.6] (faint noise around grey, as the lesson starts
+      from noise); fourier: (B, 3, S, S//2+1, 2) small Gaussian spectrum (a faint grey image).
+    """
+    if kind == "pixel":
+        return jax.random.uniform(key, (batch, size, size, 3), jnp.float32, 0.4, 0.6)
+    if kind == "fourier":
+        return _INIT_SD * jax.random.normal(key, (batch, 3, size, size // 2 + 1, 2), jnp.float32)
+    raise ValueError(f"param: {kind!r} is not one of {', '.join(KINDS)}")
+
+
+def render(kind: Kind, z: jax.Array, size: int, decay: float = 1.0) -> jax.Array:
+    """Free variables -> (B, S, S, 3) float32 RGB in [0, 255] (differentiable)."""
+    if kind == "pixel":
+        return 255.0 * jnp.clip(z, 0.0, 1.0)
+    if kind == "fourier":
+        return 255.0 * jax.nn.sigmoid(_fourier_logits(z, size, decay))
+    raise ValueError(f"param: {kind!r} is not one of {', '.join(KINDS)}")
+
+
+def project(kind: Kind, z: jax.Array) -> jax.Array:
+    """Keep the free variables valid after an update (clip pixels to [0, 1]; fourier is unbounded)."""
+    return jnp.clip(z, 0.0, 1.0) if kind == "pixel" else z
+
+
+def _fourier_logits(z: jax.Array, size: int, decay: float) -> jax.Array:
+    """(B, 3, S, S//2+1, 2) spectrum -> (B, S, S, 3) pre-sigmoid RGB."""
+    scale = jnp.asarray(spectrum_scale(size, decay))  # (S, S//2+1)
+    spectrum = (z[..., 0] + 1j * z[..., 1]) * scale  # (B, 3, S, S//2+1) complex
+    decorrelated = jnp.fft.irfft2(spectrum, s=(size, size), norm="ortho") / _FFT_DAMP  # (B, 3, S, S)
+    decorrelated = jnp.transpose(decorrelated, (0, 2, 3, 1))  # (B, S, S, 3)
+    return decorrelated @ jnp.asarray(COLOR_MATRIX).T
+
+
+def from_image(kind: Kind, images: jax.Array, decay: float = 1.0) -> jax.Array:
+    """The free variables that render to `images` (inverse of `render`).
+
+    Args:
+      kind: parameterisation.
+      images: (B, S, S, 3) in [0, 255]; for ``fourier`` strictly inside (0, 255) (sigmoid range).
+
+    Returns:
+      z with ``render(kind, z, S) == images`` up to float rounding.
+    """
+    x = jnp.asarray(images, jnp.float32) / 255.0
+    if kind == "pixel":
+        return x
+    size = x.shape[1]
+    logits = jnp.log(x) - jnp.log1p(-x)  # inverse sigmoid, (B, S, S, 3)
+    decorrelated = logits @ jnp.asarray(np.linalg.inv(COLOR_MATRIX).T)
+    decorrelated = jnp.transpose(decorrelated, (0, 3, 1, 2)) * _FFT_DAMP  # (B, 3, S, S)
+    spectrum = jnp.fft.rfft2(decorrelated, norm="ortho") / jnp.asarray(spectrum_scale(size, decay))
+    return jnp.stack([spectrum.real, spectrum.imag], axis=-1).astype(jnp.float32)
