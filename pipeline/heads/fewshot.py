@@ -1,0 +1,177 @@
+"""Learning curve: test accuracy against labelled images per class, for logreg and kNN.
+
+Each point draws `shots` training images per class (fewer where a class has fewer), fits on them
+alone (standardisation statistics from those images only) and scores the whole test split; the
+point is the mean over `draws` seeded draws. All logreg fits of the curve are one vmapped, jitted
+L-BFGS call: every draw is padded to the largest draw with zero-weight rows, so the curve costs one
+compilation however many points it has.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.heads import logreg
+from pipeline.heads.metrics import mean_per_class_accuracy
+
+
+def draw_shots(labels: np.ndarray, shots: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of up to `shots` random examples of each class (all of a class with fewer)."""
+    picks = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx):
+            picks.append(rng.choice(idx, size=min(shots, len(idx)), replace=False))
+    return np.sort(np.concatenate(picks))
+
+
+def standardizer(X: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) of the rows of X (weighted); constant features get scale 1, not 0."""
+    w = np.ones(len(X)) if weight is None else weight
+    w = w / w.sum()
+    mean = (w @ X.astype(np.float64))
+    var = w @ (X.astype(np.float64) - mean) ** 2
+    std = np.sqrt(var)
+    scale = np.where(std > 1e-6 * max(std.max(), 1e-12), std, 1.0)
+    return mean.astype(np.float32), scale.astype(np.float32)
+
+
+def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int,
+                k: int, temperature: float = 0.07, chunk: int = 2048) -> np.ndarray:
+    """Weighted kNN on cosine similarity (votes exp(sim / T), as DINO's kNN evaluation).
+
+    Returns:
+      (M, K) vote shares for the test rows.
+    """
+    def unit(a):
+        a = a.astype(np.float32)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    tr, k = unit(train_x), min(k, len(train_x))
+    out = np.zeros((len(test_x), num_classes), np.float64)
+    for s in range(0, len(test_x), chunk):
+        sim = unit(test_x[s:s + chunk]) @ tr.T  # (m, N)
+        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        w = np.exp(np.take_along_axis(sim, nn, axis=1) / temperature)
+        np.add.at(out[s:s + chunk], (np.arange(len(nn))[:, None], train_y[nn]), w)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def learning_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                   num_classes: int, shots: Sequence[int | str], draws: int, seed: int, C: float,
+                   standardize: bool, knn_k: int, solver: logreg.Solver = "jax",
+                   max_iter: int = 1000, tol: float = 1e-4,
+                   full_logreg_test_pred: np.ndarray | None = None) -> list[dict]:
+    """Accuracy on the test split for each number of training images per class.
+
+    Args:
+      train_x, train_y: the train split (features, labels).
+      test_x, test_y: the split scored (test).
+      num_classes: K.
+      shots: images per class, integers or ``"all"`` (the whole train split, one draw).
+      draws: seeded draws averaged per integer point.
+      seed: base seed; draw d of every point uses ``seed + d``.
+      C: logreg inverse regularisation (the one the main sweep chose on val).
+      standardize: standardise features with each draw's own statistics.
+      knn_k: neighbours for the kNN baseline.
+      solver, max_iter, tol: logreg fitting (see `logreg.path`).
+      full_logreg_test_pred: test predictions of a logreg already fit on the whole train split
+        at C (the sweep has one), reused for the ``"all"`` point.
+
+    Returns:
+      One dict per point: ``shots``, ``n_train`` (mean), ``logreg_accuracy``,
+      ``logreg_accuracy_std``, ``logreg_mean_per_class_accuracy``, ``knn_accuracy``,
+      ``knn_accuracy_std``, ``draws``.
+    """
+    numeric = sorted({int(s) for s in shots if s != "all"})
+    subsets = {s: [draw_shots(train_y, s, num_classes, np.random.default_rng(seed + d)) for d in range(draws)]
+               for s in numeric}
+    problems = [(s, idx) for s in numeric for idx in subsets[s]]
+    if "all" in shots:
+        problems.append(("all", np.arange(len(train_y))))
+
+    # Logreg: integer points in one padded, vmapped fit; "all" from the sweep when given.
+    small = [(s, idx) for s, idx in problems if s != "all" or full_logreg_test_pred is None]
+    preds = _fit_predict_many([idx for _, idx in small], train_x, train_y, test_x, num_classes, C,
+                              standardize, solver, max_iter, tol)
+    logreg_pred = {id(idx): p for (_, idx), p in zip(small, preds)}
+
+    rows = []
+    for s in [*numeric, *(["all"] if "all" in shots else [])]:
+        idxs = subsets[s] if s != "all" else [problems[-1][1]]
+        lr_acc, lr_mpca, knn_acc, n = [], [], [], []
+        for idx in idxs:
+            p = logreg_pred.get(id(idx), full_logreg_test_pred if s == "all" else None)
+            lr_acc.append(float(np.mean(p == test_y)))
+            lr_mpca.append(mean_per_class_accuracy(test_y, p, num_classes))
+            votes = knn_predict(train_x[idx], train_y[idx], test_x, num_classes, knn_k)
+            knn_acc.append(float(np.mean(votes.argmax(1) == test_y)))
+            n.append(len(idx))
+        rows.append({"shots": s, "n_train": float(np.mean(n)), "draws": len(idxs),
+                     "logreg_accuracy": float(np.mean(lr_acc)), "logreg_accuracy_std": float(np.std(lr_acc)),
+                     "logreg_mean_per_class_accuracy": float(np.mean(lr_mpca)),
+                     "knn_accuracy": float(np.mean(knn_acc)), "knn_accuracy_std": float(np.std(knn_acc))})
+    return rows
+
+
+def _fit_predict_many(subsets: list[np.ndarray], X: np.ndarray, y: np.ndarray, X_test: np.ndarray,
+                      num_classes: int, C: float, standardize: bool, solver: logreg.Solver,
+                      max_iter: int, tol: float) -> list[np.ndarray]:
+    """Fit logreg on each subset of (X, y) at one C; return test predictions per subset."""
+    if not subsets:
+        return []
+    prepared = []
+    for idx in subsets:
+        mean, scale = standardizer(X[idx]) if standardize else (None, None)
+        xs = X[idx] if mean is None else (X[idx] - mean) / scale
+        prepared.append((xs.astype(np.float32), y[idx], mean, scale))
+    if solver == "jax":
+        fits = _jax_fit_padded(prepared, num_classes, C, max_iter, tol)
+    else:
+        fits = []
+        for xs, ys, _, _ in prepared:
+            p = logreg.path(xs, ys, [C], num_classes, solver="sklearn", max_iter=max_iter, tol=tol)
+            fits.append((p.W[0], p.b[0]))
+    preds = []
+    for (W, b), (_, _, mean, scale) in zip(fits, prepared):
+        xt = X_test if mean is None else (X_test - mean) / scale
+        preds.append(np.argmax(logreg.linear_logits(W, b, xt.astype(np.float32)), axis=1))
+    return preds
+
+
+def _jax_fit_padded(prepared, num_classes, C, max_iter, tol):
+    import jax
+    import jax.numpy as jnp
+
+    n_max = max(len(p[0]) for p in prepared)
+    d = prepared[0][0].shape[1]
+    P = len(prepared)
+    Xs = np.zeros((P, n_max, d), np.float32)
+    ys = np.zeros((P, n_max), np.int32)
+    ws = np.zeros((P, n_max), np.float32)
+    for i, (xs, yy, _, _) in enumerate(prepared):
+        Xs[i, :len(xs)], ys[i, :len(xs)], ws[i, :len(xs)] = xs, yy, 1.0
+    fn = _vmapped(num_classes, max_iter, tol)
+    Ws, bs = fn(jnp.asarray(Xs), jnp.asarray(ys), jnp.asarray(ws), jnp.float32(C))
+    Ws, bs = np.asarray(Ws), np.asarray(bs)
+    return [(Ws[i], bs[i]) for i in range(P)]
+
+
+@functools.cache
+def _vmapped(num_classes: int, max_iter: int, tol: float):
+    import jax
+    import jax.numpy as jnp
+
+    fit = logreg._jax_path_fn(num_classes, max_iter, tol, 10)
+
+    @jax.jit
+    def run(Xs, ys, ws, C):
+        def one(X, y, w):
+            Ws, bs, _ = fit(X, y, w, C[None])
+            return Ws[0], bs[0]
+        return jax.vmap(one)(Xs, ys, ws)
+
+    return run

@@ -1,0 +1,227 @@
+"""Multinomial logistic regression with L-BFGS: a JAX solver and the scikit-learn reference.
+
+Both minimise scikit-learn's objective exactly, so one `C` means the same model in either:
+
+    sum_i w_i * CE(softmax(x_i W + b), y_i) / sum_i w_i  +  ||W||^2 / (2 C sum_i w_i)
+
+(the intercept is not penalised). With two classes scikit-learn fits one weight vector (binomial
+loss); the JAX solver does the same, and `linear_logits` writes its logits as ``[0, x w + b]`` so
+every head has (B, C) logits.
+
+A regularisation path (`path`) fits the C values in increasing order, each warm-started from the
+previous solution, which is how the CLIP linear-probe sweep stays cheap: going from strong to weak
+regularisation, each fit starts next to its answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal, Sequence
+
+import numpy as np
+
+Solver = Literal["jax", "sklearn"]
+
+
+@dataclasses.dataclass
+class Path:
+    """Solutions along a C path.
+
+    Attributes:
+      Cs: (P,) inverse regularisation strengths, increasing.
+      W: (P, D, K') weights (K' = 1 for two classes, else K).
+      b: (P, K') intercepts.
+      n_iter: (P,) L-BFGS iterations each fit took.
+    """
+
+    Cs: np.ndarray
+    W: np.ndarray
+    b: np.ndarray
+    n_iter: np.ndarray
+
+
+def n_outputs(num_classes: int) -> int:
+    """Weight columns for `num_classes` classes: 1 for a binary problem (as scikit-learn)."""
+    return 1 if num_classes == 2 else num_classes
+
+
+def linear_logits(W, b, X):
+    """(B, K) logits of a fitted linear head; works on numpy and jax arrays alike.
+
+    Args:
+      W: (D, K') weights; K' = 1 means a binary head whose class-0 logit is 0.
+      b: (K',) intercepts.
+      X: (B, D) features.
+    """
+    z = X @ W + b  # (B, K')
+    if W.shape[-1] == 1:
+        xp = np if isinstance(z, np.ndarray) else _jnp()
+        return xp.concatenate([xp.zeros_like(z), z], axis=-1)
+    return z
+
+
+def _jnp():
+    import jax.numpy as jnp
+
+    return jnp
+
+
+# --------------------------------------------------------------------------------------- JAX
+
+@functools.cache
+def _jax_path_fn(num_classes: int, max_iter: int, tol: float, memory: int):
+    """Compile once per (classes, stopping rule): ``(X, y, sw, Cs, W0, b0) -> path arrays``."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import optax.tree_utils as otu
+
+    k_out = n_outputs(num_classes)
+
+    def objective(params, X, Y, sw, l2):
+        W, b = params
+        logits = linear_logits(W, b, X)  # (N, K)
+        nll = jax.nn.logsumexp(logits, axis=1) - jnp.sum(Y * logits, axis=1)
+        return jnp.sum(sw * nll) / jnp.sum(sw) + 0.5 * l2 * jnp.sum(W * W)
+
+    opt = optax.lbfgs(memory_size=memory,
+                      linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=50))
+
+    def fit_one(X, Y, sw, C, params):
+        l2 = 1.0 / (C * jnp.sum(sw))
+        fun = functools.partial(objective, X=X, Y=Y, sw=sw, l2=l2)
+        value_and_grad = optax.value_and_grad_from_state(fun)
+
+        def step(carry):
+            params, state, _, it = carry
+            value, grad = value_and_grad(params, state=state)
+            updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fun)
+            return optax.apply_updates(params, updates), state, value, it + 1
+
+        def keep_going(carry):
+            _, state, prev_value, it = carry
+            grad = otu.tree_get(state, "grad")
+            value = otu.tree_get(state, "value")
+            gmax = jnp.maximum(jnp.max(jnp.abs(grad[0])), jnp.max(jnp.abs(grad[1])))
+            # Stop like scipy's L-BFGS-B: projected gradient below tol, or no relative decrease
+            # left that float32 can resolve (the line search then returns a zero step forever).
+            stalled = (prev_value - value) <= 4 * jnp.finfo(jnp.float32).eps * jnp.maximum(
+                jnp.abs(value), 1.0)
+            first = it == 0
+            return first | ((it < max_iter) & (gmax > tol) & ~stalled)
+
+        init = (params, opt.init(params), jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(0))
+        params, _, _, it = jax.lax.while_loop(keep_going, step, init)
+        return params, it
+
+    @jax.jit
+    def run(X, y, sw, Cs, W0, b0):
+        Y = jax.nn.one_hot(y, num_classes, dtype=X.dtype)
+
+        def body(params, C):
+            params, it = fit_one(X, Y, sw, C, params)
+            return params, (params[0], params[1], it)
+
+        _, (Ws, bs, its) = jax.lax.scan(body, (W0, b0), Cs)
+        return Ws, bs, its
+
+    def call(X, y, sw, Cs, W0=None, b0=None):
+        d = X.shape[1]
+        W0 = jnp.zeros((d, k_out), jnp.float32) if W0 is None else jnp.asarray(W0, jnp.float32)
+        b0 = jnp.zeros((k_out,), jnp.float32) if b0 is None else jnp.asarray(b0, jnp.float32)
+        return run(X, y, sw, Cs, W0, b0)
+
+    return call
+
+
+def path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], num_classes: int, *,
+         sample_weight: np.ndarray | None = None, solver: Solver = "jax", tol: float = 1e-4,
+         max_iter: int = 1000, init: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+    """Fit one model per C, in increasing C, each warm-started from the one before.
+
+    Args:
+      X: (N, D) features (float32).
+      y: (N,) int labels in [0, num_classes).
+      Cs: inverse regularisation strengths (scikit-learn's C); sorted here.
+      num_classes: K. Labels absent from `y` still get a column (their logit is pushed down).
+      sample_weight: (N,) per-sample weights (class weights folded in), or None for ones.
+      solver: ``jax`` (optax L-BFGS, one jitted scan over the path) or ``sklearn`` (the reference).
+      tol: stop when the largest gradient entry of the objective above is below this.
+      max_iter: L-BFGS iteration cap per C.
+      init: (W, b) to start the first fit from.
+
+    Returns:
+      A `Path` with one solution per C.
+    """
+    Cs = np.sort(np.asarray(Cs, np.float64))
+    X = np.asarray(X, np.float32)
+    y = np.asarray(y, np.int32)
+    sw = np.ones(len(y), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
+    if solver == "jax":
+        import jax.numpy as jnp
+
+        fn = _jax_path_fn(num_classes, int(max_iter), float(tol), 10)
+        W0, b0 = (None, None) if init is None else init
+        Ws, bs, its = fn(jnp.asarray(X), jnp.asarray(y), jnp.asarray(sw), jnp.asarray(Cs, jnp.float32),
+                         W0, b0)
+        return Path(Cs, np.asarray(Ws), np.asarray(bs), np.asarray(its))
+    if solver == "sklearn":
+        return _sklearn_path(X, y, sw, Cs, num_classes, tol, max_iter, init)
+    raise ValueError(f"unknown solver {solver!r}; use 'jax' or 'sklearn'")
+
+
+def _sklearn_path(X, y, sw, Cs, num_classes, tol, max_iter, init) -> Path:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    present = np.unique(y)
+    model = LogisticRegression(C=float(Cs[0]), tol=tol, max_iter=max_iter, warm_start=True)
+    if init is not None:
+        # scikit-learn's warm start reads coef_/intercept_ in its own layout: (K', D), (K',).
+        W0, b0 = init
+        model.coef_ = np.ascontiguousarray(np.asarray(W0, np.float64)[:, _cols(present, num_classes)].T)
+        model.intercept_ = np.asarray(b0, np.float64)[_cols(present, num_classes)]
+    Ws, bs, its = [], [], []
+    for C in Cs:
+        model.set_params(C=float(C))
+        with warnings.catch_warnings():
+            # Hitting max_iter is reported through n_iter, as the JAX solver does.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(X, y, sample_weight=sw)
+        W, b = _embed(model.coef_.T, model.intercept_, present, num_classes)
+        Ws.append(W)
+        bs.append(b)
+        its.append(int(np.max(model.n_iter_)))
+    return Path(Cs, np.stack(Ws).astype(np.float32), np.stack(bs).astype(np.float32), np.array(its))
+
+
+def _cols(present: np.ndarray, num_classes: int) -> np.ndarray:
+    """Which of our K' columns scikit-learn keeps when it only saw the classes in `present`."""
+    if n_outputs(num_classes) == 1 or len(present) == 2 and num_classes == 2:
+        return np.array([0])
+    return present
+
+
+def _embed(W, b, present, num_classes):
+    """Put scikit-learn's (D, K_seen) solution into our (D, K') layout.
+
+    A class missing from the training labels gets weight 0 and a very low intercept, so it is
+    never predicted and its probability is ~0, which is what the full softmax fit tends to.
+    """
+    k_out = n_outputs(num_classes)
+    if W.shape[1] == k_out and (k_out == 1 or len(present) == num_classes):
+        return W, b
+    if len(present) < 2:
+        raise ValueError("logistic regression needs at least two classes in its training labels")
+    if len(present) == 2 and k_out != 1:
+        # scikit-learn fitted a binomial model for two seen classes of K > 2.
+        W = np.concatenate([-0.5 * W, 0.5 * W], axis=1)
+        b = np.concatenate([-0.5 * b, 0.5 * b])
+    Wf = np.zeros((W.shape[0], k_out), W.dtype)
+    bf = np.full((k_out,), -1e4, b.dtype)
+    Wf[:, present] = W
+    bf[present] = b
+    return Wf, bf

@@ -1,0 +1,147 @@
+"""Fitted heads on disk, and loading them back as pure JAX functions for the gradient stages.
+
+A heads folder holds ``heads.json`` (class names, and per head its kind and architecture) and one
+``<name>.npz`` of parameters per head, flattened with ``/``-joined keys. Feature standardisation is
+folded into the first layer before saving, so a loaded head takes raw backbone features:
+``(x - mu) / sigma @ W + b == x @ (W / sigma) + (b - (mu / sigma) @ W)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+INDEX = "heads.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedHead:
+    """A fitted head that maps backbone features to class logits.
+
+    Attributes:
+      name: ``logreg`` or ``mlp``.
+      kind: ``linear`` or ``mlp``.
+      classes: class names, index = label.
+      params: the head's parameters (a pytree of jax arrays).
+      config: architecture settings the apply function was built from.
+    """
+
+    name: str
+    kind: str
+    classes: list[str]
+    params: Any
+    config: Mapping[str, Any]
+    apply_fn: Callable[[Any, Any], Any] = dataclasses.field(repr=False)
+
+    def logits(self, params: Any, features: Any) -> Any:
+        """(B, D) raw backbone features -> (B, C) logits; pure JAX, differentiable in both args."""
+        return self.apply_fn(params, features)
+
+
+def fold_standardization(first_kernel: np.ndarray, first_bias: np.ndarray, mean: np.ndarray | None,
+                         scale: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Fold ``(x - mean) / scale`` into the first affine layer ``x @ kernel + bias``.
+
+    Args:
+      first_kernel: (D, H) kernel; first_bias: (H,).
+      mean, scale: (D,) standardisation statistics, or None when features were used raw.
+
+    Returns:
+      (kernel, bias) that take raw features. Computed in float64, returned as float32.
+    """
+    if mean is None:
+        return first_kernel.astype(np.float32), first_bias.astype(np.float32)
+    k = first_kernel.astype(np.float64) / scale.astype(np.float64)[:, None]
+    b = first_bias.astype(np.float64) - mean.astype(np.float64) @ k
+    return k.astype(np.float32), b.astype(np.float32)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = np.asarray(v, np.float32)
+    return out
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for key, v in flat.items():
+        node = tree
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+def save_head(heads_dir: Path, name: str, kind: str, params: Mapping[str, Any],
+              config: Mapping[str, Any], classes: Sequence[str]) -> None:
+    """Write ``<name>.npz`` and add the head to ``heads.json`` (params already take raw features)."""
+    heads_dir = Path(heads_dir)
+    np.savez(heads_dir / f"{name}.npz", **_flatten(params))
+    index_path = heads_dir / INDEX
+    index = json.loads(index_path.read_text()) if index_path.exists() else {"classes": list(classes), "heads": {}}
+    if index["classes"] != list(classes):
+        raise ValueError(f"{index_path}: classes differ from those of head {name!r}")
+    index["heads"][name] = {"kind": kind, "file": f"{name}.npz", "config": dict(config)}
+    index_path.write_text(json.dumps(index, indent=1))
+
+
+def available(heads_dir: Path) -> list[str]:
+    """Names of the heads saved in `heads_dir`."""
+    path = Path(heads_dir) / INDEX
+    return list(json.loads(path.read_text())["heads"]) if path.exists() else []
+
+
+def load_head(heads_dir: Path, name: str) -> TrainedHead:
+    """Load a fitted head as a pure JAX function of (params, features).
+
+    Args:
+      heads_dir: the heads stage's output folder.
+      name: ``logreg`` or ``mlp`` (see ``heads.json``).
+
+    Returns:
+      A `TrainedHead`; ``head.logits(head.params, features)`` gives (B, C) logits from raw
+      (B, D) backbone features.
+
+    Raises:
+      FileNotFoundError: no heads.json in `heads_dir` (not a heads output folder).
+      KeyError: no head called `name`; the message lists those available.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    heads_dir = Path(heads_dir)
+    index_path = heads_dir / INDEX
+    if not index_path.exists():
+        raise FileNotFoundError(f"{index_path} not found: {heads_dir} is not the output of the heads stage")
+    index = json.loads(index_path.read_text())
+    if name not in index["heads"]:
+        raise KeyError(f"no head {name!r} in {heads_dir}; available: {', '.join(index['heads'])}")
+    entry = index["heads"][name]
+    with np.load(heads_dir / entry["file"]) as f:
+        params = jax.tree.map(jnp.asarray, _unflatten({k: f[k] for k in f.files}))
+    config = entry["config"]
+    if entry["kind"] == "linear":
+        from pipeline.heads.logreg import linear_logits
+
+        def apply_fn(p, x):
+            return linear_logits(p["W"], p["b"], x)
+    elif entry["kind"] == "mlp":
+        from pipeline.heads.mlp import make_module
+
+        module = make_module(len(index["classes"]), tuple(config["hidden"]), config["activation"])
+
+        def apply_fn(p, x):
+            return module.apply({"params": p}, x)
+    else:
+        raise ValueError(f"{index_path}: head {name!r} has unknown kind {entry['kind']!r}")
+    return TrainedHead(name, entry["kind"], list(index["classes"]), params, config, apply_fn)
