@@ -145,7 +145,7 @@ class DepthwiseConv(nn.Module):
 
 
 class Conv(nn.Module):
-    """Dense 2-D convolution with TF-'SAME' or explicit padding (a thin wrapper on `nn.Conv`).
+    """Dense 2-D convolution with TF-'SAME' or explicit padding; params ``kernel`` (HWIO), ``bias``.
 
     Attributes:
       features: output channels.
@@ -153,7 +153,8 @@ class Conv(nn.Module):
       stride: stride.
       padding: ``"SAME"`` (TensorFlow rule from the input shape) or ((top, bottom), (left, right)).
       use_bias: add a bias.
-      dtype, param_dtype: as for `nn.Conv`.
+      dtype: computation dtype (None: the input's).
+      param_dtype: parameter dtype.
     """
 
     features: int
@@ -168,10 +169,16 @@ class Conv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (B, H, W, Cin) -> (B, Ho, Wo, features)."""
         k = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features),
+                            self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
+        dtype = self.dtype or x.dtype
         pad = same_padding_2d(x.shape[1:3], k, self.stride) if self.padding == "SAME" else self.padding
-        return nn.Conv(self.features, (k, k), strides=(self.stride, self.stride), padding=pad,
-                       use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                       name="conv")(x)
+        y = jax.lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (self.stride, self.stride), pad,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if bias is not None:
+            y = y + bias.astype(dtype)
+        return y
 
 
 def normalize_pixels(pixels: jax.Array, normalization: str,

@@ -1,0 +1,337 @@
+"""Backbone registry: names -> specs (cheap, no jax) and `load_backbone` (builds, converts, caches).
+
+Specs are data in the zoo modules (`ZOO_MODULES`); code lives in family modules (`FAMILIES`). A
+family module defines
+
+  build(spec, dtype: str, depthwise: str) -> flax.linen.Module
+      ``module.apply({"params": params["features"]}, normalised_pixels) -> (B, feature_dim)``
+  convert(state: dict[str, np.ndarray], spec) -> {"features": pytree, "head": {"kernel", "bias"}}
+      pure and checked (see `pipeline.models.convert.StateReader`); ``head`` is the ImageNet
+      classifier as a dense layer on the pooled features
+  CONVERT_VERSION: str          bump it when convert's output changes (invalidates caches)
+  load_state(path, spec) -> dict[str, np.ndarray]   optional: replaces the reader for
+      ``spec.weights.format`` (``pth`` -> `torch_pickle`, ``h5`` -> every HDF5 dataset by path)
+
+Converted params are cached as ``<cache>/weights/converted/<name>-<checksum[:16]>-c<CONVERT_VERSION>.npz``
+(written to a temp file and renamed); a cache that fails to read back or does not match its own
+stored manifest is deleted and rebuilt from the published weights.
+
+Importing this module must not import jax: `get_spec`, `names`, `specs` and `describe` are used
+by the runner and the CLI to validate params and list backbones instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.models import weights as weights_lib
+from pipeline.models.spec import BackboneSpec
+
+# family name (spec.family) -> module implementing build/convert. Add one line per family.
+FAMILIES: dict[str, str] = {
+    "efficientnet_lite": "pipeline.models.efficientnet_lite",
+    "vgg": "pipeline.models.vgg",
+    "resnet": "pipeline.models.resnet",
+    "mobilenet_v2": "pipeline.models.mobilenet_v2",
+}
+
+# Modules defining ``SPECS = [BackboneSpec, ...]``; a missing one is skipped (helpers land separately).
+ZOO_MODULES: tuple[str, ...] = ("pipeline.models.zoo_lite", "pipeline.models.zoo_keras")
+
+DTYPES = ("float32", "bfloat16")
+
+
+class UnknownBackboneError(UserError, KeyError):
+    """A backbone name that is not registered; the message lists the registered ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@functools.cache
+def _specs_by_name() -> dict[str, BackboneSpec]:
+    out: dict[str, BackboneSpec] = {}
+    for mod_name in ZOO_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            if e.name == mod_name:
+                continue  # that zoo has not landed (or was removed): its backbones are simply absent
+            raise
+        for spec in mod.SPECS:
+            if spec.name in out:
+                raise ValueError(f"backbone {spec.name!r} is registered twice ({mod_name})")
+            out[spec.name] = spec
+    return out
+
+
+def names() -> list[str]:
+    """Registered backbone names, sorted."""
+    return sorted(_specs_by_name())
+
+
+def specs() -> list[BackboneSpec]:
+    """All registered specs, sorted by name."""
+    by = _specs_by_name()
+    return [by[n] for n in sorted(by)]
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """Spec of a registered backbone (no jax import).
+
+    Raises:
+      UnknownBackboneError: `name` is not registered; the message lists near matches and all names.
+    """
+    by = _specs_by_name()
+    if name in by:
+        return by[name]
+    import difflib
+
+    near = difflib.get_close_matches(name, list(by), n=3)
+    hint = f" Did you mean {', '.join(map(repr, near))}?" if near else ""
+    raise UnknownBackboneError(f"Unknown backbone {name!r}.{hint} Registered: {', '.join(sorted(by))}.")
+
+
+def family_module(spec: BackboneSpec) -> Any:
+    """Import the module implementing `spec.family` (this imports jax/flax)."""
+    if spec.family not in FAMILIES:
+        raise UnknownBackboneError(f"Backbone {spec.name!r} has family {spec.family!r}, which has no entry in "
+                                   f"pipeline.models.registry.FAMILIES ({', '.join(sorted(FAMILIES))}).")
+    return importlib.import_module(FAMILIES[spec.family])
+
+
+# ---------------------------------------------------------------------------------------------
+# Converted-params cache
+
+
+def converted_path(spec: BackboneSpec, cache_dir: str | os.PathLike, convert_version: str) -> Path:
+    """Where the converted params for `spec` are cached (depends on the weights' checksum)."""
+    digest = spec.weights.checksum.split(":", 1)[-1][:16]
+    return Path(cache_dir) / "weights" / "converted" / f"{spec.name}-{digest}-c{convert_version}.npz"
+
+
+def _manifest(flat: dict[str, np.ndarray], spec: BackboneSpec) -> dict:
+    return {"name": spec.name, "checksum": spec.weights.checksum,
+            "shapes": {k: list(v.shape) for k, v in sorted(flat.items())},
+            "params": int(sum(v.size for k, v in flat.items() if k.startswith("features/"))),
+            "head_params": int(sum(v.size for k, v in flat.items() if k.startswith("head/")))}
+
+
+def _save_converted(path: Path, params: dict, spec: BackboneSpec) -> None:
+    from pipeline.models.convert import flatten_params
+
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten_params(params).items()}
+    manifest = np.frombuffer(json.dumps(_manifest(flat, spec)).encode(), np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, __manifest__=manifest, **flat)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared by users of a machine
+        os.replace(tmp, path)  # readers never see a half-written cache
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_converted(path: Path, spec: BackboneSpec) -> dict | None:
+    """Params from the converted cache, or None if it is missing or corrupt (then it is deleted)."""
+    from pipeline.models.convert import unflatten_params
+
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:  # zip CRCs are checked as members are read
+            manifest = json.loads(z["__manifest__"].tobytes().decode())
+            flat = {k: z[k] for k in z.files if k != "__manifest__"}
+        if manifest.get("checksum") != spec.weights.checksum or manifest != _manifest(flat, spec):
+            raise ValueError("manifest does not match contents")
+        if not all(np.isfinite(v).all() for v in flat.values()):
+            raise ValueError("non-finite values")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError):
+        path.unlink(missing_ok=True)  # corrupt: rebuild from the published weights
+        return None
+    return unflatten_params(flat)
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The manifest stored in a converted cache (cheap: reads one small member), or None."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(z["__manifest__"].tobytes().decode())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def read_state(path: Path, spec: BackboneSpec, family: Any) -> dict[str, np.ndarray]:
+    """Read a published weight file into a flat ``{key: array}`` dict."""
+    if hasattr(family, "load_state"):
+        return family.load_state(path, spec)
+    if spec.weights.format == "pth":
+        from pipeline.models.torch_pickle import load_state_dict
+
+        return load_state_dict(path)
+    if spec.weights.format == "h5":
+        import h5py
+
+        out: dict[str, np.ndarray] = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda k, obj: out.__setitem__(k, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        return out
+    raise ValueError(f"{spec.name}: unknown weights format {spec.weights.format!r}")
+
+
+def load_params(spec: BackboneSpec, cache_dir: str | os.PathLike, *, progress: Callable | None = None) -> dict:
+    """Converted float32 params for `spec`: from the cache, or fetched + verified + converted + cached."""
+    family = family_module(spec)
+    path = converted_path(spec, cache_dir, family.CONVERT_VERSION)
+    params = _load_converted(path, spec)
+    if params is None:
+        src = weights_lib.fetch_weights(spec.weights, cache_dir, progress=progress)
+        params = family.convert(read_state(src, spec, family), spec)
+        _save_converted(path, params, spec)
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A loaded backbone: spec, params and two pure, jitted functions.
+
+    Attributes:
+      spec: its `BackboneSpec`.
+      params: ``{"features": ..., "head": {"kernel": (D, 1000), "bias": (1000,)}}`` (float32).
+      module: the Flax module (``module.apply({"params": params["features"]}, normalised)``).
+      dtype: computation dtype of `embed` (``float32`` or ``bfloat16``).
+    """
+
+    spec: BackboneSpec
+    params: Any
+    module: Any
+    dtype: str
+    _embed: Callable = dataclasses.field(repr=False)
+    _logits: Callable = dataclasses.field(repr=False)
+
+    def embed(self, params: Any, pixels: Any) -> Any:
+        """Pooled features of images.
+
+        Args:
+          params: `self.params` (or a pytree of the same structure).
+          pixels: (B, S, S, 3) float32 RGB in [0, 255], S = spec.input_size, already resized and
+            cropped; normalised inside (differentiable w.r.t. pixels).
+
+        Returns:
+          (B, spec.feature_dim) float32.
+        """
+        return self._embed(params, pixels)
+
+    def imagenet_logits(self, params: Any, features: Any) -> Any:
+        """ImageNet logits (B, spec.num_classes) from pooled features (B, D), float32."""
+        return self._logits(params, features)
+
+
+def load_backbone(name: str, cache_dir: str | os.PathLike, dtype: str = "float32",
+                  depthwise: str = "auto") -> Backbone:
+    """Build a registered backbone with its converted pretrained ImageNet weights.
+
+    Args:
+      name: registered name (see `names()`).
+      cache_dir: cache root; downloads and converted params live under ``<cache_dir>/weights``.
+      dtype: ``float32`` or ``bfloat16`` (compute in bf16, return float32 features).
+      depthwise: depthwise-conv implementation for families that have one: ``auto``, ``xla``,
+        ``shifted`` (see `pipeline.models.layers`).
+
+    Returns:
+      A `Backbone`.
+
+    Raises:
+      UnknownBackboneError, WeightsError (download/verify/convert problems), ValueError (bad dtype).
+    """
+    spec = get_spec(name)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    import jax
+    import jax.numpy as jnp
+
+    from pipeline.models import layers
+
+    layers.resolve_depthwise(depthwise)  # validate early
+    family = family_module(spec)
+    module = family.build(spec, dtype, depthwise)
+    params = jax.tree_util.tree_map(jnp.asarray, load_params(spec, cache_dir))
+    compute = jnp.dtype(dtype)
+
+    def embed(p, pixels):
+        x = layers.normalize_pixels(jnp.asarray(pixels, jnp.float32), spec.normalization, spec.mean, spec.std)
+        feats = module.apply({"params": p["features"]}, x.astype(compute))
+        return feats.astype(jnp.float32)
+
+    def logits(p, feats):
+        head = p["head"]
+        return jnp.asarray(feats, jnp.float32) @ head["kernel"] + head["bias"]
+
+    return Backbone(spec=spec, params=params, module=module, dtype=dtype, _embed=jax.jit(embed),
+                    _logits=jax.jit(logits))
+
+
+def describe(cache_dir: str | os.PathLike) -> list[dict]:
+    """One row per registered backbone for `pipeline backbones` (no jax, no downloads).
+
+    Returns:
+      Dicts with ``name``, ``family``, ``input_size``, ``resize_size``, ``normalization``,
+      ``feature_dim``, ``params`` (int or None), ``flops`` (per image or None), ``licence``,
+      ``weights_url``, ``weights_cached`` (published file present locally) and ``converted_cached``.
+    """
+    rows = []
+    for spec in specs():
+        conv_version = None
+        if spec.family in FAMILIES:
+            # Read CONVERT_VERSION without importing the family (which imports jax).
+            conv_version = _convert_version_without_import(FAMILIES[spec.family])
+        conv = None
+        if conv_version is not None:
+            p = converted_path(spec, cache_dir, conv_version)
+            conv = p if p.is_file() else None
+        manifest = read_manifest(conv) if conv else None
+        params = manifest["params"] + manifest["head_params"] if manifest else spec.extra.get("params")
+        rows.append({
+            "name": spec.name, "family": spec.family, "input_size": spec.input_size,
+            "resize_size": spec.resize_size, "normalization": spec.normalization,
+            "feature_dim": spec.feature_dim, "params": params, "flops": spec.flops,
+            "licence": spec.weights.licence, "weights_url": spec.weights.url,
+            "weights_cached": weights_lib.cached_path(spec.weights, cache_dir) is not None,
+            "converted_cached": manifest is not None,
+        })
+    return rows
+
+
+@functools.cache
+def _convert_version_without_import(module_name: str) -> str | None:
+    """Find ``CONVERT_VERSION = "..."`` in a family module's source without executing it."""
+    import ast
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    for node in ast.parse(Path(spec.origin).read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CONVERT_VERSION" for t in node.targets):
+            return str(ast.literal_eval(node.value))
+    return None
