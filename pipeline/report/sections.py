@@ -1,0 +1,589 @@
+"""Build the report's sections from the stages' output folders.
+
+Each `*_section` function takes what it needs (folders, manifests, the report's params) and
+returns one `Section`; a stage whose output is absent gives a "not run" section that says why, so
+a run without the gradient stages still gets a useful page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from pipeline.report import readers
+from pipeline.report.document import (ASSET_DIR, Asset, Bars, Card, Details, Document, Figure,
+                                      Gallery, Section, Table, Text, Tiles)
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The knobs of the report (a plain copy of the report params section)."""
+
+    title: str = "Transfer-learning run"
+    primary_head: str = "auto"
+    split: str = "test"
+    max_mistakes: int = 24
+    max_ideal: int = 48
+    max_adversarial: int = 12
+    thumbnail_size: int = 160
+    dpi: int = 100
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+def pct(v: Any, digits: int = 1) -> str:
+    return "–" if not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.{digits}f}%"
+
+
+def num(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+    return str(v)
+
+
+def value(v: Any) -> str:
+    """A param value as YAML would show it (lists in brackets, strings bare)."""
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(value(x) for x in v) + "]"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return num(v) if isinstance(v, (int, float)) else str(v)
+
+
+def metric_cell(name: str, v: Any) -> str:
+    if name in ("n", "support") or isinstance(v, int) and not isinstance(v, bool):
+        return num(v)
+    if "accuracy" in name or name in ("precision", "recall", "f1") or name.endswith("rate"):
+        return pct(v)
+    return num(v)
+
+
+def seconds(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return "–"
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(s, 60)
+    return f"{int(m)} min {sec:.0f} s" if m < 60 else f"{int(m // 60)} h {int(m % 60)} min"
+
+
+# --- images --------------------------------------------------------------------------------------
+
+def thumbnail(path: Path, size: int, name: str) -> Asset | None:
+    """A square, centre-cropped JPEG thumbnail of a photo (EXIF rotation applied), or None."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            im = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)
+    except (OSError, ValueError):
+        return None
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return Asset(f"{ASSET_DIR}/{name}.jpg", buf.getvalue())
+
+
+def file_asset(path: Path, name: str) -> Asset:
+    """A stage's image file, copied as is (PNG perturbations must not be recompressed)."""
+    return Asset(f"{ASSET_DIR}/{name}{Path(path).suffix.lower()}", Path(path).read_bytes())
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))[:80]
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+def not_run(id: str, title: str, stage: str, inputs: Mapping[str, Path], manifests: Mapping[str, Any],
+            what: str) -> Section:
+    """A greyed section saying why there is nothing to show."""
+    if stage not in inputs:
+        note = f"The {stage} stage is not part of this pipeline, so there is no {what}."
+    else:
+        summ = (manifests.get(stage) or {}).get("summary") or {}
+        why = next((str(summ[k]) for k in ("reason", "skipped", "disabled", "note") if summ.get(k)), "")
+        note = (f"The {stage} stage produced no {what}" + (f": {why}." if why else
+                f" (nothing found in {inputs[stage]}); it may be disabled in params."))
+    return Section(id, title, status="not run", note=note)
+
+
+def overview_section(opts: Options, heads: dict | None, primary: str | None, classes: list[str] | None,
+                     sizes: Mapping[str, int], adv_metrics: Mapping | None,
+                     manifests: Mapping[str, Any], params: Mapping[str, Mapping]) -> Section:
+    tiles = []
+    if heads and primary:
+        split = _pick_split(heads["heads"][primary]["splits"], opts.split)
+        m = heads["heads"][primary]["splits"].get(split, {})
+        tiles.append((f"{split} accuracy", pct(m.get("accuracy")), f"head {primary}"))
+        if "mean_per_class_accuracy" in m:
+            tiles.append(("mean per-class accuracy", pct(m["mean_per_class_accuracy"]), f"head {primary}, {split}"))
+    if classes:
+        tiles.append(("classes", str(len(classes)), ", ".join(f"{k} {v}" for k, v in sizes.items())))
+    if adv_metrics:
+        rate = next((v for k, v in readers.flatten(adv_metrics).items() if "success" in k and isinstance(v, (int, float))), None)
+        if rate is not None:
+            tiles.append(("attack success", pct(rate), "dog → cat"))
+    total = sum((m or {}).get("seconds") or 0 for m in manifests.values())
+    tiles.append(("compute time", seconds(total), "all stages of this run"))
+    blocks: list = [Tiles(tiles)]
+    facts = []
+    if (bb := params.get("backbone", {}).get("name")):
+        facts.append(f"Backbone {bb}")
+    ds = params.get("data", {})
+    if ds.get("source") == "folder":
+        facts.append(f"photos from the folder {ds.get('path')}")
+    elif ds.get("source"):
+        facts.append(f"{ds.get('source')} dataset {ds.get('name', '?')}")
+    if facts:
+        blocks.append(Text("; ".join(facts) + "."))
+    rows = [[name, (m or {}).get("key", "–"), (m or {}).get("ended", "–")] for name, m in manifests.items()]
+    blocks.append(Details("Stage outputs (cache keys)", [Table(["stage", "key", "finished"], rows)]))
+    return Section("overview", "Overview", blocks)
+
+
+def params_section(params: Mapping[str, Mapping], defaults: Mapping[str, Mapping]) -> Section:
+    rows = readers.param_rows(params, defaults)
+    changed = [r for r in rows if r[3]]
+    blocks: list = []
+    if changed:
+        blocks.append(Text(f"{len(changed)} of {len(rows)} params differ from their defaults:"))
+        blocks.append(Table(["param", "this run", "default"],
+                            [[k, value(v), value(d)] for k, v, d, _ in changed],
+                            row_classes=["changed"] * len(changed)))
+    else:
+        blocks.append(Text(f"All {len(rows)} params have their default values."))
+    blocks.append(Details(f"All params ({len(rows)})", [Table(
+        ["param", "value", "default"], [[k, value(v), value(d) if c else "same"] for k, v, d, c in rows],
+        row_classes=["changed" if c else "" for *_, c in rows])]))
+    return Section("params", "Params", blocks)
+
+
+def data_section(data_dir: Path | None, features_dir: Path | None, classes: list[str] | None,
+                 sizes: Mapping[str, int]) -> Section:
+    blocks: list = []
+    if sizes:
+        blocks.append(Table(["split", "images"], [[s, num(n)] for s, n in sizes.items()] +
+                            [["total", num(sum(sizes.values()))]]))
+    records = readers.split_records(data_dir)
+    if classes:
+        counts = {s: _class_counts(recs, classes) for s, recs in records.items()}
+        if counts and any(counts.values()):
+            head = ["class", *counts]
+            rows = [[c, *(num(counts[s].get(c, 0)) for s in counts)] for c in classes]
+            blocks.append(Details(f"{len(classes)} classes, images per split", [Table(head, rows)]))
+        else:
+            blocks.append(Text(f"{len(classes)} classes: " + ", ".join(classes) + "."))
+    skipped = readers.read_skipped(data_dir)
+    if skipped:
+        blocks.append(Text(f"{len(skipped)} file(s) were skipped:", kind="warn"))
+        blocks.append(Table(["file", "reason"], [[p, r] for p, r in skipped]))
+    elif data_dir is not None:
+        blocks.append(Text("No files were skipped.", kind="note"))
+    return Section("data", "Data", blocks)
+
+
+def _class_counts(recs: Sequence[Any], classes: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in recs:
+        if not isinstance(r, Mapping):
+            continue
+        lab = next((r[k] for k in ("label", "class", "class_name", "y") if k in r), None)
+        if isinstance(lab, int) and not isinstance(lab, bool) and 0 <= lab < len(classes):
+            lab = classes[lab]
+        if lab is not None:
+            out[str(lab)] = out.get(str(lab), 0) + 1
+    return out
+
+
+def _pick_split(splits: Mapping[str, Any], wanted: str) -> str:
+    if wanted in splits:
+        return wanted
+    for s in ("test", "val", "validation", "train"):
+        if s in splits:
+            return s
+    return next(iter(splits), wanted)
+
+
+def choose_primary(heads: dict | None, wanted: str) -> str | None:
+    """The head whose plots are shown: the one named, else the best on val (mean per-class acc.)."""
+    if not heads or not heads["heads"]:
+        return None
+    names = list(heads["heads"])
+    if wanted != "auto" and wanted in names:
+        return wanted
+
+    def score(n: str) -> float:
+        splits = heads["heads"][n]["splits"]
+        m = splits.get("val") or splits.get("validation") or splits.get(_pick_split(splits, "test")) or {}
+        return float(m.get("mean_per_class_accuracy", m.get("accuracy", -1.0)))
+
+    return max(names, key=score)
+
+
+def metrics_section(heads: dict | None, primary: str | None, opts: Options, log: Log) -> Section:
+    blocks: list = []
+    rows, classes_ = [], []
+    best = None
+    for name, h in heads["heads"].items():
+        for split, m in h["splits"].items():
+            hl = readers.headline(m)
+            rows.append([name, split, num(hl.get("n", "–")), pct(hl.get("accuracy")),
+                         pct(hl.get("mean_per_class_accuracy")), num(hl.get("log_loss", "–"))])
+            classes_.append("")
+            if split == opts.split and (best is None or hl.get("accuracy", -1) > best[1]):
+                best = (len(rows) - 1, hl.get("accuracy", -1))
+    if best is not None:
+        classes_[best[0]] = "best"
+    blocks.append(Table(["head", "split", "images", "accuracy", "mean per-class acc.", "log loss"], rows,
+                        row_classes=classes_,
+                        caption=f"Highlighted: the best {opts.split} accuracy. Plots below use head "
+                                f"{primary!r} (report.primary_head)."))
+    hyper_rows = [[name, ", ".join(f"{k}={value(v)}" for k, v in readers.flatten(h["hyper"]).items()
+                                   if isinstance(v, (int, float, str, bool)) and k != "seconds") or "–"]
+                  for name, h in heads["heads"].items()]
+    if any(r[1] != "–" for r in hyper_rows):
+        blocks.append(Table(["head", "chosen hyperparameters"], hyper_rows))
+    from pipeline.report import plots
+
+    panels = [p for name, h in heads["heads"].items() for p in _training_panels(name, h["hyper"])]
+    if panels:
+        blocks.append(Figure(Asset(f"{ASSET_DIR}/training.png", plots.training_png(panels, dpi=opts.dpi)),
+                             alt="how the heads were fitted", caption="How each head was fitted (dashed: the "
+                             "value chosen on the val split)."))
+    curves = {name: c for name, h in heads["heads"].items() if (c := readers.normalize_curve(h["curve"]))}
+    if (c := readers.normalize_curve(heads.get("curve"))):
+        curves = {"run": c, **curves}
+    if curves:
+        png = plots.learning_curves_png(curves, dpi=opts.dpi)
+        blocks.append(Figure(Asset(f"{ASSET_DIR}/learning_curve.png", png), alt="learning curve",
+                             caption="Accuracy on the test split against the number of training images "
+                                     "(mean over seeded draws; band: ±1 std).", max_width=900))
+    return Section("metrics", "Heads: metrics", blocks)
+
+
+def _training_panels(name: str, hyper: Mapping[str, Any]) -> list[dict]:
+    """Plot panels from a head's hyperparameter record: a sweep (list of points with a swept
+    value such as C) and per-epoch losses (numeric lists named ``*loss*``)."""
+    panels = []
+    sweep = next((v for v in hyper.values() if isinstance(v, list) and len(v) > 1
+                  and all(isinstance(p, Mapping) for p in v)), None)
+    if sweep:
+        xk = next(iter(sweep[0]))
+        ys = {k: [p.get(k) for p in sweep] for k in sweep[0] if k != xk and "accuracy" in k}
+        pts = sorted(range(len(sweep)), key=lambda i: sweep[i][xk])
+        if ys and all(isinstance(sweep[i][xk], (int, float)) for i in pts):
+            panels.append({"title": f"{name}: {xk} sweep", "xlabel": xk, "x": [sweep[i][xk] for i in pts],
+                           "series": {k: [v[i] for i in pts] for k, v in ys.items()}, "percent": True,
+                           "logx": min(sweep[i][xk] for i in pts) > 0,
+                           "mark": hyper.get(xk) if isinstance(hyper.get(xk), (int, float)) else None})
+    losses = {k: v for k, v in hyper.items() if "loss" in k and isinstance(v, list) and len(v) > 1
+              and all(isinstance(x, (int, float)) for x in v)}
+    if losses:
+        n = max(len(v) for v in losses.values())
+        best = hyper.get("best_epoch")
+        panels.append({"title": f"{name}: loss per epoch", "xlabel": "epoch", "x": list(range(1, n + 1)),
+                       "series": {k: v + [None] * (n - len(v)) for k, v in losses.items()},
+                       "mark": best if isinstance(best, int) else None})  # best_epoch is 1-based
+    return panels
+
+
+def confusion_section(heads: dict, primary: str, classes: list[str], opts: Options) -> Section:
+    from pipeline.report import plots
+
+    blocks: list = []
+    for name, h in heads["heads"].items():
+        split = _pick_split(h["splits"], opts.split)
+        cm = h["splits"].get(split, {}).get("confusion_matrix")
+        if not cm or len(cm) != len(classes):
+            continue
+        png = plots.confusion_matrix_png(cm, classes, title=f"{name} on {split}", dpi=opts.dpi)
+        fig = Figure(Asset(f"{ASSET_DIR}/confusion_{_safe(name)}_{split}.png", png),
+                     caption=f"Rows: true class; columns: predicted class; numbers: image counts; blue: "
+                             f"correct, red: mistakes, darker = larger share of the true class. "
+                             f"Head {name}, {split} split.",
+                     alt=f"confusion matrix of {name} on {split}")
+        blocks.append(fig if name == primary else Details(f"Confusion matrix of {name}", [fig]))
+    if not blocks:
+        return Section("confusion", "Confusion matrix", status="not run",
+                       note="metrics.json has no confusion matrix matching the classes.")
+    blocks.sort(key=lambda b: isinstance(b, Details))
+    return Section("confusion", "Confusion matrix", blocks)
+
+
+def per_class_section(heads: dict, primary: str, classes: list[str], opts: Options) -> Section:
+    from pipeline.report import plots
+
+    h = heads["heads"][primary]
+    split = _pick_split(h["splits"], opts.split)
+    m = h["splits"].get(split, {})
+    per = m.get("per_class") or {}
+    if not per:
+        return Section("per-class", "Per-class accuracy", status="not run",
+                       note=f"metrics.json has no per-class figures for {primary} on {split}.")
+    # Accuracy of a class = its recall; classes without test images cannot be ranked.
+    items = [(c, float(v.get("recall", 0.0)), int(v.get("support", 0))) for c, v in per.items()
+             if int(v.get("support", 1)) > 0]
+    items.sort(key=lambda t: (t[1], -t[2], t[0]))
+    png = plots.per_class_bars_png([c for c, _, _ in items], [v for _, v, _ in items], [n for *_, n in items],
+                                   reference=m.get("accuracy"), title=f"{primary} on {split}: worst classes first",
+                                   dpi=opts.dpi)
+    table = Table(["class", "precision", "recall (accuracy)", "F1", "images"],
+                  [[c, pct(per[c].get("precision")), pct(per[c].get("recall")), pct(per[c].get("f1")),
+                    num(per[c].get("support"))] for c, _, _ in items])
+    return Section("per-class", "Per-class accuracy", [
+        Figure(Asset(f"{ASSET_DIR}/per_class_{_safe(primary)}_{split}.png", png),
+               caption=f"Share of each class's {split} images that {primary} gets right, worst first; "
+                       f"dashed line: overall accuracy.", alt="per-class accuracy bars", max_width=900),
+        Details("Precision, recall and F1 per class", [table])])
+
+
+def mistakes_section(heads_dir: Path, heads: dict, primary: str, classes: list[str], finder: readers.ImageFinder,
+                     opts: Options) -> Section:
+    preds = readers.read_predictions(heads_dir, primary, classes)
+    title = "Most confident mistakes"
+    if preds is None:
+        return Section("mistakes", title, status="not run", note=f"No predictions_{primary}.json in the heads output.")
+    wrong = [r for r in preds if r["true"] != r["pred"]]
+    wrong.sort(key=lambda r: -(r["conf"] if r["conf"] is not None else 0.0))
+    shown = wrong[:opts.max_mistakes]
+    blocks: list = [Text(f"{len(wrong)} of {len(preds)} {opts.split} images are misclassified by {primary}; "
+                         f"the {len(shown)} it was surest about:")]
+    cards, missing = [], 0
+    for i, r in enumerate(shown):
+        src = finder.find(r["id"]) if r["id"] else None
+        thumb = thumbnail(src, opts.thumbnail_size, f"mistake_{i:03d}") if src else None
+        missing += thumb is None
+        name = lambda k: classes[k] if 0 <= k < len(classes) else str(k)  # noqa: E731
+        lines = [f"predicted {name(r['pred'])} ({pct(r['conf'], 0)})"]
+        if r["true_prob"] is not None:
+            lines.append(f"p(true class) = {pct(r['true_prob'], 0)}")
+        if r.get("top") and (top := _top_k_text(r["top"][1:3])):
+            lines.append(f"next: {top}")
+        cards.append(Card([(thumb, "")] if thumb else [], title=f"true: {name(r['true'])}", lines=lines,
+                          kind="bad", foot=r["id"]))
+    if cards:
+        blocks.append(Gallery(cards, min_width=max(150, opts.thumbnail_size)))
+    if missing:
+        blocks.append(Text(f"{missing} original image(s) could not be found on disk, so they have no thumbnail "
+                           f"(tfds images live inside TFRecords).", kind="note"))
+    return Section("mistakes", title, blocks)
+
+
+def _top_k_text(v: Any) -> str | None:
+    """A top-k list (``[[name, p], ...]`` or ``[{"class": .., "prob": ..}]``) as one line."""
+    if not isinstance(v, list) or not v:
+        return None
+    parts = []
+    for item in v:
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            parts.append(f"{item[0]} {pct(item[1], 0)}")
+        elif isinstance(item, Mapping):
+            name = next((item[k] for k in ("class", "name", "label") if k in item), "?")
+            p = next((item[k] for k in ("prob", "p", "probability") if k in item), None)
+            parts.append(f"{name} {pct(p, 0)}" if p is not None else str(name))
+        else:
+            return None
+    return ", ".join(parts)
+
+
+def _card_lines(item: Mapping, title_key: str | None, max_lines: int = 8) -> list[str]:
+    lines = []
+    for k, v in item.items():
+        if k == title_key:
+            continue
+        if isinstance(v, list) and (text := _top_k_text(v)):
+            lines.append(f"{k.replace('_', ' ')}: {text}")
+    for k, v in readers.scalars(item, skip=[title_key or ""]).items():
+        if k.split(".")[-1] in ("id", "index", "seed"):
+            continue
+        label = k.replace("_", " ")
+        if isinstance(v, float) and any(w in k for w in ("prob", "acc", "rate", "conf", "p_")) and 0 <= v <= 1:
+            lines.append(f"{label}: {pct(v)}")
+        else:
+            lines.append(f"{label}: {value(v)}")
+    return lines[:max_lines]
+
+
+_TITLE_KEYS = ("target", "target_class", "class", "class_name", "label", "name", "option", "id")
+
+
+def ideal_section(ideal_dir: Path, opts: Options) -> Section | None:
+    data = readers.load_json(ideal_dir / "ideal.json")
+    blocks: list = []
+    grids = sorted(p for p in ideal_dir.glob("*.png") if "grid" in p.name.lower())
+    for g in grids[:2]:
+        blocks.append(Figure(file_asset(g, f"ideal_{_safe(g.stem)}"), caption=f"{g.name}",
+                             alt=f"ideal images grid {g.name}"))
+    items = readers.image_items(data, ideal_dir) if data is not None else []
+    grid_names = {g.name for g in grids}
+    items = [it for it in items if not set(p.name for p in readers.image_refs(it, ideal_dir).values()) <= grid_names]
+    if isinstance(data, Mapping):
+        top = {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool))}
+        if top:
+            blocks.insert(0, Table(["setting", "value"], [[k, value(v)] for k, v in top.items()]))
+    cards = []
+    for i, it in enumerate(items[:opts.max_ideal]):
+        title_key = next((k for k in _TITLE_KEYS if isinstance(it.get(k), (str, int))), None)
+        imgs = [(file_asset(p, f"ideal_{i:03d}_{_safe(k)}"), k.replace("_", " ") if len(readers.image_refs(it, ideal_dir)) > 1 else "")
+                for k, p in readers.image_refs(it, ideal_dir).items()]
+        cards.append(Card(imgs, title=str(it.get(title_key, "")) if title_key else "", lines=_card_lines(it, title_key)))
+    if cards:
+        blocks.append(Gallery(cards, min_width=200))
+    if not blocks:
+        return None
+    blocks.insert(0, Text("Images made by gradient ascent on a class score, starting from noise; under each, "
+                          "the probabilities the models give them."))
+    return Section("ideal", "Ideal images", blocks)
+
+
+_ROLE_ORDER = ("original", "clean", "input", "perturbation", "amplified", "delta", "noise", "diff", "adversarial", "adv")
+
+
+def _role_rank(key: str) -> int:
+    k = key.lower()
+    return next((i for i, r in enumerate(_ROLE_ORDER) if r in k), len(_ROLE_ORDER))
+
+
+def adversarial_section(adv_dir: Path, opts: Options) -> Section | None:
+    metrics = readers.load_json(adv_dir / "metrics.json")
+    blocks: list = []
+    if isinstance(metrics, Mapping):
+        flat = {k: v for k, v in readers.flatten(
+            {k: v for k, v in metrics.items() if not isinstance(v, list)}).items()
+            if isinstance(v, (int, float, str, bool))}
+        if flat:
+            blocks.append(Table(["metric", "value"], [[k.replace("_", " "), metric_cell(k.split(".")[-1], v)]
+                                                      for k, v in flat.items()]))
+    items: list = []
+    for f in [adv_dir / "metrics.json", *sorted(adv_dir.glob("*.json"))]:
+        if f.name == "manifest.json":
+            continue
+        found = [it for it in readers.image_items(readers.load_json(f), adv_dir) if len(readers.image_refs(it, adv_dir)) >= 2]
+        if found:
+            items = found
+            break
+    if not items:
+        items = _triplets_from_files(adv_dir)
+    cards = []
+    for i, it in enumerate(items[:opts.max_adversarial]):
+        refs = sorted(readers.image_refs(it, adv_dir).items(), key=lambda kv: _role_rank(kv[0]))
+        imgs = [(file_asset(p, f"adv_{i:03d}_{_safe(k)}"), k.replace("_", " ").removesuffix(" png")) for k, p in refs]
+        success = next((v for k, v in readers.flatten(it).items() if "success" in k and isinstance(v, bool)), None)
+        title_key = next((k for k in ("id", "image_id", "image", "name", "source")
+                          if isinstance(it.get(k), str) and k not in dict(refs)), None)
+        cards.append(Card(imgs, title=str(it.get(title_key, f"example {i + 1}")),
+                          lines=_card_lines(it, title_key, max_lines=10),
+                          kind="" if success is None else ("good" if success else "bad")))
+    if cards:
+        blocks.append(Gallery(cards, min_width=420))
+        blocks.append(Text("Each row: the original photo, the perturbation (amplified to be visible) and the "
+                           "adversarial image, with what the model predicts for each.", kind="note"))
+    if not blocks:
+        return None
+    return Section("adversarial", "Adversarial examples", blocks)
+
+
+def _triplets_from_files(folder: Path) -> list[dict]:
+    """Group ``<stem>_<role>.png`` files by stem when no JSON index names them."""
+    groups: dict[str, dict] = {}
+    for p in sorted(folder.rglob("*.png")):
+        stem, _, role = p.stem.rpartition("_")
+        if stem and _role_rank(role) < len(_ROLE_ORDER):
+            groups.setdefault(stem, {"id": stem})[role] = str(p.relative_to(folder))
+    return [g for g in groups.values() if len(g) >= 3]
+
+
+def timing_section(manifests: Mapping[str, Any]) -> Section:
+    rows, bars = [], []
+    for name, m in manifests.items():
+        if not m:
+            continue
+        s = m.get("seconds")
+        bars.append((name, float(s or 0.0), seconds(s)))
+        summ = m.get("summary") or {}
+        short = ", ".join(f"{k}={num(v)}" for k, v in list(summ.items())[:4] if isinstance(v, (int, float, str, bool)))
+        rows.append([name, seconds(s), m.get("started", "–"), m.get("host", "–"), short])
+    if not rows:
+        return Section("timing", "Timing", status="not run", note="No stage manifests found.")
+    versions = next((m.get("versions") for m in manifests.values() if m and m.get("versions")), {})
+    blocks: list = [Bars(bars), Table(["stage", "time", "started", "host", "summary"], rows,
+                                      caption="Time each stage took when its output was computed (a reused "
+                                              "output keeps the time of the run that made it).")]
+    if versions:
+        blocks.append(Details("Library versions", [Table(["library", "version"], [[k, v] for k, v in versions.items()])]))
+    return Section("timing", "Timing", blocks)
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+STAGE_ORDER = ("data", "features", "heads", "ideal", "adversarial")
+
+
+def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Mapping[str, type],
+          opts: Options, log: Log = lambda m: None) -> Document:
+    """The whole report.
+
+    Args:
+      inputs: upstream stage name -> its output folder (absent names: stage not in the graph).
+      own_params: the report's declared params sections (dataclasses), shown with the others.
+      schema: params section -> dataclass for every section (for the defaults).
+      opts: the report's knobs.
+      log: progress lines.
+
+    Returns:
+      The Document; `document.write` puts it on disk.
+    """
+    manifests = {n: readers.manifest(inputs[n]) for n in STAGE_ORDER if n in inputs}
+    params = readers.run_params(manifests, own_params)
+    data_dir, feat_dir = inputs.get("data"), inputs.get("features")
+    heads_dir = inputs.get("heads")
+    heads = readers.read_heads_metrics(heads_dir)
+    classes = readers.read_classes(data_dir, feat_dir) or (heads or {}).get("classes")
+    sizes = readers.split_sizes(data_dir, feat_dir)
+    primary = choose_primary(heads, opts.primary_head)
+    adv_dir = inputs.get("adversarial")
+    adv_metrics = readers.load_json(adv_dir / "metrics.json") if adv_dir else None
+
+    sections = [overview_section(opts, heads, primary, classes, sizes, adv_metrics, manifests, params),
+                params_section(params, readers.section_defaults(schema))]
+    sections.append(data_section(data_dir, feat_dir, classes, sizes) if (data_dir or feat_dir)
+                    else not_run("data", "Data", "data", inputs, manifests, "dataset summary"))
+    if heads and heads["heads"] and primary:
+        log(f"primary head: {primary}")
+        sections.append(metrics_section(heads, primary, opts, log))
+        if classes:
+            sections.append(confusion_section(heads, primary, classes, opts))
+            sections.append(per_class_section(heads, primary, classes, opts))
+            finder = readers.ImageFinder(data_dir, params.get("data"))
+            sections.append(mistakes_section(heads_dir, heads, primary, classes, finder, opts))
+    else:
+        for id_, title in (("metrics", "Heads: metrics"), ("confusion", "Confusion matrix"),
+                           ("per-class", "Per-class accuracy"), ("mistakes", "Most confident mistakes")):
+            sections.append(not_run(id_, title, "heads", inputs, manifests, "metrics.json"))
+    ideal_dir = inputs.get("ideal")
+    sections.append((ideal_section(ideal_dir, opts) if ideal_dir else None)
+                    or not_run("ideal", "Ideal images", "ideal", inputs, manifests, "ideal images"))
+    sections.append((adversarial_section(adv_dir, opts) if adv_dir else None)
+                    or not_run("adversarial", "Adversarial examples", "adversarial", inputs, manifests,
+                               "adversarial examples"))
+    sections.append(timing_section(manifests))
+
+    bb = params.get("backbone", {}).get("name")
+    when = max((m or {}).get("ended", "") for m in manifests.values()) if manifests else ""
+    sub = " · ".join(x for x in [f"backbone {bb}" if bb else "", f"{len(classes)} classes" if classes else "",
+                                 f"head {primary}" if primary else "", f"last stage finished {when}" if when else ""] if x)
+    return Document(opts.title, sub, sections)
