@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
@@ -36,9 +35,6 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 # Types of pixel data a decoded image may come in; all end up as RGB uint8.
 _ALPHA_MODES = ("RGBA", "LA", "La", "RGBa", "PA")
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-#: File name suffixes read as images from folders (lower case).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 #: A draft (reduced-size JPEG decode) keeps the shorter side >= DRAFT_MARGIN x the needed size.
 DRAFT_MARGIN = 2
@@ -69,13 +65,9 @@ class ImageDecodeError(Exception):
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """Read a file (local path or ``gs://``) into memory, mapping I/O errors to ImageDecodeError."""
+    """Read a local file into memory, mapping I/O errors to ImageDecodeError."""
     text = os.fspath(path)
     try:
-        if text.startswith("gs://"):
-            from etils import epath  # only for remote paths; a local read stays on the stdlib
-
-            return epath.Path(text).read_bytes()
         with open(text, "rb") as f:
             return f.read()
     except OSError as e:
@@ -303,8 +295,3 @@ def views(img: Image.Image, spec, crops: Sequence[str] = ("center",), flip: bool
         if flip:
             out.append(a[:, ::-1])
     return np.stack(out)
-
-
-def is_image_name(path: str | Path) -> bool:
-    """Whether a file name has one of the image suffixes read from folders."""
-    return os.path.splitext(str(path))[1].lower() in IMAGE_SUFFIXES
