@@ -13,6 +13,7 @@ bottom/right) can be expressed; `same_padding` computes the TF one.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, Sequence
 
 import flax.linen as nn
@@ -88,22 +89,83 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Paddin
             dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
     if impl != "shifted":
         raise ValueError(f"depthwise impl {impl!r} is not 'xla' or 'shifted' (resolve 'auto' first)")
-    (pt, pb), (pl, pr) = padding
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # (B, H+pt+pb, W+pl+pr, C)
-    ho = (xp.shape[1] - kh) // stride + 1
-    wo = (xp.shape[2] - kw) // stride + 1
-    # Accumulate in float32 even for bf16 inputs: k*k terms in bf16 lose ~3 bits.
-    acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
-    w = kernel[:, :, 0, :].astype(acc_dtype)  # (k, k, C)
+    padding = tuple((int(p[0]), int(p[1])) for p in padding)  # hashable: a static argument below
+    return _shifted_depthwise(x, kernel, int(stride), padding)
+
+
+def _shifted_sum(xp: jax.Array, w: jax.Array, stride: int, ho: int, wo: int) -> jax.Array:
+    """sum_{i,j} xp[:, i + s*h, j + s*w, :] * w[i, j] over an already padded input.
+
+    Args:
+      xp: (B, Hp, Wp, C) padded input.
+      w: (k, k, C) filters, already in the accumulation dtype.
+      stride: s.
+      ho, wo: output size.
+
+    Returns:
+      (B, ho, wo, C) in w's dtype.
+    """
+    kh, kw, c = w.shape
     out = None
     for i in range(kh):
         for j in range(kw):
             patch = jax.lax.slice(xp, (0, i, j, 0),
                                   (xp.shape[0], i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
                                   (1, stride, stride, 1))  # (B, Ho, Wo, C)
-            term = patch.astype(acc_dtype) * w[i, j]
+            term = patch.astype(w.dtype) * w[i, j]
             out = term if out is None else out + term
-    return out.astype(x.dtype)
+    return out
+
+
+# The shifted form has a hand-written VJP. Autodiff of k*k strided slices transposes each slice
+# into a full-size padded tensor and adds k*k of them, which on XLA:CPU made the input gradient of
+# EfficientNet-Lite0 ~5x its forward pass. The input gradient of a depthwise conv is itself a
+# depthwise conv (of the stride-dilated, padded cotangent with the flipped kernel), so it reuses
+# `_shifted_sum` and costs about one forward pass; the ideal-image and attack stages
+# differentiate through every depthwise layer at every step. Results equal autodiff's exactly.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _shifted_depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    kh, kw, _, _ = kernel.shape
+    (pt, pb), (pl, pr) = padding
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # (B, H+pt+pb, W+pl+pr, C)
+    ho = (xp.shape[1] - kh) // stride + 1
+    wo = (xp.shape[2] - kw) // stride + 1
+    # Accumulate in float32 even for bf16 inputs: k*k terms in bf16 lose ~3 bits.
+    acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    return _shifted_sum(xp, kernel[:, :, 0, :].astype(acc_dtype), stride, ho, wo).astype(x.dtype)
+
+
+def _shifted_depthwise_fwd(x, kernel, stride, padding):
+    return _shifted_depthwise(x, kernel, stride, padding), (x, kernel)
+
+
+def _shifted_depthwise_bwd(stride, padding, residuals, g):
+    x, kernel = residuals
+    kh, kw, _, c = kernel.shape
+    (pt, pb), (pl, pr) = padding
+    hp, wp = x.shape[1] + pt + pb, x.shape[2] + pl + pr
+    ho, wo = g.shape[1], g.shape[2]
+    acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    # d(xp)[p] = sum_{i,j} g[(p - i) / s] w[i, j]: dilate g by the stride (zeros between rows and
+    # columns), pad by k - 1 (plus the rows/cols the forward never reached), correlate with the
+    # flipped kernel at stride 1.
+    extra_h, extra_w = hp - ((ho - 1) * stride + kh), wp - ((wo - 1) * stride + kw)
+    gd = jax.lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (kh - 1, kh - 1 + extra_h, stride - 1),
+                                                 (kw - 1, kw - 1 + extra_w, stride - 1), (0, 0, 0)))
+    dxp = _shifted_sum(gd, kernel[::-1, ::-1, 0, :].astype(acc_dtype), 1, hp, wp)  # (B, Hp, Wp, C)
+    dx = dxp[:, pt:pt + x.shape[1], pl:pl + x.shape[2], :].astype(x.dtype)
+    # Kernel gradient (dead code under jit when only the input gradient is used).
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))).astype(acc_dtype)
+    ga = g.astype(acc_dtype)
+    taps = [jnp.sum(jax.lax.slice(xp, (0, i, j, 0),
+                                  (xp.shape[0], i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+                                  (1, stride, stride, 1)) * ga, axis=(0, 1, 2))
+            for i in range(kh) for j in range(kw)]
+    dk = jnp.stack(taps).reshape(kh, kw, 1, c).astype(kernel.dtype)
+    return dx, dk
+
+
+_shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
 
 
 class DepthwiseConv(nn.Module):
