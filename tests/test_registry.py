@@ -79,6 +79,15 @@ def test_params_match_module_structure(lite0_cache):
     assert bb.params["head"]["kernel"].shape == (1280, 1000)
 
 
+def test_random_params_have_the_converted_structure(lite0_cache):
+    import jax
+
+    _, bb = lite0_cache
+    rnd = registry.random_params(bb.spec, seed=1)
+    shapes = lambda t: jax.tree_util.tree_map(lambda a: tuple(a.shape), t)  # noqa: E731
+    assert shapes(rnd) == shapes(bb.params)
+
+
 def test_converted_cache_is_reused_and_rebuilt_when_corrupt(lite0_cache, monkeypatch):
     from pipeline.models import efficientnet_lite
 

@@ -262,30 +262,79 @@ def load_backbone(name: str, cache_dir: str | os.PathLike, dtype: str = "float32
       UnknownBackboneError, WeightsError (download/verify/convert problems), ValueError (bad dtype).
     """
     spec = get_spec(name)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: {dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    _check_options(dtype, depthwise)
+    return make_backbone(spec, load_params(spec, cache_dir), dtype, depthwise)
+
+
+def random_params(spec: BackboneSpec, seed: int = 0) -> dict:
+    """Random params with the structure `load_params` returns (for speed tests without weights).
+
+    Filled on the host with numpy (jitting ``module.init`` compiles one RNG kernel per parameter,
+    which takes tens of seconds): leaves named ``bias``/``mean``/``beta`` are 0, ``scale``/``var``/
+    ``gamma`` are 1, anything else is N(0, 1/fan_in) with fan_in = prod(shape[:-1]).
+
+    Args:
+      spec: a registered spec.
+      seed: numpy seed.
+
+    Returns:
+      ``{"features": ..., "head": {"kernel": (D, C), "bias": (C,)}}`` as float32 numpy arrays.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    module = family_module(spec).build(spec, "float32", "xla")
+    s = spec.input_size
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name in ("bias", "mean", "beta"):
+            return np.zeros(leaf.shape, np.float32)
+        if name in ("scale", "var", "gamma"):
+            return np.ones(leaf.shape, np.float32)
+        fan_in = int(np.prod(leaf.shape[:-1])) or 1
+        return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    feats = jax.tree_util.tree_map_with_path(fill, shapes["params"])
+    head = {"kernel": fill(("kernel",), jax.ShapeDtypeStruct((spec.feature_dim, spec.num_classes), jnp.float32)),
+            "bias": np.zeros((spec.num_classes,), np.float32)}
+    return {"features": feats, "head": head}
+
+
+def make_backbone(spec: BackboneSpec, params: Any, dtype: str = "float32", depthwise: str = "auto") -> Backbone:
+    """Wrap a spec and params (converted or `random_params`) into a `Backbone` with jitted functions."""
+    _check_options(dtype, depthwise)
     import jax
     import jax.numpy as jnp
 
     from pipeline.models import layers
 
-    layers.resolve_depthwise(depthwise)  # validate early
-    family = family_module(spec)
-    module = family.build(spec, dtype, depthwise)
-    params = jax.tree_util.tree_map(jnp.asarray, load_params(spec, cache_dir))
+    module = family_module(spec).build(spec, dtype, depthwise)
+    params = jax.tree_util.tree_map(jnp.asarray, params)
     compute = jnp.dtype(dtype)
 
     def embed(p, pixels):
         x = layers.normalize_pixels(jnp.asarray(pixels, jnp.float32), spec.normalization, spec.mean, spec.std)
-        feats = module.apply({"params": p["features"]}, x.astype(compute))
+        feats = module.apply({"params": p["features"]}, x.astype(compute))  # (B, D)
         return feats.astype(jnp.float32)
 
     def logits(p, feats):
         head = p["head"]
-        return jnp.asarray(feats, jnp.float32) @ head["kernel"] + head["bias"]
+        return jnp.asarray(feats, jnp.float32) @ head["kernel"] + head["bias"]  # (B, C)
 
     return Backbone(spec=spec, params=params, module=module, dtype=dtype, _embed=jax.jit(embed),
                     _logits=jax.jit(logits))
+
+
+def _check_options(dtype: str, depthwise: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    from pipeline.models.layers import DEPTHWISE_IMPLS
+
+    if depthwise not in DEPTHWISE_IMPLS:
+        raise ValueError(f"depthwise: {depthwise!r} is not allowed; choose one of {', '.join(DEPTHWISE_IMPLS)}")
 
 
 def describe(cache_dir: str | os.PathLike) -> list[dict]:
