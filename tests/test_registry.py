@@ -64,7 +64,7 @@ def test_describe(lite0_cache, tmp_path):
     cache, bb = lite0_cache
     row = {r["name"]: r for r in registry.describe(cache)}["efficientnet_lite0"]
     assert row["converted_cached"] is True
-    n = sum(int(np.prod(x.shape)) for x in __import__("jax").tree_util.tree_leaves(bb.params))
+    n = sum(int(np.prod(x.shape)) for x in __import__("jax").tree_util.tree_leaves(bb.params["features"]))
     assert row["params"] == n == bb.spec.extra["params"]
 
 

@@ -342,7 +342,8 @@ def describe(cache_dir: str | os.PathLike) -> list[dict]:
 
     Returns:
       Dicts with ``name``, ``family``, ``input_size``, ``resize_size``, ``normalization``,
-      ``feature_dim``, ``params`` (int or None), ``flops`` (per image or None), ``licence``,
+      ``feature_dim``, ``params`` (feature-extractor parameter count, ImageNet head excluded; None
+      if unknown), ``flops`` (per image or None), ``licence``,
       ``weights_url``, ``weights_cached`` (published file present locally) and ``converted_cached``.
     """
     rows = []
@@ -356,7 +357,7 @@ def describe(cache_dir: str | os.PathLike) -> list[dict]:
             p = converted_path(spec, cache_dir, conv_version)
             conv = p if p.is_file() else None
         manifest = read_manifest(conv) if conv else None
-        params = manifest["params"] + manifest["head_params"] if manifest else spec.extra.get("params")
+        params = manifest["params"] if manifest else spec.extra.get("params")
         rows.append({
             "name": spec.name, "family": spec.family, "input_size": spec.input_size,
             "resize_size": spec.resize_size, "normalization": spec.normalization,
