@@ -73,6 +73,21 @@ def test_installed_wheels_match_spec_checksums(tmp_path):
         assert path.name == spec.weights.filename
 
 
+def test_spec_figures_match_architecture():
+    """The FLOPs and parameter counts in zoo_lite are what the architecture config implies."""
+    from pipeline.models import efficientnet_lite as E
+
+    for name, n_blocks in zip(VARIANTS, (16, 21, 21)):
+        spec = registry.get_spec(name)
+        blocks = E.block_configs(spec.config)
+        assert len(blocks) == n_blocks
+        assert spec.flops == pytest.approx(E.flops_per_image(spec), rel=1e-3)
+        params = (3 * 9 * E.STEM + E.STEM + blocks[-1].cout * E.HEAD + E.HEAD
+                  + sum((b.cin * b.mid + b.mid if b.expand != 1 else 0) + b.mid * (b.kernel ** 2 + 1)
+                        + b.mid * b.cout + b.cout for b in blocks))
+        assert spec.extra["params"] == params
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("depthwise", ["shifted", "xla"])
 @pytest.mark.parametrize("name", VARIANTS)
