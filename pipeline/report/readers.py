@@ -81,11 +81,12 @@ def param_rows(params: Mapping[str, Mapping], defaults: Mapping[str, Mapping]) -
         want = flatten(defaults[section], section) if defaults.get(section) else {}
         for key in list(got) + [k for k in want if k not in got]:
             v, d = got.get(key, "<unset>"), want.get(key, "<no default>")
-            rows.append((key, v, d, _norm(v) != _norm(d)))
+            rows.append((key, v, d, canonical(v) != canonical(d)))
     return rows
 
 
-def _norm(v: Any) -> Any:
+def canonical(v: Any) -> str:
+    """A value as canonical JSON, so that a tuple and a list of the same items compare equal."""
     return json.dumps(to_plain(v), sort_keys=True)
 
 

@@ -267,6 +267,8 @@ def metrics_section(heads: dict | None, primary: str | None, opts: Options, log:
     curves = {name: c for name, h in heads["heads"].items() if (c := readers.normalize_curve(h["curve"]))}
     if (c := readers.normalize_curve(heads.get("curve"))):
         curves = {"run": c, **curves}
+    # A curve needs two training-set sizes (a smoke run with one image per class has one).
+    curves = {k: c for k, c in curves.items() if len({x for x in c[1] if x is not None}) >= 2}
     if curves:
         png = plots.learning_curves_png(curves, dpi=opts.dpi)
         blocks.append(Figure(Asset(f"{ASSET_DIR}/learning_curve.png", png), alt="learning curve",
@@ -304,24 +306,18 @@ def _training_panels(name: str, hyper: Mapping[str, Any]) -> list[dict]:
 def confusion_section(heads: dict, primary: str, classes: list[str], opts: Options) -> Section:
     from pipeline.report import plots
 
-    blocks: list = []
-    for name, h in heads["heads"].items():
-        split = _pick_split(h["splits"], opts.split)
-        cm = h["splits"].get(split, {}).get("confusion_matrix")
-        if not cm or len(cm) != len(classes):
-            continue
-        png = plots.confusion_matrix_png(cm, classes, title=f"{name} on {split}", dpi=opts.dpi)
-        fig = Figure(Asset(f"{ASSET_DIR}/confusion_{_safe(name)}_{split}.png", png),
-                     caption=f"Rows: true class; columns: predicted class; numbers: image counts; blue: "
-                             f"correct, red: mistakes, darker = larger share of the true class. "
-                             f"Head {name}, {split} split.",
-                     alt=f"confusion matrix of {name} on {split}")
-        blocks.append(fig if name == primary else Details(f"Confusion matrix of {name}", [fig]))
-    if not blocks:
+    h = heads["heads"][primary]
+    split = _pick_split(h["splits"], opts.split)
+    cm = h["splits"].get(split, {}).get("confusion_matrix")
+    if not cm or len(cm) != len(classes):
         return Section("confusion", "Confusion matrix", status="not run",
-                       note="metrics.json has no confusion matrix matching the classes.")
-    blocks.sort(key=lambda b: isinstance(b, Details))
-    return Section("confusion", "Confusion matrix", blocks)
+                       note=f"metrics.json has no {len(classes)}-class confusion matrix for {primary} on {split}.")
+    png = plots.confusion_matrix_png(cm, classes, title=f"{primary} on {split}", dpi=opts.dpi)
+    return Section("confusion", "Confusion matrix", [Figure(
+        Asset(f"{ASSET_DIR}/confusion_{_safe(primary)}_{split}.png", png),
+        caption=f"Rows: true class; columns: predicted class; numbers: image counts; blue: correct, red: "
+                f"mistakes, darker = larger share of the true class. Head {primary}, {split} split.",
+        alt=f"confusion matrix of {primary} on {split}")])
 
 
 def per_class_section(heads: dict, primary: str, classes: list[str], opts: Options) -> Section:

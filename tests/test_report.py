@@ -1,0 +1,279 @@
+"""The report, `show` and `compare`, on a small real run (real photos, the real stages).
+
+One module-scoped run of the real pipeline over the 37 Pets breeds (3 photos each) with the
+real efficientnet_lite0 and few ideal / attack steps feeds every test here. Stages that are not
+in this checkout yet are simply not run; their report sections must then say "not run".
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import html
+import io
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from pipeline import cli, results, runner
+from pipeline.errors import UserError
+from pipeline.graph import load_graph
+from pipeline.progress import QuietReporter
+from pipeline.report import document, readers, sections
+
+ROOT = Path(__file__).resolve().parents[1]
+PETS = ROOT.parent / "shared" / "data" / "pets-dev"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+
+# A smoke profile: every class (the plots must stay readable at 37), one photo per class and
+# split, few steps everywhere. Keys of stages missing from this checkout are left out.
+SMALL = {
+    "data": {"source": "folder", "path": str(PETS), "val_fraction": 0.34, "test_fraction": 0.34},
+    "backbone": {"name": "efficientnet_lite0"},
+    "heads": {"shots": [1, "all"], "shot_draws": 1, "logreg": {"c_per_decade": 1, "refine": False},
+              "mlp": {"max_epochs": 8, "hidden": [64]}},
+    "ideal": {"steps": 4},
+    "adversarial": {"steps": 3, "max_images": 2},
+    "report": {"max_mistakes": 12},
+}
+
+ALL_SECTIONS = ("overview", "params", "data", "metrics", "confusion", "per-class", "mistakes", "ideal",
+                "adversarial", "timing")
+SECTION_STAGE = {"data": "data", "metrics": "heads", "confusion": "heads", "per-class": "heads",
+                 "mistakes": "heads", "ideal": "ideal", "adversarial": "adversarial"}
+
+
+def _fit(schema_cls: type, values: dict) -> dict:
+    """The part of `values` that `schema_cls` knows (nested sections recursively)."""
+    fields = {f.name: f for f in dataclasses.fields(schema_cls)}
+    out = {}
+    for k, v in values.items():
+        if k not in fields:
+            continue
+        default = fields[k].default_factory() if fields[k].default_factory is not dataclasses.MISSING else None
+        out[k] = _fit(type(default), v) if dataclasses.is_dataclass(default) and isinstance(v, dict) else v
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    if not PETS.is_dir():
+        pytest.skip(f"real photos not found at {PETS} (../shared/data is only in the dev workplace)")
+    try:
+        graph = load_graph()
+    except ValueError as e:
+        pytest.skip(f"the stage graph is incomplete in this checkout: {e}")
+    for needed in ("data", "features", "heads", "report"):
+        if needed not in graph.stages:
+            pytest.skip(f"stage {needed!r} is not in this checkout yet")
+    root = tmp_path_factory.mktemp("report_run")
+    params_file = root / "small.yaml"
+    params_file.write_text(yaml.safe_dump({s: _fit(graph.schema[s], v) for s, v in SMALL.items()
+                                           if s in graph.schema}))
+    cache_dir = root / "cache"
+    params = runner.resolve_params(graph, [params_file], [])
+    t0 = time.perf_counter()
+    res = runner.execute(graph, params, cache_dir, ["report"], QuietReporter())
+    plans = runner.plan(graph, params, cache_dir)
+    runner.record_latest(cache_dir, plans, [params_file], [])
+    out = plans["report"].out
+    return SimpleNamespace(graph=graph, cache_dir=cache_dir, params_file=params_file, plans=plans, out=out,
+                           html=(out / "report.html").read_text(), seconds=time.perf_counter() - t0,
+                           results={r.name: r for r in res})
+
+
+def _sections(page: str) -> dict[str, str]:
+    """section id -> its class ('' when shown, 'off' when not run)."""
+    return dict(re.findall(r'<section id="([^"]+)" class="([^"]*)"', page))
+
+
+def _images(page: str) -> list[tuple[str, bytes]]:
+    """(alt, decoded bytes) of every <img> in the page."""
+    out = []
+    for tag in re.findall(r"<img\b[^>]*>", page):
+        src = re.search(r'src="([^"]*)"', tag).group(1)
+        alt = (re.search(r'alt="([^"]*)"', tag) or re.search("()", "")).group(1)
+        assert src.startswith("data:image/"), f"image {alt!r} is not inlined: {src[:60]}"
+        out.append((alt, base64.b64decode(src.split(",", 1)[1])))
+    return out
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_report_has_every_section_with_its_images(small_run):
+    from PIL import Image
+
+    page, graph = small_run.html, small_run.graph
+    shown = _sections(page)
+    assert list(shown) == list(ALL_SECTIONS)
+    for sid, cls in shown.items():
+        stage = SECTION_STAGE.get(sid)
+        if stage is None or stage in graph.stages:
+            assert cls == "", f"section {sid} is marked not run although stage {stage} ran"
+        else:
+            assert cls == "off", f"section {sid} should say 'not run': stage {stage} is not in this checkout"
+
+    # No network: nothing but inline data, and the page forbids any other source.
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "default-src 'none'" in page
+
+    images = _images(page)
+    sizes = {}
+    for alt, data in images:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+        with Image.open(io.BytesIO(data)) as im:
+            sizes.setdefault(alt, im.size)
+    classes = json.loads((small_run.plans["data"].out / "classes.json").read_text())
+    # The confusion matrix grows with the class count so 37 names stay legible (>= ~25 px a row).
+    cm = next(v for k, v in sizes.items() if k.startswith("confusion matrix"))
+    assert cm[0] >= 25 * len(classes) and cm[1] >= 25 * len(classes), cm
+    assert "per-class accuracy bars" in sizes
+
+    # The gallery shows the most confident mistakes, as many as there are (up to max_mistakes).
+    head = re.search(r"Plots below use head &#x27;(\w+)&#x27;", page).group(1)
+    preds = json.loads((small_run.plans["heads"].out / f"predictions_{head}.json").read_text())["predictions"]
+    wrong = sorted((p for p in preds if p["true"] != p["pred"]), key=lambda p: -p["p_pred"])
+    n_shown = min(len(wrong), SMALL["report"]["max_mistakes"])
+    assert page.count('<div class="card bad">') >= n_shown
+    for p in wrong[:n_shown]:
+        assert f"true: {p['true']}" in page and f"predicted {p['pred']}" in page
+    thumbs = [a for a, _ in images if a.startswith("true: ")]
+    assert len(thumbs) == n_shown, "every shown mistake has its thumbnail re-read from the photo"
+
+    # Params: the smoke profile's changes are listed as differences from the defaults.
+    assert "data.path" in page and "heads.shot_draws" in page
+
+    # The Markdown twin: same sections, images as files beside it.
+    md = (small_run.out / "report.md").read_text()
+    for sid in ALL_SECTIONS:
+        assert f'<a id="{sid}"></a>' in md
+    links = re.findall(r"\]\((assets/[^)]+)\)", md)
+    assert links and all((small_run.out / link).is_file() for link in links)
+
+
+@pytest.mark.slow
+def test_report_without_the_gradient_stages_says_not_run(small_run, tmp_path):
+    inputs = {n: small_run.plans[n].out for n in ("data", "features", "heads")}
+    opts = sections.Options(max_mistakes=2)
+    from stages.report import ReportParams, params_schema
+
+    doc = sections.build(inputs, {"report": ReportParams()}, params_schema(), opts)
+    html_path, md_path = document.write(doc, tmp_path)
+    shown = _sections(html_path.read_text())
+    assert shown["ideal"] == "off" and shown["adversarial"] == "off"
+    assert all(shown[s] == "" for s in ("overview", "params", "data", "metrics", "confusion", "per-class"))
+    assert "not part of this pipeline" in html_path.read_text()
+    assert "## Ideal images (not run)" in md_path.read_text()
+
+
+def _chromium(args: list[str], tmp: Path, timeout: float = 90) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--hide-scrollbars", f"--user-data-dir={tmp}", "--enable-logging=stderr", "--v=0"]
+    return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_report_opens_in_headless_chromium(small_run, tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.skip("no /usr/bin/chromium (Debian package `chromium`; .ci/run installs it)")
+    page = tmp_path / "report.html"
+    shutil.copy(small_run.out / "report.html", page)  # alone: it must not need its assets folder
+    dom = _chromium(["--dump-dom", page.as_uri()], tmp_path / "profile-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+    attrs = {k: html.unescape(v) for k, v in re.findall(r'data-([\w-]+)="([^"]*)"', body)}
+    assert attrs.get("checked") == "true", f"the page's check did not run: {body[:300]}"
+    n_img = len(re.findall(r"<img\b", small_run.html))
+    assert int(attrs["images"]) == n_img > 0
+    assert json.loads(attrs["images-broken"]) == [] and attrs["images-ok"] == "true"
+    assert json.loads(attrs["errors"]) == []
+    # Anything the page logged (script errors, blocked loads) shows up as a CONSOLE line.
+    console = [ln for ln in dom.stderr.splitlines() if ":CONSOLE" in ln]
+    assert console == [], console
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    res = _chromium([f"--screenshot={shot}", "--window-size=1280,4000", page.as_uri()], tmp_path / "profile-shot")
+    assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 50_000, res.stderr[-2000:]
+    shutil.copy(page, ARTIFACTS / "report.html")
+
+
+# --- show and compare ----------------------------------------------------------------------------
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_show_prints_the_latest_runs_headline_metrics(small_run):
+    text = results.show_latest(small_run.cache_dir)
+    m = _metrics(small_run.plans["heads"].out)
+    for head, h in m["heads"].items():
+        for split in ("train", "val", "test"):
+            row = next(ln for ln in text.splitlines() if ln.split()[:2] == [head, split])
+            assert f"{h[split]['accuracy']:.4f}" in row and f"{h[split]['log_loss']:.4f}" in row
+    assert small_run.plans["heads"].key in text
+    assert str(small_run.out / "report.html") in text
+
+
+def test_show_without_a_run_says_how_to_make_one(tmp_path):
+    with pytest.raises(UserError, match="run all"):
+        results.show_latest(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def second_run(small_run):
+    """The same run with another heads seed: only heads reruns (the backbone pass is reused)."""
+    overrides = ["heads.seed=1"]
+    params = runner.resolve_params(small_run.graph, [small_run.params_file], overrides)
+    res = runner.execute(small_run.graph, params, small_run.cache_dir, ["heads"], QuietReporter())
+    assert {r.name: r.action for r in res} == {"data": "reused", "features": "reused", "heads": "ran"}
+    return SimpleNamespace(overrides=overrides, heads=runner.plan(small_run.graph, params, small_run.cache_dir)["heads"])
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+    return {ln.split()[0]: ln.split()[1:] for ln in text.splitlines() if ln.startswith(("heads/", "heads."))}
+
+
+@pytest.mark.slow
+def test_compare_two_keys_shows_both_values_and_the_change(small_run, second_run):
+    key_a, key_b = small_run.plans["heads"].key, second_run.heads.key
+    args = argparse.Namespace(a=key_a[:7], b=key_b[:7], cache_dir=small_run.cache_dir, overrides=[])
+    text = results.compare(args, resolve=None)
+    rows = _rows(text)
+    ma, mb = _metrics(small_run.plans["heads"].out), _metrics(second_run.heads.out)
+    for head in ma["heads"]:
+        for split in ("val", "test"):
+            for metric in ("accuracy", "log_loss"):
+                a, b = ma["heads"][head][split][metric], mb["heads"][head][split][metric]
+                got = rows[f"heads/{head}/{split}/{metric}"]
+                assert got[:2] == [f"{a:.4f}", f"{b:.4f}"]
+                assert got[2] == ("0" if a == b else f"{b - a:+.4f}")
+    assert rows["heads.seed"] == ["0", "1"]
+    assert "data.path" not in rows  # only the params that differ
+
+
+@pytest.mark.slow
+def test_compare_latest_against_overrides_through_the_cli(small_run, second_run, capsys):
+    argv = ["compare", "latest", "--params", str(small_run.params_file), "--cache-dir", str(small_run.cache_dir)]
+    assert cli.main(argv + ["-S", "heads.seed=1"]) == 0
+    out = capsys.readouterr().out
+    assert second_run.heads.key[:8] in out and "-S heads.seed=1" in out
+    assert _rows(out)["heads.seed"] == ["0", "1"]
+
+    assert cli.main(argv + ["-S", "heads.seed=7"]) == 2  # never run: say so, and how to run it
+    assert "has no heads output yet" in capsys.readouterr().err
+    assert cli.main(["compare", "zzzz", "--cache-dir", str(small_run.cache_dir)]) == 2
+    assert "no complete heads output" in capsys.readouterr().err
