@@ -1,4 +1,4 @@
-"""Read Keras Applications ``.h5`` weight files, and hand their arrays out under key and shape checks.
+"""Read Keras Applications ``.h5`` weight files into ``{"<layer>/<role>": array}``, and align layer names.
 
 The published Keras Applications files use the legacy (Keras 1/2) HDF5 weights layout:
 
@@ -12,8 +12,11 @@ those), Keras 2 ``conv1_conv/kernel:0`` (ResNet50, MobileNetV2), Keras 3 ``block
 `read_keras_h5` maps all of them to one canonical key, ``"<layer>/<role>"`` with role one of
 `ROLES`, so the family converters never see the history.
 
-Converters then read that dict through `pipeline.models.convert.StateReader` (every key and shape
-checked, nothing left over), after `align_layers` has given the layers their current Keras names.
+Keras loads these files by layer order, not by name, so some published files name layers
+differently from current Keras (ResNet50's head is ``probs``); `align_layers` gives the file's
+layers the architecture's current names (by name when they agree, else by position, as Keras
+does). Converters then read the dict through `pipeline.models.convert.StateReader`: every key and
+shape checked, nothing left over. h5py is imported lazily.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from pipeline.models.weights import WeightsError
 # Roles a weight can play, in Keras's own (modern) names.
 ROLES = ("kernel", "depthwise_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
 
-# Keras 1 suffixes -> modern role. "running_std" held the variance despite its name (Keras >= 1.2).
+# Keras 1 suffixes -> modern role. Keras 1's "running_std" held the batch variance (what its TF
+# backend's moments returned) despite its name. (None of the four files here has BatchNorm from
+# Keras 1; the mapping is for completeness.)
 _KERAS1_ROLES = {"W": "kernel", "b": "bias", "gamma": "gamma", "beta": "beta",
                  "running_mean": "moving_mean", "running_std": "moving_variance",
                  "depthwise_kernel": "depthwise_kernel"}

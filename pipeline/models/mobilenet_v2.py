@@ -3,7 +3,8 @@
 Keras details that matter for parity with its weights:
 - A stride-2 depthwise conv is preceded by ``ZeroPadding2D(correct_pad(x, 3))`` and is VALID:
   (0, 1) rows/cols for an even input size (the extra row at the bottom/right, like TF 'SAME'),
-  (1, 1) for an odd one. `correct_pad` reproduces it; stride-1 depthwise convs are 'SAME'.
+  (1, 1) for an odd one. `correct_pad` reproduces it and is passed to `DepthwiseConv` as explicit
+  padding; stride-1 depthwise convs pad (1, 1) ('SAME').
 - ``Conv1`` is a 3x3 stride-2 'SAME' conv (TF rule: asymmetric for even sizes).
 - ReLU6 after the expand and depthwise convs, none after the projection (linear bottleneck);
   the residual add only where input and output shapes agree. BatchNorm epsilon 1e-3.
@@ -15,8 +16,9 @@ The backbone is frozen, so BatchNorm is folded into the preceding conv at conver
 ("xla", fast on GPU/TPU) or shifted multiply-adds ("shifted", ~10x faster on XLA:CPU).
 
 Features are the global average of ``out_relu`` (1280-d), on which the ImageNet head
-(``predictions``, a dense layer) sits. Variants are data: ``spec.config["alpha"]`` is the width multiplier (1.0 here); the block table
-`BLOCKS` is the paper's Table 2.
+(``predictions``, a dense layer) sits. Variants are data: ``spec.config["alpha"]`` is the width
+multiplier (1.0 here); the block table `BLOCKS` is the paper's Table 2. Parameter names are the
+Keras conv layer names (``Conv1``, ``block_3_expand``, ``expanded_conv_depthwise``, ...).
 """
 
 from __future__ import annotations
