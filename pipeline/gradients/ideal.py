@@ -103,7 +103,7 @@ def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float,
     def loss_fn(z, model_params, masks, hyper, key):
         images = parameterization.render(kind, z, size, decay)  # (T, S, S, 3) in [0, 255]
         seen = transforms.random_affine(key, images, hyper["jitter"], hyper["scale"], hyper["rotate"])
-        logp = group_log_prob(apply(model_params, seen), masks)  # (T,)
+        logp = group_log_prob(apply(model_params, seen), *masks)  # (T,)
         unit = images / 255.0
         penalty = hyper["tv_weight"] * regularizers.total_variation(unit) \
             + hyper["l2_weight"] * regularizers.l2_to_grey(unit)
@@ -111,7 +111,7 @@ def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float,
 
     @jax.jit
     def init_fn(key, lr, masks):
-        z = parameterization.init(kind, key, masks.shape[0], size)
+        z = parameterization.init(kind, key, masks[0].shape[0], size)
         state = opt.init(z)
         state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
         return z, state
@@ -138,19 +138,21 @@ def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float,
     def final_fn(z, model_params, masks):
         images = jnp.round(parameterization.render(kind, z, size, decay))  # what gets saved
         logits = apply(model_params, images)
-        return (images.astype(jnp.uint8), group_log_prob(logits, masks), logits,
+        return (images.astype(jnp.uint8), group_log_prob(logits, *masks), logits,
                 regularizers.total_variation(images / 255.0))
 
     return init_fn, chunk_fn, final_fn
 
 
-def optimize(model: PixelModel, masks: np.ndarray, settings: IdealSettings, chunk: int = 32,
-             on_chunk: Callable[[int], Any] | None = None) -> IdealResult:
+def optimize(model: PixelModel, masks: np.ndarray, settings: IdealSettings, domains: np.ndarray | None = None,
+             chunk: int = 32, on_chunk: Callable[[int], Any] | None = None) -> IdealResult:
     """Optimise one image per target, all at once.
 
     Args:
       model: the pixel-space classifier.
       masks: (T, C) boolean, row t = classes of target t (`model.class_mask`).
+      domains: (T, C) boolean, the classes target t's softmax runs over (its head's segment of a
+        `model.multi_head_model`); None: all classes.
       settings: the recipe.
       chunk: steps per jitted call (host sync granularity).
       on_chunk: called with the number of steps just done after each chunk (progress bars).
@@ -162,7 +164,7 @@ def optimize(model: PixelModel, masks: np.ndarray, settings: IdealSettings, chun
     init_fn, chunk_fn, final_fn = _runner(model.apply, settings.param, settings.optimizer, size,
                                           float(settings.decay), int(chunk))
     traced_before = TRACE_COUNT["n"]
-    masks = jnp.asarray(masks)
+    masks = (jnp.asarray(masks), jnp.ones(masks.shape, bool) if domains is None else jnp.asarray(domains))
     key = jax.random.key(settings.seed)
     key, init_key = jax.random.split(key)
     z, opt_state = init_fn(init_key, settings.lr, masks)
@@ -181,6 +183,6 @@ def optimize(model: PixelModel, masks: np.ndarray, settings: IdealSettings, chun
             jax.block_until_ready(z)
             on_chunk(n)
     images, logp, logits, tv = final_fn(z, model.params, masks)
-    curve = np.concatenate([np.asarray(c) for c in curves])[:settings.steps] if curves else np.zeros((0, masks.shape[0]))
+    curve = np.concatenate([np.asarray(c) for c in curves])[:settings.steps] if curves else np.zeros((0, len(masks[0])))
     return IdealResult(np.asarray(images), np.asarray(logp), np.asarray(logits), np.asarray(tv), curve,
                        TRACE_COUNT["n"] - traced_before)

@@ -9,7 +9,7 @@ Target probabilities are group probabilities (`group_log_prob`): one class is a 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,42 @@ def head_model(backbone: Any, head: Any, head_name: str) -> PixelModel:
                       tuple(head.classes), backbone.spec.input_size)
 
 
+def multi_head_model(backbone: Any, heads: Mapping[str, Any]) -> tuple[PixelModel, dict[str, tuple[int, int]]]:
+    """Backbone + several heads at once, logits concatenated: one backbone pass serves targets of
+    every head, so a batch can mix ImageNet and trained-head targets.
+
+    Args:
+      backbone: the backbone.
+      heads: head name -> head; the name ``imagenet`` means the backbone's own ImageNet head, any
+        other value must be a `TrainedHead`.
+
+    Returns:
+      (model, segments) where segments[name] = (start, stop) of that head's logits. Softmaxes are
+      per segment: pass the segment as ``domain`` to `group_log_prob`.
+    """
+    from pipeline.models import imagenet
+
+    names = list(heads)
+    segments: dict[str, tuple[int, int]] = {}
+    classes: list[str] = []
+    for name in names:
+        cls = imagenet.CLASSES if name == "imagenet" else heads[name].classes
+        segments[name] = (len(classes), len(classes) + len(cls))
+        classes += [f"{name}:{c}" for c in cls]
+
+    def apply(params: Any, pixels: jax.Array) -> jax.Array:
+        bb_params, head_params = params
+        feats = backbone.embed(bb_params, pixels)  # (B, D)
+        outs = [backbone.imagenet_logits(bb_params, feats) if name == "imagenet"
+                else heads[name].logits(head_params[name], feats) for name in names]
+        return jnp.concatenate(outs, axis=-1)  # (B, sum C)
+
+    head_params = {n: (None if n == "imagenet" else heads[n].params) for n in names}
+    model = PixelModel(f"{backbone.spec.name}+{'+'.join(names)}", apply, (backbone.params, head_params),
+                       tuple(classes), backbone.spec.input_size)
+    return model, segments
+
+
 def class_mask(indices_per_row: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
     """(T, C) boolean mask, row t true at the classes of target t."""
     mask = np.zeros((len(indices_per_row), num_classes), bool)
@@ -74,19 +110,22 @@ def class_mask(indices_per_row: Sequence[Sequence[int]], num_classes: int) -> np
     return mask
 
 
-def group_log_prob(logits: jax.Array, mask: jax.Array) -> jax.Array:
+def group_log_prob(logits: jax.Array, mask: jax.Array, domain: jax.Array | None = None) -> jax.Array:
     """log sum_{c in group} softmax(logits)_c, per row.
 
     Args:
       logits: (B, C).
       mask: (B, C) or (C,) boolean, the group's classes.
+      domain: (B, C) or (C,) boolean, the classes the softmax runs over (one head's segment of a
+        `multi_head_model`); None means all.
 
     Returns:
       (B,) log-probabilities (float32).
     """
     logits = logits.astype(jnp.float32)
     inside = jnp.where(mask, logits, -jnp.inf)
-    return jax.nn.logsumexp(inside, axis=-1) - jax.nn.logsumexp(logits, axis=-1)
+    total = logits if domain is None else jnp.where(domain, logits, -jnp.inf)
+    return jax.nn.logsumexp(inside, axis=-1) - jax.nn.logsumexp(total, axis=-1)
 
 
 def top1_in_group(logits: jax.Array, mask: jax.Array) -> jax.Array:

@@ -1,0 +1,289 @@
+"""Stage `ideal`: the image each class "wants" — gradient ascent on a class probability from noise.
+
+For every target (an ImageNet class such as ``tabby``, or a class of a head the `heads` stage
+trained, such as ``cat`` = any cat breed) one image is optimised; all targets of a run form one
+batch in one jitted, scanned optimiser (`pipeline.gradients.ideal`). The main recipe is the
+params section itself; each entry of ``compare`` reruns the same targets with some settings
+changed (the lesson's plain pixel ascent, no transforms, no TV ...), so the report can show what
+each option does.
+
+An image can reach 0.99 on the network it was optimised on and still be noise to anything else,
+so each image is also classified by other backbones (``transfer``) through their ImageNet heads:
+top-1 / top-5 hit of the target (for trained-head targets of one species, any ImageNet class of
+that species counts). Images that another network also reads as the class are the ones that look
+like it.
+
+Outputs:
+  <NN>_<target>.png            main recipe, one per target
+  <option>/<NN>_<target>.png   each compare option
+  grid.png                     rows = recipes, columns = targets
+  ideal.json                   per recipe and target: probability, top-5, TV, transfer hits; per
+                               recipe: settings, time, mean/min probability, transfer hit rates
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pipeline.params import ParamsError, spec
+from pipeline.stage import Stage, StageContext
+
+_TUNABLE = ("steps", "lr", "optimizer", "param", "decay", "tv_weight", "l2_weight", "jitter", "scale",
+            "rotate")
+
+
+@dataclasses.dataclass(frozen=True)
+class IdealOption:
+    """One entry of ``ideal.compare``: a named variant; fields left null keep the main setting."""
+
+    name: str = spec("", help="label of the variant (folder name, grid row)")
+    steps: int | None = spec(None, min=1, help="optimisation steps")
+    lr: float | None = spec(None, min=0, min_exclusive=True, help="learning rate")
+    optimizer: Literal["adam", "sgd"] | None = spec(None, help="optax optimiser")
+    param: Literal["pixel", "fourier"] | None = spec(None, help="image parameterisation")
+    decay: float | None = spec(None, min=0, help="Fourier spectrum decay power")
+    tv_weight: float | None = spec(None, min=0, help="total-variation weight")
+    l2_weight: float | None = spec(None, min=0, help="L2-to-grey weight")
+    jitter: float | None = spec(None, min=0, help="largest random shift, pixels")
+    scale: float | None = spec(None, min=0, max=0.5, help="largest random relative zoom")
+    rotate: float | None = spec(None, min=0, max=180, help="largest random rotation, degrees")
+
+    def validate(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", self.name or ""):
+            raise ParamsError(f"name: {self.name!r} must be a non-empty label of letters, digits, _ . + - "
+                              "(it names a folder).")
+
+
+_DEFAULT_COMPARE = (
+    # The lesson: plain gradient ascent on the pixels, nothing else.
+    IdealOption(name="lesson", param="pixel", tv_weight=0.0, l2_weight=0.0, jitter=0.0, scale=0.0,
+                rotate=0.0),
+    # Pixels with the main TV weight and transforms: what the Fourier parameterisation adds.
+    IdealOption(name="pixel_tv_transforms", param="pixel"),
+    # Fourier + TV without transforms: what transformation robustness adds.
+    IdealOption(name="no_transforms", jitter=0.0, scale=0.0, rotate=0.0),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class IdealParams:
+    """params.yaml section ``ideal``."""
+
+    targets: tuple[Union[str, int], ...] = spec(
+        ("tabby", "zebra", "goldfish", "logreg:cat"), min_len=1,
+        help="classes to visualise: ImageNet names/ids (tabby, 340), imagenet:<name>, a trained head's "
+             "class (logreg:cat, mlp:Abyssinian), species:cat")
+    head: str = spec("imagenet", help="classifier that plain target names refer to: imagenet, logreg or mlp")
+    steps: int = spec(160, min=1, help="optimisation steps")
+    lr: float = spec(0.05, min=0, min_exclusive=True, help="learning rate (Adam)")
+    optimizer: Literal["adam", "sgd"] = spec("adam", help="optax optimiser (sgd uses momentum 0.9)")
+    param: Literal["pixel", "fourier"] = spec(
+        "fourier", help="image parameterisation: pixel (clipped) or fourier (decorrelated colour, 1/f spectrum)")
+    decay: float = spec(1.0, min=0, help="Fourier spectrum decay power (1 = 1/f)")
+    tv_weight: float = spec(0.5, min=0, help="weight of total variation (mean neighbour difference, 0..1 scale)")
+    l2_weight: float = spec(0.0, min=0, help="weight of the mean squared distance to grey")
+    jitter: float = spec(8.0, min=0, help="largest random shift per step, pixels")
+    scale: float = spec(0.1, min=0, max=0.5, help="largest random zoom per step (0.1 = 0.9..1.1)")
+    rotate: float = spec(10.0, min=0, max=180, help="largest random rotation per step, degrees")
+    seed: int = spec(0, help="seed of the initial noise and the transforms")
+    compare: tuple[IdealOption, ...] = spec(_DEFAULT_COMPARE, help="variants to run as well, for the report")
+    transfer: tuple[str, ...] = spec(("efficientnet_lite1", "efficientnet_lite2"),
+                                     help="other backbones that classify the images (cross-backbone check)")
+
+    def validate(self) -> None:
+        from pipeline.gradients import targets as targets_lib
+        from pipeline.models import registry
+
+        for i, t in enumerate(self.targets):
+            try:
+                targets_lib.check_static(t, self.head, f"targets[{i}]")
+            except targets_lib.TargetError as e:
+                raise ParamsError(str(e)) from None
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.head):
+            raise ParamsError(f"head: {self.head!r} is not a head name; use imagenet, logreg or mlp.")
+        names = [o.name for o in self.compare]
+        for i, n in enumerate(names):
+            if n == "main" or names.index(n) != i:
+                raise ParamsError(f"compare[{i}].name: {n!r} is used twice (or is 'main', the name of the "
+                                  "main recipe); give each variant its own name.")
+        for i, b in enumerate(self.transfer):
+            if b not in registry.names():
+                raise ParamsError(f"transfer[{i}]: {b!r} is not a registered backbone; choose from "
+                                  f"{', '.join(registry.names())}.")
+
+
+def recipes(p: IdealParams) -> list[tuple[str, Any]]:
+    """(name, IdealSettings) for the main recipe and each compare option."""
+    from pipeline.gradients.ideal import IdealSettings
+
+    main = IdealSettings(**{k: getattr(p, k) for k in _TUNABLE}, seed=p.seed)
+    out = [("main", main)]
+    for o in p.compare:
+        changes = {k: getattr(o, k) for k in _TUNABLE if getattr(o, k) is not None}
+        out.append((o.name, dataclasses.replace(main, **changes)))
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_")[:40] or "target"
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import numpy as np
+
+    from pipeline.gradients import ideal as ideal_lib
+    from pipeline.gradients import model as model_lib
+    from pipeline.gradients import pictures
+    from pipeline.gradients import targets as targets_lib
+    from pipeline.heads.trained import available, load_head
+    from pipeline.models import registry
+
+    p: IdealParams = ctx.params["ideal"]
+    bp = ctx.params["backbone"]
+    heads_dir = Path(ctx.inputs["heads"])
+    head_names = available(heads_dir)
+    head_classes = {}
+    if head_names:
+        index = json.loads((heads_dir / "heads.json").read_text())
+        head_classes = {n: list(index["classes"]) for n in head_names}
+    targets = [targets_lib.resolve(t, p.head, head_classes, f"ideal.targets[{i}]")
+               for i, t in enumerate(p.targets)]
+
+    backbone = registry.load_backbone(bp.name, ctx.cache_dir, bp.dtype, bp.depthwise)
+    used = list(dict.fromkeys(t.head for t in targets))
+    heads = {n: ("imagenet" if n == targets_lib.IMAGENET else load_head(heads_dir, n)) for n in used}
+    model, segments = model_lib.multi_head_model(backbone, heads)
+    n_classes = len(model.classes)
+    masks = model_lib.class_mask([[segments[t.head][0] + i for i in t.indices] for t in targets], n_classes)
+    domains = model_lib.class_mask([range(*segments[t.head]) for t in targets], n_classes)
+
+    out = Path(ctx.out_dir)
+    files = [f"{i:02d}_{_slug(t.spec)}.png" for i, t in enumerate(targets)]
+    results: dict[str, dict[str, Any]] = {}
+    records: list[dict[str, Any]] = []
+    record_at: dict[tuple[str, int], int] = {}  # (recipe, target index) -> index in records
+    images_by_recipe: dict[str, np.ndarray] = {}
+    for name, settings in recipes(p):
+        task = ctx.reporter.task(f"ideal {name}", total=settings.steps, unit="step")
+        t0 = time.perf_counter()
+        try:
+            res = ideal_lib.optimize(model, masks, settings, domains=domains, on_chunk=task.advance)
+        finally:
+            task.close()
+        seconds = time.perf_counter() - t0
+        images_by_recipe[name] = res.images
+        folder = "" if name == "main" else f"{name}/"
+        probs = np.exp(res.log_prob)
+        for t_i, t in enumerate(targets):
+            pictures.save_png(out / folder / files[t_i], res.images[t_i])
+            lo, hi = segments[t.head]
+            seg = res.logits[t_i, lo:hi].astype(np.float64)
+            seg_p = np.exp(seg - seg.max())
+            seg_p /= seg_p.sum()
+            top = np.argsort(-seg_p)[:5]
+            record_at[(name, t_i)] = len(records)
+            records.append({
+                "target": t.label, "spec": t.spec, "head": t.head, "option": name,
+                "image": folder + files[t_i], "prob": round(float(probs[t_i]), 6),
+                "tv": round(float(res.tv[t_i]), 5),
+                "top5": [{"class": model.classes[lo + int(c)].split(":", 1)[1], "prob": round(float(seg_p[c]), 5)}
+                         for c in top],
+                "prob_curve": [round(float(v), 4) for v in np.exp(res.curve[:, t_i])[::max(1, settings.steps // 32)]],
+            })
+        results[name] = {"settings": dataclasses.asdict(settings), "seconds": round(seconds, 2),
+                         "compiles": res.compiles, "mean_prob": round(float(probs.mean()), 6),
+                         "min_prob": round(float(probs.min()), 6), "mean_tv": round(float(res.tv.mean()), 5)}
+        ctx.log(f"{name}: target probability min {probs.min():.4f} mean {probs.mean():.4f}, "
+                f"TV {res.tv.mean():.4f}, {seconds:.1f}s")
+
+    transfer = [b for b in p.transfer if b != bp.name]
+    _transfer_check(ctx, transfer, targets, images_by_recipe, records, record_at, results, bp)
+
+    grid = pictures.grid([list(images_by_recipe[n]) for n in images_by_recipe], row_labels=list(images_by_recipe),
+                         col_labels=[t.label for t in targets])
+    pictures.save_png(out / "grid.png", grid)
+    main = results["main"]
+    doc = {"backbone": bp.name, "head": p.head, "targets": [t.label for t in targets],
+           "main_min_prob": main["min_prob"], "main_mean_prob": main["mean_prob"],
+           "main_mean_tv": main["mean_tv"], "recipes": results, "images": records}
+    (out / "ideal.json").write_text(json.dumps(doc, indent=1))
+    summary = {"targets": len(targets), "min_prob": main["min_prob"], "mean_tv": main["mean_tv"]}
+    for b, rates in main.get("transfer", {}).items():
+        summary[f"{b}_top5"] = rates["top5_rate"]
+    return summary
+
+
+def _transfer_check(ctx: StageContext, backbones: list[str], targets: list, images_by_recipe: dict,
+                    records: list[dict], record_at: dict, results: dict, bp: Any) -> None:
+    """Classify every ideal image with other backbones' ImageNet heads; add hits to the records."""
+    import numpy as np
+
+    from pipeline.gradients import attacks
+    from pipeline.gradients import model as model_lib
+    from pipeline.gradients import targets as targets_lib
+    from pipeline.models import imagenet, registry
+
+    groups = []
+    for t in targets:  # the ImageNet classes that count as a hit for each target, or None
+        if t.head == targets_lib.IMAGENET:
+            groups.append(list(t.indices))
+        elif t.species is not None:
+            groups.append(list(imagenet.CAT_IDS if t.species == "cat" else imagenet.DOG_IDS))
+        else:
+            groups.append(None)
+    for name in backbones:
+        other = registry.load_backbone(name, ctx.cache_dir, bp.dtype, bp.depthwise)
+        inet = model_lib.imagenet_model(other)
+        for recipe, images in images_by_recipe.items():
+            logits = attacks.predict_logits(inet, resize_batch(images, other.spec), batch_size=len(images))
+            top5 = np.argsort(-logits, axis=1)[:, :5]
+            hits1, hits5 = [], []
+            for t_i, (t, group) in enumerate(zip(targets, groups)):
+                rec = records[record_at[(recipe, t_i)]]
+                entry = {"top1": imagenet.CLASSES[int(top5[t_i, 0])]}
+                if group is not None:
+                    entry["top1_hit"] = bool(top5[t_i, 0] in group)
+                    entry["top5_hit"] = bool(any(c in group for c in top5[t_i]))
+                    hits1.append(entry["top1_hit"])
+                    hits5.append(entry["top5_hit"])
+                rec.setdefault("transfer", {})[name] = entry
+            if hits1:
+                results[recipe].setdefault("transfer", {})[name] = {
+                    "top1_rate": round(float(np.mean(hits1)), 4), "top5_rate": round(float(np.mean(hits5)), 4),
+                    "checked": len(hits1)}
+        ctx.log(f"transfer to {name}: " + ", ".join(
+            f"{r} top-1 {results[r]['transfer'][name]['top1_rate']:.2f} top-5 {results[r]['transfer'][name]['top5_rate']:.2f}"
+            for r in images_by_recipe if name in results[r].get("transfer", {})))
+
+
+def resize_batch(images: Any, spec: Any) -> Any:
+    """(N, S, S, 3) uint8 -> (N, S', S', 3) uint8 at another backbone's input size, whole image kept.
+
+    The images are already what the first network saw, so they are resized (with the other
+    backbone's filter), not resized-and-cropped again.
+    """
+    import numpy as np
+    from PIL import Image
+
+    method = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[spec.resize_method]
+    size = spec.input_size
+    if images.shape[1] == size:
+        return np.asarray(images)
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), method)) for im in images])
+
+
+STAGE = Stage(
+    name="ideal",
+    run=run,
+    deps=("heads",),
+    sections=("backbone", "ideal"),
+    version="1",
+    schemas={"ideal": IdealParams},
+    all_processes=False,
+    description="ideal images: gradient ascent on class probabilities, several recipes, cross-backbone check",
+)
