@@ -28,6 +28,7 @@ from pipeline.errors import UserError
 from pipeline.models import imagenet
 
 IMAGENET = "imagenet"
+DATASET = "dataset"  # pseudo head name: resolve against the data stage's classes (attack sources)
 SPECIES = ("cat", "dog")
 
 # Oxford-IIIT Pet (Parkhi et al. 2012): the 12 cat and 25 dog breeds, in the dataset's own spelling
@@ -140,6 +141,9 @@ def class_target(spec: str, name: str, head: str, classes: Sequence[str], key: s
     near = difflib.get_close_matches(name, list(classes), n=5, cutoff=0.5)
     listing = (f"near matches: {', '.join(map(repr, near))}" if near
                else f"classes: {', '.join(map(repr, list(classes)[:12]))}{' ...' if len(classes) > 12 else ''}")
+    if head == DATASET:
+        raise TargetError(f"{key}: {name!r} is not a class of the dataset ({listing}); or use species:dog, "
+                          "species:cat.")
     raise TargetError(f"{key}: {name!r} is not a class of the {head!r} head ({listing}); "
                       f"or use species:cat, species:dog, imagenet:<name>.")
 
@@ -150,7 +154,8 @@ def species_target(spec: str, species: str, head: str, classes: Sequence[str], k
         raise TargetError(f"{key}: species {species!r} is unknown; use species:cat or species:dog.")
     idx = species_indices(classes, species)
     if not idx:
-        raise TargetError(f"{key}: the {head!r} head has no {species} classes (classes: "
+        owner = "dataset" if head == DATASET else f"{head!r} head"
+        raise TargetError(f"{key}: the {owner} has no {species} classes (classes: "
                           f"{', '.join(map(repr, list(classes)[:8]))}...); species groups need classes named "
                           f"cat/dog or Oxford-IIIT Pet breed names.")
     label = classes[idx[0]] if len(idx) == 1 and _norm(classes[idx[0]]) == species else f"{species} ({len(idx)} classes)"
@@ -183,6 +188,20 @@ def resolve(spec: str | int, default_head: str, head_classes: dict[str, Sequence
         return species_target(text, _norm(name), head, _classes(head_classes, head, key), key)
     head = prefix or default_head
     return class_target(text, name, head, _classes(head_classes, head, key), key)
+
+
+def resolve_source(spec: str, classes: Sequence[str], key: str) -> Target:
+    """Resolve a spec naming dataset classes (a class, ``dog``, ``species:dog``) to label indices.
+
+    Raises:
+      TargetError: no such class or species in the dataset; names `key`.
+    """
+    prefix, name = split_spec(spec)
+    if prefix == "species":
+        return species_target(str(spec), _norm(name), DATASET, classes, key)
+    if prefix is not None:
+        raise TargetError(f"{key}: {spec!r} must name dataset classes: a class name, dog, or species:dog.")
+    return class_target(str(spec), name, DATASET, classes, key)
 
 
 def _classes(head_classes: dict[str, Sequence[str]], head: str, key: str) -> Sequence[str]:
