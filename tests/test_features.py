@@ -200,3 +200,21 @@ def test_lite0_through_the_registry_on_real_photos(tmp_path):
     srcs = list(ds.sources("train"))[:3]
     px = np.stack([images.resize_and_crop(images.decode_image(s), bb.spec) for s in srcs]).astype(np.float32)
     np.testing.assert_allclose(feats[:3], np.asarray(bb.embed(bb.params, px)), rtol=1e-4, atol=1e-4)
+
+
+def test_tfds_source_through_shards_and_processes(backbone, tmp_path):
+    from tests.tfds_fixtures import mock_tfds
+
+    with mock_tfds(tmp_path / "tfds", "cats_vs_dogs", {"train": 30}):
+        dp = {"data": section(data_stage.DataParams, "data", name="cats_vs_dogs")}
+        run_stage(data_stage.STAGE, dp, tmp_path / "data")
+        # Two processes, shards of 4: each reads its own slices of tfds's train split, skipping
+        # the records carved into val and test.
+        extract(tmp_path / "data", tmp_path / "out", backbone, 1, 2, finalize=False, batch_size=2, shard_size=4)
+        extract(tmp_path / "data", tmp_path / "out", backbone, 0, 2, batch_size=2, shard_size=4)
+        for split in ("train", "val", "test"):
+            feats, labels, ids = features.load_split(tmp_path / "out", split)
+            rec = data_stage.load_data(tmp_path / "data").splits[split]
+            assert ids == rec.ids and labels.tolist() == rec.labels
+            np.testing.assert_allclose(feats, reference(tmp_path / "data", backbone, split)[:, 0],
+                                       rtol=1e-5, atol=1e-5)
