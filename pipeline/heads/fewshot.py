@@ -3,8 +3,8 @@
 Each point draws `shots` training images per class (fewer where a class has fewer), fits on them
 alone (standardisation statistics from those images only) and scores the whole test split; the
 point is the mean over `draws` seeded draws. All logreg fits of the curve are one vmapped, jitted
-L-BFGS call: every draw is padded to the largest draw with zero-weight rows, so the curve costs one
-compilation however many points it has.
+L-BFGS call: every draw is zero-padded to the largest with weight-0 rows, so the whole curve costs
+one compilation however many points it has.
 """
 
 from __future__ import annotations
@@ -120,20 +120,25 @@ def learning_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
 def _fit_predict_many(subsets: list[np.ndarray], X: np.ndarray, y: np.ndarray, X_test: np.ndarray,
                       num_classes: int, C: float, standardize: bool, solver: logreg.Solver,
                       max_iter: int, tol: float) -> list[np.ndarray]:
-    """Fit logreg on each subset of (X, y) at one C; return test predictions per subset."""
+    """Fit logreg on each subset of (X, y) at one C; return test predictions per subset.
+
+    With the jax solver all subsets go through one vmapped L-BFGS call, zero-padded to the
+    largest subset with weight 0 (one compilation for the whole curve).
+    """
     if not subsets:
         return []
     prepared = []
     for idx in subsets:
-        mean, scale = standardizer(X[idx]) if standardize else (None, None)
-        xs = X[idx] if mean is None else (X[idx] - mean) / scale
-        prepared.append((xs.astype(np.float32), y[idx], mean, scale))
+        xs = X[idx].astype(np.float32)
+        mean, scale = standardizer(xs) if standardize else (None, None)
+        prepared.append((xs if mean is None else (xs - mean) / scale, y[idx], mean, scale))
+    n_max = max(len(idx) for idx in subsets)
     if solver == "jax":
-        fits = _jax_fit_padded(prepared, num_classes, C, max_iter, tol)
+        fits = _fit_padded(prepared, n_max, num_classes, C, max_iter, tol)
     else:
         fits = []
         for xs, ys, _, _ in prepared:
-            p = logreg.path(xs, ys, [C], num_classes, solver="sklearn", max_iter=max_iter, tol=tol)
+            p = logreg.path(xs, ys, [C], num_classes, solver=solver, max_iter=max_iter, tol=tol)
             fits.append((p.W[0], p.b[0]))
     preds = []
     for (W, b), (_, _, mean, scale) in zip(fits, prepared):
@@ -142,22 +147,19 @@ def _fit_predict_many(subsets: list[np.ndarray], X: np.ndarray, y: np.ndarray, X
     return preds
 
 
-def _jax_fit_padded(prepared, num_classes, C, max_iter, tol):
-    import jax
+def _fit_padded(prepared, n_max: int, num_classes: int, C: float, max_iter: int, tol: float):
+    """One vmapped fit of every (n_i x D) problem, zero-padded to n_max rows of weight 0."""
     import jax.numpy as jnp
 
-    n_max = max(len(p[0]) for p in prepared)
-    d = prepared[0][0].shape[1]
-    P = len(prepared)
+    P, d = len(prepared), prepared[0][0].shape[1]
     Xs = np.zeros((P, n_max, d), np.float32)
     ys = np.zeros((P, n_max), np.int32)
     ws = np.zeros((P, n_max), np.float32)
     for i, (xs, yy, _, _) in enumerate(prepared):
         Xs[i, :len(xs)], ys[i, :len(xs)], ws[i, :len(xs)] = xs, yy, 1.0
-    fn = _vmapped(num_classes, max_iter, tol)
-    Ws, bs = fn(jnp.asarray(Xs), jnp.asarray(ys), jnp.asarray(ws), jnp.float32(C))
-    Ws, bs = np.asarray(Ws), np.asarray(bs)
-    return [(Ws[i], bs[i]) for i in range(P)]
+    Ws, bs = _vmapped(num_classes, max_iter, tol)(jnp.asarray(Xs), jnp.asarray(ys), jnp.asarray(ws),
+                                                   jnp.float32(C))
+    return list(zip(np.asarray(Ws), np.asarray(bs)))
 
 
 @functools.cache
@@ -165,13 +167,14 @@ def _vmapped(num_classes: int, max_iter: int, tol: float):
     import jax
     import jax.numpy as jnp
 
-    fit = logreg._jax_path_fn(num_classes, max_iter, tol, 10)
+    _, fit = logreg._jax_fit_fn(num_classes, max_iter, tol)
+    k_out = logreg.n_outputs(num_classes)
 
     @jax.jit
-    def run(Xs, ys, ws, C):
+    def run(Xs, ys, ws, C):  # (P, n, d), (P, n), (P, n), () -> (P, d, K'), (P, K')
         def one(X, y, w):
-            Ws, bs, _ = fit(X, y, w, C[None])
-            return Ws[0], bs[0]
+            W, b, _ = fit(X, y, w, C, jnp.zeros((X.shape[1], k_out), X.dtype), jnp.zeros((k_out,), X.dtype))
+            return W, b
         return jax.vmap(one)(Xs, ys, ws)
 
     return run

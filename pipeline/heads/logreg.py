@@ -61,6 +61,13 @@ def linear_logits(W, b, X):
     return z
 
 
+def full_weights(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(D, K), (K,) weights with the same logits as `linear_logits` (expands a binary head)."""
+    if W.shape[-1] == 1:
+        return np.concatenate([np.zeros_like(W), W], axis=1), np.concatenate([np.zeros_like(b), b])
+    return W, b
+
+
 def _jnp():
     import jax.numpy as jnp
 
@@ -70,14 +77,12 @@ def _jnp():
 # --------------------------------------------------------------------------------------- JAX
 
 @functools.cache
-def _jax_path_fn(num_classes: int, max_iter: int, tol: float, memory: int):
-    """Compile once per (classes, stopping rule): ``(X, y, sw, Cs, W0, b0) -> path arrays``."""
+def _jax_fit_fn(num_classes: int, max_iter: int, tol: float, memory: int = 10):
+    """Compile once per (classes, stopping rule): ``(X, y, sw, C, W0, b0) -> (W, b, n_iter)``."""
     import jax
     import jax.numpy as jnp
     import optax
     import optax.tree_utils as otu
-
-    k_out = n_outputs(num_classes)
 
     def objective(params, X, Y, sw, l2):
         W, b = params
@@ -88,7 +93,8 @@ def _jax_path_fn(num_classes: int, max_iter: int, tol: float, memory: int):
     opt = optax.lbfgs(memory_size=memory,
                       linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=50))
 
-    def fit_one(X, Y, sw, C, params):
+    def fit(X, y, sw, C, W0, b0):
+        Y = jax.nn.one_hot(y, num_classes, dtype=X.dtype)
         l2 = 1.0 / (C * jnp.sum(sw))
         fun = functools.partial(objective, X=X, Y=Y, sw=sw, l2=l2)
         value_and_grad = optax.value_and_grad_from_state(fun)
@@ -104,35 +110,18 @@ def _jax_path_fn(num_classes: int, max_iter: int, tol: float, memory: int):
             grad = otu.tree_get(state, "grad")
             value = otu.tree_get(state, "value")
             gmax = jnp.maximum(jnp.max(jnp.abs(grad[0])), jnp.max(jnp.abs(grad[1])))
-            # Stop like scipy's L-BFGS-B: projected gradient below tol, or no relative decrease
-            # left that float32 can resolve (the line search then returns a zero step forever).
+            # Stop like scipy's L-BFGS-B: largest gradient entry below tol, or no relative
+            # decrease left that float32 resolves (the line search would return zero steps).
             stalled = (prev_value - value) <= 4 * jnp.finfo(jnp.float32).eps * jnp.maximum(
                 jnp.abs(value), 1.0)
-            first = it == 0
-            return first | ((it < max_iter) & (gmax > tol) & ~stalled)
+            return (it == 0) | ((it < max_iter) & (gmax > tol) & ~stalled)
 
-        init = (params, opt.init(params), jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(0))
-        params, _, _, it = jax.lax.while_loop(keep_going, step, init)
-        return params, it
+        params = (W0, b0)
+        init = (params, opt.init(params), jnp.asarray(jnp.inf, X.dtype), jnp.asarray(0))
+        (W, b), _, _, it = jax.lax.while_loop(keep_going, step, init)
+        return W, b, it
 
-    @jax.jit
-    def run(X, y, sw, Cs, W0, b0):
-        Y = jax.nn.one_hot(y, num_classes, dtype=X.dtype)
-
-        def body(params, C):
-            params, it = fit_one(X, Y, sw, C, params)
-            return params, (params[0], params[1], it)
-
-        _, (Ws, bs, its) = jax.lax.scan(body, (W0, b0), Cs)
-        return Ws, bs, its
-
-    def call(X, y, sw, Cs, W0=None, b0=None):
-        d = X.shape[1]
-        W0 = jnp.zeros((d, k_out), jnp.float32) if W0 is None else jnp.asarray(W0, jnp.float32)
-        b0 = jnp.zeros((k_out,), jnp.float32) if b0 is None else jnp.asarray(b0, jnp.float32)
-        return run(X, y, sw, Cs, W0, b0)
-
-    return call
+    return jax.jit(fit), fit
 
 
 def path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], num_classes: int, *,
@@ -161,11 +150,19 @@ def path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], num_classes: int, *,
     if solver == "jax":
         import jax.numpy as jnp
 
-        fn = _jax_path_fn(num_classes, int(max_iter), float(tol), 10)
-        W0, b0 = (None, None) if init is None else init
-        Ws, bs, its = fn(jnp.asarray(X), jnp.asarray(y), jnp.asarray(sw), jnp.asarray(Cs, jnp.float32),
-                         W0, b0)
-        return Path(Cs, np.asarray(Ws), np.asarray(bs), np.asarray(its))
+        fit, _ = _jax_fit_fn(num_classes, int(max_iter), float(tol))
+        k_out = n_outputs(num_classes)
+        W, b = init if init is not None else (np.zeros((X.shape[1], k_out), np.float32),
+                                              np.zeros((k_out,), np.float32))
+        W, b = jnp.asarray(W, jnp.float32), jnp.asarray(b, jnp.float32)
+        X, y, sw = jnp.asarray(X), jnp.asarray(y), jnp.asarray(sw)
+        Ws, bs, its = [], [], []
+        for C in Cs:  # warm start: each fit begins at the previous solution
+            W, b, it = fit(X, y, sw, jnp.float32(C), W, b)
+            Ws.append(W)
+            bs.append(b)
+            its.append(it)
+        return Path(Cs, np.asarray(jnp.stack(Ws)), np.asarray(jnp.stack(bs)), np.asarray(jnp.stack(its)))
     if solver == "sklearn":
         return _sklearn_path(X, y, sw, Cs, num_classes, tol, max_iter, init)
     raise ValueError(f"unknown solver {solver!r}; use 'jax' or 'sklearn'")

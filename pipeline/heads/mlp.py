@@ -19,7 +19,7 @@ import numpy as np
 class MLPConfig:
     """Everything that shapes the MLP and its training (a plain mirror of ``heads.mlp``)."""
 
-    hidden: tuple[int, ...] = (512,)
+    hidden: tuple[int, ...] = (256,)
     activation: Literal["relu", "gelu"] = "gelu"
     dropout: float = 0.5
     learning_rate: float = 1e-3
@@ -28,13 +28,20 @@ class MLPConfig:
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: int = 1
     batch_size: int = 256
-    max_epochs: int = 60
-    patience: int = 8
+    max_epochs: int = 40
+    patience: int = 5
+    skip: bool = True
 
 
 def make_module(num_classes: int, hidden: Sequence[int], activation: str = "gelu",
-                dropout: float = 0.0):
-    """The Flax module: Dense -> activation -> Dropout per hidden size, then Dense to classes."""
+                dropout: float = 0.0, skip: bool = False):
+    """The Flax module: Dense -> activation -> Dropout per hidden size, then Dense to classes.
+
+    With `skip`, a linear layer from the input is added to the logits (a linear probe plus an
+    MLP residual). Training starts it at the fitted logreg and the MLP's output layer at zero, so
+    the first epoch starts from the linear probe's solution and early stopping on val loss can
+    only move away from it when the hidden path helps.
+    """
     import flax.linen as nn
 
     act = {"relu": nn.relu, "gelu": nn.gelu}[activation]
@@ -42,10 +49,15 @@ def make_module(num_classes: int, hidden: Sequence[int], activation: str = "gelu
     class MLP(nn.Module):
         @nn.compact
         def __call__(self, x, deterministic: bool = True):  # (B, D) -> (B, K)
-            for i, h in enumerate(hidden):
-                x = act(nn.Dense(h, name=f"hidden_{i}")(x))
-                x = nn.Dropout(dropout)(x, deterministic=deterministic)
-            return nn.Dense(num_classes, name="out")(x)
+            h = x
+            for i, width in enumerate(hidden):
+                h = act(nn.Dense(width, name=f"hidden_{i}")(h))
+                h = nn.Dropout(dropout)(h, deterministic=deterministic)
+            init = nn.initializers.zeros if skip else nn.initializers.lecun_normal()
+            out = nn.Dense(num_classes, name="out", kernel_init=init)(h)
+            if skip:
+                out = out + nn.Dense(num_classes, name="skip")(x)
+            return out
 
     return MLP()
 
@@ -56,7 +68,8 @@ class MLPResult:
 
     Attributes:
       params: the Flax params of the best validation epoch.
-      best_epoch: 1-based epoch whose params were kept.
+      best_epoch: 1-based epoch whose params were kept (0: the starting point, i.e. the
+        logreg skip alone, was never beaten on val loss).
       epochs_run: epochs trained before early stopping (or max_epochs).
       train_loss, val_loss: (epochs_run,) per-epoch mean training loss (smoothed labels, with
         dropout) and validation log loss.
@@ -76,7 +89,7 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
     import jax.numpy as jnp
     import optax
 
-    module = make_module(num_classes, cfg.hidden, cfg.activation, cfg.dropout)
+    module = make_module(num_classes, cfg.hidden, cfg.activation, cfg.dropout, cfg.skip)
     bs = min(cfg.batch_size, n_train)
     steps = -(-n_train // bs)  # ceil: every sample is seen once per epoch
     total = steps * cfg.max_epochs
@@ -118,12 +131,16 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
         return params, opt_state, jnp.mean(losses)
 
     @jax.jit
-    def train(X, y, sw, Xv, yv, swv, key):
+    def train(X, y, sw, Xv, yv, swv, key, skip_init):
         key_init, key_loop = jax.random.split(key)
         params = module.init(key_init, X[:1])["params"]
+        if cfg.skip:
+            params = {**params, "skip": {"kernel": skip_init[0], "bias": skip_init[1]}}
         opt_state = tx.init(params)
         nan = jnp.full((cfg.max_epochs,), jnp.nan, jnp.float32)
-        state = dict(params=params, opt=opt_state, best=params, best_loss=jnp.inf,
+        # Epoch 0 is the starting point: with a logreg skip, the MLP must beat it to be kept.
+        start_loss = weighted_ce(module.apply({"params": params}, Xv), yv, swv, 0.0) if cfg.skip else jnp.inf
+        state = dict(params=params, opt=opt_state, best=params, best_loss=start_loss,
                      best_epoch=0, bad=0, epoch=0, key=key_loop, tr=nan, va=nan)
 
         def body(s):
@@ -150,7 +167,8 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
 
 def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, num_classes: int,
           cfg: MLPConfig, seed: int, sample_weight: np.ndarray | None = None,
-          val_weight: np.ndarray | None = None) -> MLPResult:
+          val_weight: np.ndarray | None = None,
+          skip_init: tuple[np.ndarray, np.ndarray] | None = None) -> MLPResult:
     """Train an MLP head with early stopping on the validation log loss.
 
     Args:
@@ -160,6 +178,8 @@ def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, nu
       cfg: architecture and optimisation settings.
       seed: makes initialisation, shuffling and dropout reproducible.
       sample_weight, val_weight: per-sample loss weights (class weights), or None for ones.
+      skip_init: (W (D, K), b (K,)) of a linear probe fit on the same (standardised) features;
+        required when ``cfg.skip``.
 
     Returns:
       An `MLPResult` holding the best epoch's params.
@@ -171,9 +191,15 @@ def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, nu
     Xv = jnp.asarray(X_val, jnp.float32)
     sw = jnp.ones(len(y), jnp.float32) if sample_weight is None else jnp.asarray(sample_weight, jnp.float32)
     swv = jnp.ones(len(y_val), jnp.float32) if val_weight is None else jnp.asarray(val_weight, jnp.float32)
+    if cfg.skip and skip_init is None:
+        raise ValueError("cfg.skip needs skip_init, the linear probe to start from")
+    if skip_init is None:
+        skip_init = (jnp.zeros((X.shape[1], num_classes)), jnp.zeros((num_classes,)))
+    skip_init = tuple(jnp.asarray(a, jnp.float32) for a in skip_init)
     fn = _train_fn(cfg, num_classes, X.shape[0], X.shape[1])
     params, best_epoch, epochs, tr, va = fn(X, jnp.asarray(y, jnp.int32), sw, Xv,
-                                            jnp.asarray(y_val, jnp.int32), swv, jax.random.key(seed))
+                                            jnp.asarray(y_val, jnp.int32), swv, jax.random.key(seed),
+                                            skip_init)
     epochs = int(epochs)
     return MLPResult(jax.device_get(params), int(best_epoch), epochs,
                      np.asarray(tr)[:epochs], np.asarray(va)[:epochs])

@@ -138,7 +138,8 @@ def load_head(heads_dir: Path, name: str) -> TrainedHead:
     elif entry["kind"] == "mlp":
         from pipeline.heads.mlp import make_module
 
-        module = make_module(len(index["classes"]), tuple(config["hidden"]), config["activation"])
+        module = make_module(len(index["classes"]), tuple(config["hidden"]), config["activation"],
+                             skip=config.get("skip", False))
 
         def apply_fn(p, x):
             return module.apply({"params": p}, x)
