@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
