@@ -44,7 +44,7 @@ class LogregParams:
 
     def validate(self) -> None:
         if self.c_max < self.c_min:
-            raise ParamsError(f"logreg.c_max: {self.c_max!r} is below logreg.c_min {self.c_min!r}; "
+            raise ParamsError(f"c_max: {self.c_max!r} is below c_min {self.c_min!r}; "
                               "c_max must be >= c_min.")
 
 
@@ -177,10 +177,8 @@ def _use_compile_cache(path: Path) -> None:
 
 def _load_features(features_dir: Path) -> dict[str, Any]:
     """classes and (features float32, labels, ids) for every split present."""
-    try:
-        from stages.features import load_split
-    except ImportError:  # the features stage is not in this checkout yet
-        load_split = _read_split
+    from stages.features import load_split
+
     classes_path = features_dir / "classes.json"
     if not classes_path.exists():
         raise UserError(f"{classes_path} not found: {features_dir} is not a features stage output.")
@@ -192,18 +190,12 @@ def _load_features(features_dir: Path) -> dict[str, Any]:
     return data
 
 
-def _read_split(features_dir: Path, split: str):
-    d = Path(features_dir) / split
-    return (np.load(d / "features.npy", mmap_mode="r"), np.load(d / "labels.npy"),
-            json.loads((d / "ids.json").read_text()))
-
-
 def _check_splits(data: dict, classes: list[str]) -> None:
     for split in ("train", "val"):
         if split not in data or len(data[split][1]) == 0:
             raise UserError(f"the features output has no {split} split; the heads stage needs train "
-                            "(to fit) and val (to choose C and stop the MLP). Give the data stage a "
-                            "val fraction (see `pipeline params data`).")
+                            "(to fit) and val (to choose C and stop the MLP). Set data.val_fraction "
+                            "> 0 (or give the source a val split).")
     for split, (x, y, ids) in ((s, data[s]) for s in SPLITS if s in data):
         if len(x) != len(y) or len(y) != len(ids):
             raise UserError(f"features/{split}: {len(x)} features, {len(y)} labels, {len(ids)} ids; "
@@ -214,10 +206,10 @@ def _check_splits(data: dict, classes: list[str]) -> None:
     for split in ("train", "val"):
         present = np.unique(data[split][1])
         if len(present) < 2:
-            raise UserError(f"data: the {split} split has only one class "
-                            f"({classes[int(present[0])]!r}); a classifier needs at least two in "
-                            f"train and val. Check the data source's class folders and the split "
-                            f"fractions in the data section.")
+            raise UserError(f"the {split} split has only one class ({classes[int(present[0])]!r}); "
+                            f"the heads need at least two in train and val. Check that data.path "
+                            f"(or the tfds source) has two or more classes, and raise "
+                            f"data.val_fraction if val is too small to hold them.")
 
 
 # --------------------------------------------------------------------------------- fitting
@@ -273,13 +265,13 @@ def _fit_logreg(p: HeadsParams, z: dict, data: dict, K: int, ctx: StageContext) 
     sweep = score(path)
     sols = {r["C"]: (path.W[i], path.b[i]) for i, r in enumerate(sweep)}
     best = _best(sweep)
-    if lp.refine and len(sweep) > 1:
-        # Two half-steps around the best grid point, warm-started from the grid point below.
+    h = 10 ** (0.5 / lp.c_per_decade)
+    halves = [c for c in (best["C"] / h, best["C"] * h) if lp.c_min <= c <= lp.c_max]
+    if lp.refine and len(sweep) > 1 and halves:
+        # The half-steps around the best grid C, warm-started from the grid point below.
         i = [r["C"] for r in sweep].index(best["C"])
-        h = 10 ** (0.5 / lp.c_per_decade)
         start = sols[sweep[max(i - 1, 0)]["C"]]
-        fine = logreg.path(z["train"], ytr, [best["C"] / h, best["C"] * h], K, sample_weight=sw,
-                           init=start, **kw)
+        fine = logreg.path(z["train"], ytr, halves, K, sample_weight=sw, init=start, **kw)
         extra = score(fine)
         sols.update({r["C"]: (fine.W[j], fine.b[j]) for j, r in enumerate(extra)})
         sweep = sorted(sweep + extra, key=lambda r: r["C"])

@@ -176,30 +176,24 @@ def _sklearn_path(X, y, sw, Cs, num_classes, tol, max_iter, init) -> Path:
 
     present = np.unique(y)
     model = LogisticRegression(C=float(Cs[0]), tol=tol, max_iter=max_iter, warm_start=True)
-    if init is not None:
-        # scikit-learn's warm start reads coef_/intercept_ in its own layout: (K', D), (K',).
-        W0, b0 = init
-        model.coef_ = np.ascontiguousarray(np.asarray(W0, np.float64)[:, _cols(present, num_classes)].T)
-        model.intercept_ = np.asarray(b0, np.float64)[_cols(present, num_classes)]
+    if init is not None and len(present) == num_classes:
+        # scikit-learn's warm start reads coef_ (K', D) and intercept_ (K',) from the model.
+        model.coef_ = np.ascontiguousarray(np.asarray(init[0], np.float64).T)
+        model.intercept_ = np.asarray(init[1], np.float64)
     Ws, bs, its = [], [], []
     for C in Cs:
         model.set_params(C=float(C))
         with warnings.catch_warnings():
             # Hitting max_iter is reported through n_iter, as the JAX solver does.
             warnings.simplefilter("ignore", ConvergenceWarning)
+            # Few-shot fits (one image per class) trip a heuristic meant for regression targets.
+            warnings.filterwarnings("ignore", message="The number of unique classes")
             model.fit(X, y, sample_weight=sw)
         W, b = _embed(model.coef_.T, model.intercept_, present, num_classes)
         Ws.append(W)
         bs.append(b)
         its.append(int(np.max(model.n_iter_)))
     return Path(Cs, np.stack(Ws).astype(np.float32), np.stack(bs).astype(np.float32), np.array(its))
-
-
-def _cols(present: np.ndarray, num_classes: int) -> np.ndarray:
-    """Which of our K' columns scikit-learn keeps when it only saw the classes in `present`."""
-    if n_outputs(num_classes) == 1 or len(present) == 2 and num_classes == 2:
-        return np.array([0])
-    return present
 
 
 def _embed(W, b, present, num_classes):
