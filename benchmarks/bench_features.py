@@ -68,7 +68,6 @@ def child_ours(data_dir: Path, out_dir: Path, forward: bool) -> dict:
     result = {"images": summary["images"], "seconds_total": total, "seconds_stream": summary["seconds"],
               "compile_s": summary["compile_seconds"], "maxrss_mb": _maxrss_mb()}
     if forward:
-        import jax
         import jax.numpy as jnp
         import numpy as np
 

@@ -133,7 +133,6 @@ class BatchEmbedder:
         """
         out: np.ndarray | None = None
         pending = None
-        r = self.rows_per_image
         for start in range(0, n, self.batch_size):
             k = min(self.batch_size, n - start)
             # A fresh buffer each batch: on CPU, device_put may alias host memory, so a buffer

@@ -36,7 +36,9 @@ from typing import Any, Literal, Mapping
 from pipeline import sources
 from pipeline.errors import UserError
 from pipeline.params import ParamsError, spec
-from pipeline.sources import DataSet, SplitRecords, load_data  # noqa: F401  (re-exported)
+from pipeline.sources import DataSet, SplitRecords, load_data
+
+__all__ = ["DataParams", "DataSet", "SplitRecords", "STAGE", "fingerprint", "load_data", "run"]
 from pipeline.stage import Stage, StageContext
 
 

@@ -60,7 +60,7 @@ def test_folder_of_real_photos(tmp_path):
 
 def test_broken_and_odd_files_are_skipped_and_listed(tmp_path):
     root = tmp_path / "photos"
-    zoo = image_zoo.write_zoo(root / "odd")
+    zoo = image_zoo.write_zoo(root / "odd", big=True)
     for name in image_zoo.BROKEN:       # broken files live next to good ones in class "broken_mix"
         (root / "broken_mix").mkdir(exist_ok=True)
         shutil.move(zoo[name], root / "broken_mix" / name)
@@ -78,7 +78,17 @@ def test_broken_and_odd_files_are_skipped_and_listed(tmp_path):
     assert len(skipped) == len(image_zoo.BROKEN) + 2
     splits = read(tmp_path / "out", "splits.json")
     ids = {i for s in splits.values() for i in s["ids"]}
-    assert ids == {f"odd/{n}" for n in image_zoo.GOOD} | {"broken_mix/keep.png"}
+    assert ids == {f"odd/{n}" for n in {**image_zoo.GOOD, **image_zoo.BIG}} | {"broken_mix/keep.png"}
+    # Read back through the dataset as the features stage does: upright, right colours.
+    ds = data_stage.load_data(tmp_path / "out")
+    split_of = {i: (s, k) for s, r in ds.splits.items() for k, i in enumerate(r.ids)}
+    def decoded(rel):
+        s, k = split_of[rel]
+        return np.asarray(images.decode_image(next(ds.sources(s, k, k + 1))))
+    rotated = decoded("odd/exif_rotated.jpg").astype(int)
+    assert rotated.shape == (120, 80, 3) and np.abs(rotated[10:50].mean((0, 1)) - image_zoo.RED).max() < 10
+    assert np.abs(decoded("odd/cmyk.jpg").astype(int) - image_zoo.RED).max() <= 8
+    assert decoded("odd/big.jpg").shape == (4000, 5000, 3)
     assert read(tmp_path / "out", "classes.json") == ["broken_mix", "odd"]
     (line,) = [l for l in ctx.reporter.lines if "skipped" in l]
     assert f"skipped {len(skipped)}:" in line and "1 truncated" in line
