@@ -20,6 +20,8 @@ from pipeline.report import readers
 
 STAGES = ("data", "features", "heads", "ideal", "adversarial", "report")
 HEAD_METRICS = ("accuracy", "mean_per_class_accuracy", "log_loss")
+ADV_METRICS = ("success_rate", "mean_target_prob", "mean_linf", "mean_l2", "mean_psnr")
+IDEAL_METRICS = ("mean_prob", "min_prob", "mean_tv")
 
 
 # --- plain text tables -----------------------------------------------------------------------------
@@ -117,7 +119,8 @@ def chain_from_heads(cache_dir: Path, heads_key: str) -> dict[str, str]:
 # --- what a run measured -------------------------------------------------------------------------
 
 def run_metrics(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
-    """Flat metrics of a run: ``heads/<head>/<split>/<metric>`` and ``adversarial/<metric>``."""
+    """Flat metrics of a run: ``heads/<head>/<split>/<metric>``, ``adversarial/<method>/<metric>``,
+    ``adversarial/transfer/<backbone>/<method>``, ``ideal/<recipe>/<metric>``."""
     out: dict[str, Any] = {}
     heads = readers.read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")))
     for name, h in (heads or {}).get("heads", {}).items():
@@ -126,12 +129,30 @@ def run_metrics(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
                 if metric in m:
                     out[f"heads/{name}/{split}/{metric}"] = m[metric]
     adv = _out(cache_dir, "adversarial", keys.get("adversarial"))
-    if adv is not None:
-        raw = readers.load_json(adv / "metrics.json")
-        if isinstance(raw, Mapping):
-            for k, v in readers.flatten({k: v for k, v in raw.items() if not isinstance(v, list)}).items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    out[f"adversarial/{k.replace('.', '/')}"] = v
+    raw = readers.load_json(adv / "metrics.json") if adv is not None else None
+    if isinstance(raw, Mapping) and isinstance(raw.get("methods"), Mapping):
+        for method, mm in raw["methods"].items():
+            for k in ADV_METRICS:
+                if isinstance((mm or {}).get(k), (int, float)):
+                    out[f"adversarial/{method}/{k}"] = mm[k]
+        for backbone, row in (raw.get("transfer") or {}).items():
+            for method, v in (row or {}).items():
+                if isinstance(v, (int, float)):
+                    out[f"adversarial/transfer/{backbone}/{method}"] = v
+    elif isinstance(raw, Mapping):  # another layout: every number outside lists
+        for k, v in readers.flatten({k: v for k, v in raw.items() if not isinstance(v, list)}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"adversarial/{k.replace('.', '/')}"] = v
+    ideal = _out(cache_dir, "ideal", keys.get("ideal"))
+    raw = readers.load_json(ideal / "ideal.json") if ideal is not None else None
+    if isinstance(raw, Mapping) and isinstance(raw.get("recipes"), Mapping):
+        for recipe, r in raw["recipes"].items():
+            for k in IDEAL_METRICS:
+                if isinstance((r or {}).get(k), (int, float)):
+                    out[f"ideal/{recipe}/{k}"] = r[k]
+            for backbone, t in ((r or {}).get("transfer") or {}).items():
+                if isinstance((t or {}).get("top5_rate"), (int, float)):
+                    out[f"ideal/{recipe}/transfer/{backbone}/top5_rate"] = t["top5_rate"]
     return out
 
 
@@ -189,10 +210,11 @@ def show_latest(cache_dir: Path) -> str:
                              right=[2, 3, 4, 5]), ""]
     else:
         lines += ["heads: not run in the latest run; no metrics yet.", ""]
-    adv = {k.removeprefix("adversarial/"): v for k, v in run_metrics(cache_dir, keys).items()
-           if k.startswith("adversarial/")}
-    if adv:
-        lines += [text_table(["adversarial", "value"], [[k, _fmt(k, v)] for k, v in adv.items()], right=[1]), ""]
+    grad = run_metrics(cache_dir, keys)
+    for stage in ("adversarial", "ideal"):
+        rows = [[k.removeprefix(f"{stage}/"), _fmt(k, v)] for k, v in grad.items() if k.startswith(f"{stage}/")]
+        if rows:
+            lines += [text_table([stage, "value"], rows, right=[1]), ""]
     report = _out(cache_dir, "report", keys.get("report"))
     if report is not None and (report / "report.html").is_file():
         lines.append(f"report: {report / 'report.html'}")

@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,7 +28,6 @@ from pipeline import cli, results, runner
 from pipeline.errors import UserError
 from pipeline.graph import load_graph
 from pipeline.progress import QuietReporter
-from pipeline.report import document, readers, sections
 
 ROOT = Path(__file__).resolve().parents[1]
 PETS = ROOT.parent / "shared" / "data" / "pets-dev"
@@ -41,8 +41,9 @@ SMALL = {
     "backbone": {"name": "efficientnet_lite0"},
     "heads": {"shots": [1, "all"], "shot_draws": 1, "logreg": {"c_per_decade": 1, "refine": False},
               "mlp": {"max_epochs": 8, "hidden": [64]}},
-    "ideal": {"steps": 4},
-    "adversarial": {"steps": 3, "max_images": 2},
+    "ideal": {"steps": 4, "compare": [], "transfer": []},
+    "adversarial": {"methods": ["pgd"], "steps": 3, "refine_steps": 1, "max_images": 2, "batch_size": 2,
+                    "save_examples": 2, "transfer": []},
     "report": {"max_mistakes": 12},
 }
 
@@ -103,7 +104,7 @@ def _images(page: str) -> list[tuple[str, bytes]]:
         src = re.search(r'src="([^"]*)"', tag).group(1)
         alt = (re.search(r'alt="([^"]*)"', tag) or re.search("()", "")).group(1)
         assert src.startswith("data:image/"), f"image {alt!r} is not inlined: {src[:60]}"
-        out.append((alt, base64.b64decode(src.split(",", 1)[1])))
+        out.append((html.unescape(alt), base64.b64decode(src.split(",", 1)[1])))
     return out
 
 
@@ -151,6 +152,23 @@ def test_report_has_every_section_with_its_images(small_run):
     thumbs = [a for a, _ in images if a.startswith("true: ")]
     assert len(thumbs) == n_shown, "every shown mistake has its thumbnail re-read from the photo"
 
+    # Ideal images: one card per image of the main recipe, with the probability it reached.
+    if "ideal" in graph.stages:
+        ideal = json.loads((small_run.plans["ideal"].out / "ideal.json").read_text())
+        main = [r for r in ideal["images"] if r["option"] == "main"]
+        for r in main:
+            assert f"p(target) = {100 * r['prob']:.1f}%" in page
+        assert sum(1 for a, _ in images if a in {r["target"] for r in main}) == len(main)
+        assert any(a.startswith("ideal images") for a in sizes), "the grid is shown"
+
+    # Adversarial triplets: original, amplified perturbation, adversarial, with both predictions.
+    if "adversarial" in graph.stages:
+        adv = json.loads((small_run.plans["adversarial"].out / "metrics.json").read_text())
+        roles = [a for a, _ in images if a in ("original", "perturbation (amplified)", "adversarial")]
+        assert roles == ["original", "perturbation (amplified)", "adversarial"] * len(adv["examples"])
+        for ex in adv["examples"]:
+            assert html.escape(f"after: {ex['adversarial_prediction']}") in page
+
     # Params: the smoke profile's changes are listed as differences from the defaults.
     assert "data.path" in page and "heads.shot_draws" in page
 
@@ -162,19 +180,31 @@ def test_report_has_every_section_with_its_images(small_run):
     assert links and all((small_run.out / link).is_file() for link in links)
 
 
-@pytest.mark.slow
-def test_report_without_the_gradient_stages_says_not_run(small_run, tmp_path):
-    inputs = {n: small_run.plans[n].out for n in ("data", "features", "heads")}
-    opts = sections.Options(max_mistakes=2)
-    from stages.report import ReportParams, params_schema
+_BUILD_ALONE = """
+import json, sys
+from pathlib import Path
+from pipeline.report import document, sections
+from stages.report import ReportParams, params_schema
+inputs = {k: Path(v) for k, v in json.loads(sys.argv[1]).items()}
+doc = sections.build(inputs, {"report": ReportParams()}, params_schema(), sections.Options(max_mistakes=2))
+document.write(doc, Path(sys.argv[2]))
+print(json.dumps(sorted(m for m in ("jax", "jaxlib", "flax", "tensorflow") if m in sys.modules)))
+"""
 
-    doc = sections.build(inputs, {"report": ReportParams()}, params_schema(), opts)
-    html_path, md_path = document.write(doc, tmp_path)
-    shown = _sections(html_path.read_text())
+
+@pytest.mark.slow
+def test_report_without_the_gradient_stages_says_not_run_and_imports_no_jax(small_run, tmp_path):
+    inputs = {n: str(small_run.plans[n].out) for n in ("data", "features", "heads")}
+    proc = subprocess.run([sys.executable, "-c", _BUILD_ALONE, json.dumps(inputs), str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == [], "the report must not import jax or tensorflow"
+    page = (tmp_path / "report.html").read_text()
+    shown = _sections(page)
     assert shown["ideal"] == "off" and shown["adversarial"] == "off"
     assert all(shown[s] == "" for s in ("overview", "params", "data", "metrics", "confusion", "per-class"))
-    assert "not part of this pipeline" in html_path.read_text()
-    assert "## Ideal images (not run)" in md_path.read_text()
+    assert "not part of this pipeline" in page
+    assert "## Ideal images (not run)" in (tmp_path / "report.md").read_text()
 
 
 def _chromium(args: list[str], tmp: Path, timeout: float = 90) -> subprocess.CompletedProcess:

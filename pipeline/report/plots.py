@@ -157,6 +157,8 @@ def learning_curves_png(curves: Mapping[str, tuple], title: str = "Learning curv
             ys_all += list(py)
     if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 20:
         ax.set_xscale("log")
+    elif xs_all and all(float(x).is_integer() for x in xs_all):
+        ax.xaxis.set_major_locator(plt.matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel(xlabel.replace("_", " "), fontsize=11)
     if ys_all and all(0 <= y <= 1 for y in ys_all):
         ax.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))

@@ -7,104 +7,14 @@ a run without the gradient stages still gets a useful page.
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import math
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from pipeline.report import readers
+from pipeline.report import galleries, readers
+from pipeline.report.common import (Log, Options, file_asset, metric_cell, num, pct, safe_name, seconds,
+                                    thumbnail, top_k_text, value)
 from pipeline.report.document import (ASSET_DIR, Asset, Bars, Card, Details, Document, Figure,
                                       Gallery, Section, Table, Text, Tiles)
-
-Log = Callable[[str], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """The knobs of the report (a plain copy of the report params section)."""
-
-    title: str = "Transfer-learning run"
-    primary_head: str = "auto"
-    split: str = "test"
-    max_mistakes: int = 24
-    max_ideal: int = 48
-    max_adversarial: int = 12
-    thumbnail_size: int = 160
-    dpi: int = 100
-
-
-# --- formatting ----------------------------------------------------------------------------------
-
-def pct(v: Any, digits: int = 1) -> str:
-    return "–" if not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.{digits}f}%"
-
-
-def num(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
-    return str(v)
-
-
-def value(v: Any) -> str:
-    """A param value as YAML would show it (lists in brackets, strings bare)."""
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(value(x) for x in v) + "]"
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return num(v) if isinstance(v, (int, float)) else str(v)
-
-
-def metric_cell(name: str, v: Any) -> str:
-    if name in ("n", "support") or isinstance(v, int) and not isinstance(v, bool):
-        return num(v)
-    if "accuracy" in name or name in ("precision", "recall", "f1") or name.endswith("rate"):
-        return pct(v)
-    return num(v)
-
-
-def seconds(s: Any) -> str:
-    if not isinstance(s, (int, float)):
-        return "–"
-    if s < 60:
-        return f"{s:.1f} s"
-    m, sec = divmod(s, 60)
-    return f"{int(m)} min {sec:.0f} s" if m < 60 else f"{int(m // 60)} h {int(m % 60)} min"
-
-
-# --- images --------------------------------------------------------------------------------------
-
-def thumbnail(path: Path, size: int, name: str) -> Asset | None:
-    """A square, centre-cropped JPEG thumbnail of a photo (EXIF rotation applied), or None."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)
-    except (OSError, ValueError):
-        return None
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=85)
-    return Asset(f"{ASSET_DIR}/{name}.jpg", buf.getvalue())
-
-
-def file_asset(path: Path, name: str) -> Asset:
-    """A stage's image file, copied as is (PNG perturbations must not be recompressed)."""
-    return Asset(f"{ASSET_DIR}/{name}{Path(path).suffix.lower()}", Path(path).read_bytes())
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))[:80]
-
 
 # --- sections ------------------------------------------------------------------------------------
 
@@ -133,10 +43,9 @@ def overview_section(opts: Options, heads: dict | None, primary: str | None, cla
             tiles.append(("mean per-class accuracy", pct(m["mean_per_class_accuracy"]), f"head {primary}, {split}"))
     if classes:
         tiles.append(("classes", str(len(classes)), ", ".join(f"{k} {v}" for k, v in sizes.items())))
-    if adv_metrics:
-        rate = next((v for k, v in readers.flatten(adv_metrics).items() if "success" in k and isinstance(v, (int, float))), None)
-        if rate is not None:
-            tiles.append(("attack success", pct(rate), "dog → cat"))
+    if adv_metrics and (head := galleries.attack_headline(adv_metrics)):
+        method, rate, what = head
+        tiles.append((f"attack success ({method})", pct(rate), what))
     total = sum((m or {}).get("seconds") or 0 for m in manifests.values())
     tiles.append(("compute time", seconds(total), "all stages of this run"))
     blocks: list = [Tiles(tiles)]
@@ -314,7 +223,7 @@ def confusion_section(heads: dict, primary: str, classes: list[str], opts: Optio
                        note=f"metrics.json has no {len(classes)}-class confusion matrix for {primary} on {split}.")
     png = plots.confusion_matrix_png(cm, classes, title=f"{primary} on {split}", dpi=opts.dpi)
     return Section("confusion", "Confusion matrix", [Figure(
-        Asset(f"{ASSET_DIR}/confusion_{_safe(primary)}_{split}.png", png),
+        Asset(f"{ASSET_DIR}/confusion_{safe_name(primary)}_{split}.png", png),
         caption=f"Rows: true class; columns: predicted class; numbers: image counts; blue: correct, red: "
                 f"mistakes, darker = larger share of the true class. Head {primary}, {split} split.",
         alt=f"confusion matrix of {primary} on {split}")])
@@ -341,7 +250,7 @@ def per_class_section(heads: dict, primary: str, classes: list[str], opts: Optio
                   [[c, pct(per[c].get("precision")), pct(per[c].get("recall")), pct(per[c].get("f1")),
                     num(per[c].get("support"))] for c, _, _ in items])
     return Section("per-class", "Per-class accuracy", [
-        Figure(Asset(f"{ASSET_DIR}/per_class_{_safe(primary)}_{split}.png", png),
+        Figure(Asset(f"{ASSET_DIR}/per_class_{safe_name(primary)}_{split}.png", png),
                caption=f"Share of each class's {split} images that {primary} gets right, worst first; "
                        f"dashed line: overall accuracy.", alt="per-class accuracy bars", max_width=900),
         Details("Precision, recall and F1 per class", [table])])
@@ -367,7 +276,7 @@ def mistakes_section(heads_dir: Path, heads: dict, primary: str, classes: list[s
         lines = [f"predicted {name(r['pred'])} ({pct(r['conf'], 0)})"]
         if r["true_prob"] is not None:
             lines.append(f"p(true class) = {pct(r['true_prob'], 0)}")
-        if r.get("top") and (top := _top_k_text(r["top"][1:3])):
+        if r.get("top") and (top := top_k_text(r["top"][1:3])):
             lines.append(f"next: {top}")
         cards.append(Card([(thumb, "")] if thumb else [], title=f"true: {name(r['true'])}", lines=lines,
                           kind="bad", foot=r["id"]))
@@ -377,130 +286,6 @@ def mistakes_section(heads_dir: Path, heads: dict, primary: str, classes: list[s
         blocks.append(Text(f"{missing} original image(s) could not be found on disk, so they have no thumbnail "
                            f"(tfds images live inside TFRecords).", kind="note"))
     return Section("mistakes", title, blocks)
-
-
-def _top_k_text(v: Any) -> str | None:
-    """A top-k list (``[[name, p], ...]`` or ``[{"class": .., "prob": ..}]``) as one line."""
-    if not isinstance(v, list) or not v:
-        return None
-    parts = []
-    for item in v:
-        if isinstance(item, (list, tuple)) and len(item) == 2:
-            parts.append(f"{item[0]} {pct(item[1], 0)}")
-        elif isinstance(item, Mapping):
-            name = next((item[k] for k in ("class", "name", "label") if k in item), "?")
-            p = next((item[k] for k in ("prob", "p", "probability") if k in item), None)
-            parts.append(f"{name} {pct(p, 0)}" if p is not None else str(name))
-        else:
-            return None
-    return ", ".join(parts)
-
-
-def _card_lines(item: Mapping, title_key: str | None, max_lines: int = 8) -> list[str]:
-    lines = []
-    for k, v in item.items():
-        if k == title_key:
-            continue
-        if isinstance(v, list) and (text := _top_k_text(v)):
-            lines.append(f"{k.replace('_', ' ')}: {text}")
-    for k, v in readers.scalars(item, skip=[title_key or ""]).items():
-        if k.split(".")[-1] in ("id", "index", "seed"):
-            continue
-        label = k.replace("_", " ")
-        if isinstance(v, float) and any(w in k for w in ("prob", "acc", "rate", "conf", "p_")) and 0 <= v <= 1:
-            lines.append(f"{label}: {pct(v)}")
-        else:
-            lines.append(f"{label}: {value(v)}")
-    return lines[:max_lines]
-
-
-_TITLE_KEYS = ("target", "target_class", "class", "class_name", "label", "name", "option", "id")
-
-
-def ideal_section(ideal_dir: Path, opts: Options) -> Section | None:
-    data = readers.load_json(ideal_dir / "ideal.json")
-    blocks: list = []
-    grids = sorted(p for p in ideal_dir.glob("*.png") if "grid" in p.name.lower())
-    for g in grids[:2]:
-        blocks.append(Figure(file_asset(g, f"ideal_{_safe(g.stem)}"), caption=f"{g.name}",
-                             alt=f"ideal images grid {g.name}"))
-    items = readers.image_items(data, ideal_dir) if data is not None else []
-    grid_names = {g.name for g in grids}
-    items = [it for it in items if not set(p.name for p in readers.image_refs(it, ideal_dir).values()) <= grid_names]
-    if isinstance(data, Mapping):
-        top = {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool))}
-        if top:
-            blocks.insert(0, Table(["setting", "value"], [[k, value(v)] for k, v in top.items()]))
-    cards = []
-    for i, it in enumerate(items[:opts.max_ideal]):
-        title_key = next((k for k in _TITLE_KEYS if isinstance(it.get(k), (str, int))), None)
-        imgs = [(file_asset(p, f"ideal_{i:03d}_{_safe(k)}"), k.replace("_", " ") if len(readers.image_refs(it, ideal_dir)) > 1 else "")
-                for k, p in readers.image_refs(it, ideal_dir).items()]
-        cards.append(Card(imgs, title=str(it.get(title_key, "")) if title_key else "", lines=_card_lines(it, title_key)))
-    if cards:
-        blocks.append(Gallery(cards, min_width=200))
-    if not blocks:
-        return None
-    blocks.insert(0, Text("Images made by gradient ascent on a class score, starting from noise; under each, "
-                          "the probabilities the models give them."))
-    return Section("ideal", "Ideal images", blocks)
-
-
-_ROLE_ORDER = ("original", "clean", "input", "perturbation", "amplified", "delta", "noise", "diff", "adversarial", "adv")
-
-
-def _role_rank(key: str) -> int:
-    k = key.lower()
-    return next((i for i, r in enumerate(_ROLE_ORDER) if r in k), len(_ROLE_ORDER))
-
-
-def adversarial_section(adv_dir: Path, opts: Options) -> Section | None:
-    metrics = readers.load_json(adv_dir / "metrics.json")
-    blocks: list = []
-    if isinstance(metrics, Mapping):
-        flat = {k: v for k, v in readers.flatten(
-            {k: v for k, v in metrics.items() if not isinstance(v, list)}).items()
-            if isinstance(v, (int, float, str, bool))}
-        if flat:
-            blocks.append(Table(["metric", "value"], [[k.replace("_", " "), metric_cell(k.split(".")[-1], v)]
-                                                      for k, v in flat.items()]))
-    items: list = []
-    for f in [adv_dir / "metrics.json", *sorted(adv_dir.glob("*.json"))]:
-        if f.name == "manifest.json":
-            continue
-        found = [it for it in readers.image_items(readers.load_json(f), adv_dir) if len(readers.image_refs(it, adv_dir)) >= 2]
-        if found:
-            items = found
-            break
-    if not items:
-        items = _triplets_from_files(adv_dir)
-    cards = []
-    for i, it in enumerate(items[:opts.max_adversarial]):
-        refs = sorted(readers.image_refs(it, adv_dir).items(), key=lambda kv: _role_rank(kv[0]))
-        imgs = [(file_asset(p, f"adv_{i:03d}_{_safe(k)}"), k.replace("_", " ").removesuffix(" png")) for k, p in refs]
-        success = next((v for k, v in readers.flatten(it).items() if "success" in k and isinstance(v, bool)), None)
-        title_key = next((k for k in ("id", "image_id", "image", "name", "source")
-                          if isinstance(it.get(k), str) and k not in dict(refs)), None)
-        cards.append(Card(imgs, title=str(it.get(title_key, f"example {i + 1}")),
-                          lines=_card_lines(it, title_key, max_lines=10),
-                          kind="" if success is None else ("good" if success else "bad")))
-    if cards:
-        blocks.append(Gallery(cards, min_width=420))
-        blocks.append(Text("Each row: the original photo, the perturbation (amplified to be visible) and the "
-                           "adversarial image, with what the model predicts for each.", kind="note"))
-    if not blocks:
-        return None
-    return Section("adversarial", "Adversarial examples", blocks)
-
-
-def _triplets_from_files(folder: Path) -> list[dict]:
-    """Group ``<stem>_<role>.png`` files by stem when no JSON index names them."""
-    groups: dict[str, dict] = {}
-    for p in sorted(folder.rglob("*.png")):
-        stem, _, role = p.stem.rpartition("_")
-        if stem and _role_rank(role) < len(_ROLE_ORDER):
-            groups.setdefault(stem, {"id": stem})[role] = str(p.relative_to(folder))
-    return [g for g in groups.values() if len(g) >= 3]
 
 
 def timing_section(manifests: Mapping[str, Any]) -> Section:
@@ -571,9 +356,9 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
                            ("per-class", "Per-class accuracy"), ("mistakes", "Most confident mistakes")):
             sections.append(not_run(id_, title, "heads", inputs, manifests, "metrics.json"))
     ideal_dir = inputs.get("ideal")
-    sections.append((ideal_section(ideal_dir, opts) if ideal_dir else None)
+    sections.append((galleries.ideal_section(ideal_dir, opts, log) if ideal_dir else None)
                     or not_run("ideal", "Ideal images", "ideal", inputs, manifests, "ideal images"))
-    sections.append((adversarial_section(adv_dir, opts) if adv_dir else None)
+    sections.append((galleries.adversarial_section(adv_dir, opts) if adv_dir else None)
                     or not_run("adversarial", "Adversarial examples", "adversarial", inputs, manifests,
                                "adversarial examples"))
     sections.append(timing_section(manifests))

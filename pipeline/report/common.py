@@ -1,0 +1,118 @@
+"""What the report's section builders share: the report's knobs, number formats, image assets."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.report.document import ASSET_DIR, Asset
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The knobs of the report (a plain copy of the report params section)."""
+
+    title: str = "Transfer-learning run"
+    primary_head: str = "auto"
+    split: str = "test"
+    max_mistakes: int = 24
+    max_ideal: int = 48
+    max_adversarial: int = 12
+    thumbnail_size: int = 160
+    dpi: int = 100
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+def pct(v: Any, digits: int = 1) -> str:
+    return "–" if not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.{digits}f}%"
+
+
+def num(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+    return str(v)
+
+
+def value(v: Any) -> str:
+    """A param value as YAML would show it (lists in brackets, strings bare)."""
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(value(x) for x in v) + "]"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return num(v) if isinstance(v, (int, float)) else str(v)
+
+
+def metric_cell(name: str, v: Any) -> str:
+    if name in ("n", "support") or isinstance(v, int) and not isinstance(v, bool):
+        return num(v)
+    if "accuracy" in name or name in ("precision", "recall", "f1") or name.endswith("rate"):
+        return pct(v)
+    return num(v)
+
+
+def seconds(s: Any) -> str:
+    if not isinstance(s, (int, float)):
+        return "–"
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(s, 60)
+    return f"{int(m)} min {sec:.0f} s" if m < 60 else f"{int(m // 60)} h {int(m % 60)} min"
+
+
+# --- images --------------------------------------------------------------------------------------
+
+def thumbnail(path: Path, size: int, name: str) -> Asset | None:
+    """A square, centre-cropped JPEG thumbnail of a photo (EXIF rotation applied), or None."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            im = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)
+    except (OSError, ValueError):
+        return None
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return Asset(f"{ASSET_DIR}/{name}.jpg", buf.getvalue())
+
+
+def file_asset(path: Path, name: str) -> Asset:
+    """A stage's image file, copied as is (PNG perturbations must not be recompressed)."""
+    return Asset(f"{ASSET_DIR}/{name}{Path(path).suffix.lower()}", Path(path).read_bytes())
+
+
+def safe_name(text: str) -> str:
+    """A string made safe for a file name (letters, digits, - and _)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))[:80]
+
+
+def top_k_text(v: Any) -> str | None:
+    """A top-k list (``[[name, p], ...]`` or ``[{"class": .., "prob": ..}]``) as one line, or None."""
+    if not isinstance(v, list) or not v:
+        return None
+    parts = []
+    for item in v:
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            parts.append(f"{item[0]} {pct(item[1], 0)}")
+        elif isinstance(item, dict):
+            name = next((item[k] for k in ("class", "name", "label") if k in item), "?")
+            p = next((item[k] for k in ("prob", "p", "probability") if k in item), None)
+            parts.append(f"{name} {pct(p, 0)}" if p is not None else str(name))
+        else:
+            return None
+    return ", ".join(parts)
+
