@@ -1,16 +1,31 @@
-"""The params-aware output cache: keys, manifests, atomic publication, and the run lock.
+"""The params-aware output cache: keys, manifests, publication, and the run lock.
 
-Layout under the cache root::
+Layout under the cache root (a local folder or a ``gs://`` URL)::
 
-    <root>/<stage>/<key>/            a complete output (published by one rename)
+    <root>/<stage>/<key>/            a complete output
     <root>/<stage>/<key>/manifest.json
-    <root>/<stage>/<key>.partial/    work in progress (kept across kills for resumable stages)
+    <root>/<stage>/<key>.partial/    work in progress
     <root>/runs/latest.json          stage keys of the latest `run`, for `show` and `report`
-    <root>/.lock                     held by the running `run` command (flock)
+    <root>/.lock                     held by the running `run` command
 
-A folder without the `.partial` suffix is complete by construction: the manifest is written
-inside the partial folder, then the folder is renamed. Old outputs are never deleted by a run, so
-setting a param back reuses the earlier output (a run-cache, as DVC's).
+An output is complete exactly when its manifest exists. On a local disk the manifest is written
+inside the partial folder, then the folder is renamed into place (atomic). On GCS a rename is a
+copy per object, so there the output is uploaded straight to ``<key>/`` and the manifest is
+uploaded LAST, after a listing confirmed every file arrived with its size: a reader on any host
+sees either no manifest (not complete) or the whole output. Old outputs are never deleted by a
+run, so setting a param back reuses the earlier output (a run-cache, as DVC's).
+
+Stages only ever see local folders. With a remote root each host keeps a local scratch folder
+(``--local-dir``, default ``~/.cache/pipeline``) laid out like a cache root:
+
+    <local>/<stage>/<key>.partial/   the stage's `out_dir` (``.partial-p<i>`` for process i of
+                                     several); resumable stages resume from it after a kill
+    <local>/<stage>/<key>/           a verified local copy of a published output (`local_copy`):
+                                     what downstream stages get as ``ctx.inputs[stage]``
+    <local>/weights/                 converted backbone weights (``ctx.cache_dir``)
+
+and the remote ``<key>.partial/`` is used only by multi-process runs, to hand every process's
+shards to process 0 before its `finalize`.
 """
 
 from __future__ import annotations
@@ -26,8 +41,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.params import canonical_json, to_plain
+from pipeline.storage import AnyPath
 
 PARTIAL_SUFFIX = ".partial"
 MANIFEST = "manifest.json"
@@ -52,25 +69,32 @@ def stage_key(name: str, version: str, params: Mapping[str, Any], upstream: Mapp
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def output_dir(root: Path, stage: str, key: str) -> Path:
-    return Path(root) / stage / key
+def output_dir(root: AnyPath, stage: str, key: str) -> Any:
+    """``<root>/<stage>/<key>`` (a `pathlib.Path`, or an `epath.Path` for a URL root)."""
+    return storage.join(root, stage, key)
 
 
-def partial_dir(root: Path, stage: str, key: str) -> Path:
-    return Path(root) / stage / (key + PARTIAL_SUFFIX)
+def partial_dir(root: AnyPath, stage: str, key: str) -> Any:
+    return storage.join(root, stage, key + PARTIAL_SUFFIX)
 
 
-def is_complete(root: Path, stage: str, key: str) -> bool:
+def is_complete(root: AnyPath, stage: str, key: str) -> bool:
     """True when a published output with its manifest exists for this key."""
-    return (output_dir(root, stage, key) / MANIFEST).is_file()
+    return storage.is_file(storage.join(root, stage, key, MANIFEST))
 
 
-def read_manifest(folder: Path) -> dict:
-    return json.loads((Path(folder) / MANIFEST).read_text())
+def read_manifest(folder: AnyPath) -> dict:
+    return json.loads(storage.read_text(storage.join(folder, MANIFEST)))
 
 
-def iter_manifests(root: Path, stage: str) -> Iterator[dict]:
-    """All complete outputs of a stage, newest first (by end time)."""
+def iter_manifests(root: AnyPath, stage: str) -> Iterator[dict]:
+    """All complete outputs of a stage, newest first (by end time).
+
+    On a remote root the manifests are read lazily, newest upload first (one listing, then one
+    read per manifest consumed), so asking for the newest costs one read.
+    """
+    if storage.is_remote(root):
+        return _iter_remote_manifests(root, stage)
     base = Path(root) / stage
     if not base.is_dir():
         return iter(())
@@ -86,16 +110,24 @@ def iter_manifests(root: Path, stage: str) -> Iterator[dict]:
     return iter(found)
 
 
-def list_files(folder: Path) -> list[dict]:
+def _iter_remote_manifests(root: AnyPath, stage: str) -> Iterator[dict]:
+    base = storage.join(root, stage)
+    found = [f for f in storage.find(base) if f["path"].count("/") == 1
+             and f["path"].endswith("/" + MANIFEST)
+             and not f["path"].split("/")[0].endswith(PARTIAL_SUFFIX)]
+    # The manifest is the last object of an output to be written, and runs on one cache are
+    # serialised by the lock, so upload order is end-time order.
+    found.sort(key=lambda f: f["mtime"], reverse=True)
+    for f in found:
+        try:
+            yield json.loads(storage.read_text(storage.join(base, f["path"])))
+        except (OSError, ValueError):
+            continue
+
+
+def list_files(folder: AnyPath) -> list[dict]:
     """Every file under `folder` with its size, relative paths, sorted."""
-    folder = Path(folder)
-    out = []
-    for dirpath, _, filenames in os.walk(folder):
-        for fn in filenames:
-            p = Path(dirpath) / fn
-            out.append({"path": str(p.relative_to(folder)), "size": p.stat().st_size})
-    out.sort(key=lambda f: f["path"])
-    return out
+    return storage.list_files(folder)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -111,23 +143,36 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(to_plain(data), f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _json_text(data: Any) -> str:
+    return json.dumps(to_plain(data), indent=2, sort_keys=True)
 
 
-def publish(root: Path, stage: str, key: str, manifest: Mapping[str, Any]) -> Path:
-    """Write the manifest into the partial folder and rename it into place.
+def write_json_atomic(path: AnyPath, data: Any) -> None:
+    """Write JSON so readers never see half a file (temp file + rename; one upload on GCS)."""
+    storage.write_text(path, _json_text(data))
 
-    The rename is atomic on one filesystem; a crash before it leaves only the `.partial` folder,
-    which never counts as complete.
+
+def publish(root: AnyPath, stage: str, key: str, manifest: Mapping[str, Any],
+            staging: Path | None = None, local_root: Path | None = None) -> Any:
+    """Publish a finished output: after this call `is_complete` is true for it.
+
+    Args:
+      root: cache root.
+      stage, key: the output.
+      manifest: everything but the file list (added here from what the folder holds).
+      staging: for a remote root, the local folder the stage wrote (see `staging_dir`); it
+        becomes this host's verified local copy. Ignored for a local root, whose partial folder
+        is published by one atomic rename.
+      local_root: for a remote root, the local scratch folder (see the module docstring).
+
+    Returns:
+      The published output folder.
     """
+    if storage.is_remote(root):
+        if staging is None or local_root is None:
+            raise ValueError("publishing to a remote cache needs the local staging folder")
+        return _publish_remote(root, stage, key, manifest, Path(staging), Path(local_root))
+    root = Path(root)
     src = partial_dir(root, stage, key)
     dst = output_dir(root, stage, key)
     manifest = dict(manifest)
@@ -146,7 +191,45 @@ def publish(root: Path, stage: str, key: str, manifest: Mapping[str, Any]) -> Pa
     return dst
 
 
-def prepare_partial(root: Path, stage: str, key: str, resumable: bool) -> Path:
+def _publish_remote(root: AnyPath, stage: str, key: str, manifest: Mapping[str, Any],
+                    staging: Path, local_root: Path) -> Any:
+    dst = output_dir(root, stage, key)
+    manifest = dict(manifest)
+    files = [f for f in storage.list_files(staging) if f["path"] != MANIFEST]
+    manifest["files"] = files
+    text = _json_text(manifest)
+    # Whatever is there (a --force rerun's old output, or files of an upload that was killed)
+    # stops counting as complete before anything in it changes, then goes.
+    storage.remove(storage.join(dst, MANIFEST))
+    storage.rmtree(dst)
+    storage.upload(staging, dst, [f["path"] for f in files])
+    arrived = {f["path"]: f["size"] for f in storage.list_files(dst)}
+    missing = [f["path"] for f in files if arrived.get(f["path"]) != f["size"]]
+    if missing:
+        raise OSError(f"upload of {stage} to {dst} is incomplete ({len(missing)} file(s) missing "
+                      f"or of the wrong size, first: {missing[0]}); the output stays unpublished. "
+                      f"Rerun to try again.")
+    storage.write_text(storage.join(dst, MANIFEST), text)   # last: now the output is complete
+    storage.write_text(staging / MANIFEST, text)
+    _swap_into_place(staging, local_root / stage / key)
+    storage.rmtree(partial_dir(root, stage, key))
+    return dst
+
+
+def _swap_into_place(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`, replacing whatever `dst` held."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        trash = dst.with_name(f"{dst.name}.old-{os.getpid()}")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def prepare_partial(root: AnyPath, stage: str, key: str, resumable: bool) -> Path:
     """Create the private output folder; wipe leftovers unless the stage resumes from them."""
     p = partial_dir(root, stage, key)
     if p.exists() and not resumable:
@@ -155,8 +238,104 @@ def prepare_partial(root: Path, stage: str, key: str, resumable: bool) -> Path:
     return p
 
 
-def discard_partial(root: Path, stage: str, key: str) -> None:
-    shutil.rmtree(partial_dir(root, stage, key), ignore_errors=True)
+def discard_partial(root: AnyPath, stage: str, key: str) -> None:
+    storage.rmtree(partial_dir(root, stage, key))
+
+
+# --- remote roots: local staging, local copies of inputs, the multi-process exchange ------------
+
+def staging_dir(local_root: Path, stage: str, key: str, process_index: int = 0,
+                process_count: int = 1) -> Path:
+    """The local folder a stage writes into when the cache root is remote.
+
+    One per process when several run on one host, so no process ever uploads a file another
+    one is still writing.
+    """
+    suffix = PARTIAL_SUFFIX if process_count == 1 else f"{PARTIAL_SUFFIX}-p{process_index}"
+    return Path(local_root) / stage / (key + suffix)
+
+
+def prepare_staging(folder: Path, resumable: bool) -> Path:
+    """Create a local staging folder; wipe leftovers unless the stage resumes from them."""
+    if folder.exists() and not resumable:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def local_copy(root: AnyPath, stage: str, key: str, local_root: Path | None = None) -> Path:
+    """A local folder holding a published output, for a stage to read with plain file I/O.
+
+    For a local root that is the output itself. For a remote root it is
+    ``<local_root>/<stage>/<key>``, reused when its manifest equals the published one and every
+    file the manifest lists is there with its size; otherwise downloaded (into a private folder,
+    then renamed into place, so processes sharing a host never see a half copy).
+
+    Raises:
+      FileNotFoundError: the output is not published.
+      OSError: a download came back incomplete.
+    """
+    if not storage.is_remote(root):
+        return Path(output_dir(root, stage, key))
+    if local_root is None:
+        raise ValueError("a remote cache needs a local folder for copies of its outputs")
+    src = output_dir(root, stage, key)
+    text = storage.read_text(storage.join(src, MANIFEST))
+    manifest = json.loads(text)
+    dst = Path(local_root) / stage / key
+    if _copy_is_complete(dst, manifest):
+        return dst
+    tmp = dst.with_name(f"{key}.download-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        storage.download(src, tmp, [f["path"] for f in manifest["files"]])
+        storage.write_text(tmp / MANIFEST, text)
+        if not _copy_is_complete(tmp, manifest):
+            raise OSError(f"download of {src} into {tmp} is incomplete (a file is missing or has "
+                          f"the wrong size); rerun to try again.")
+        if _copy_is_complete(dst, manifest):
+            return dst  # another process on this host finished the same copy first
+        _swap_into_place(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def _copy_is_complete(folder: Path, manifest: Mapping[str, Any]) -> bool:
+    try:
+        if json.loads((folder / MANIFEST).read_text()) != manifest:
+            return False
+        return all((folder / f["path"]).stat().st_size == f["size"] for f in manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def share_partial(root: AnyPath, stage: str, key: str, staging: Path) -> int:
+    """Upload this process's staged files into the remote ``<key>.partial/`` (multi-process).
+
+    Returns:
+      How many files were uploaded.
+    """
+    files = [f["path"] for f in storage.list_files(staging)]
+    storage.upload(staging, partial_dir(root, stage, key), files)
+    return len(files)
+
+
+def gather_partial(root: AnyPath, stage: str, key: str, staging: Path) -> int:
+    """Download into process 0's staging folder the files other processes shared.
+
+    A file process 0 wrote itself is kept (processes are expected to write distinct names, such
+    as shards named by process or by global range).
+
+    Returns:
+      How many files were downloaded.
+    """
+    have = {f["path"] for f in storage.list_files(staging)}
+    todo = [f["path"] for f in storage.list_files(partial_dir(root, stage, key))
+            if f["path"] not in have]
+    storage.download(partial_dir(root, stage, key), staging, todo)
+    return len(todo)
 
 
 @dataclasses.dataclass
@@ -244,3 +423,81 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+class RemoteRunLock:
+    """The run lock of a cache on GCS: an object ``<root>/.lock`` that names its holder.
+
+    flock does not exist on an object store. The lock object is created only if absent (the
+    upload carries GCS's ``ifGenerationMatch=0`` precondition, so of two hosts starting at once
+    exactly one gets it) and deleted on release. A run killed without releasing leaves it
+    behind: a later run on the same host takes it over when the recorded process is gone; a run
+    on another host cannot tell whether the holder is alive, so it stops and says how to remove
+    the lock by hand.
+    """
+
+    def __init__(self, root: AnyPath, command: str):
+        self.root = root
+        self.path = storage.join(root, ".lock")
+        self.command = command
+        self.holder: LockHolder | None = None
+        self.took_over: LockHolder | None = None
+
+    def _read_holder(self) -> LockHolder | None:
+        try:
+            return LockHolder(**json.loads(storage.read_text(self.path)))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError):
+            return LockHolder(-1, "unknown", "unreadable lock file", "?")
+
+    def acquire(self) -> "RemoteRunLock":
+        me = LockHolder(os.getpid(), socket.gethostname(), self.command,
+                        time.strftime("%Y-%m-%d %H:%M:%S"))
+        data = json.dumps(dataclasses.asdict(me)).encode()
+        try:
+            for _ in range(3):
+                # Read first: an emulator may not enforce the create-if-absent precondition.
+                current = self._read_holder()
+                if current is None:
+                    if storage.create_exclusive(self.path, data):
+                        self.holder = me
+                        return self
+                    continue  # another run created it between our read and our write
+                if current.host == me.host and current.pid > 0 and not _pid_alive(current.pid):
+                    storage.write_bytes(self.path, data)
+                    self.holder, self.took_over = me, current
+                    return self
+                raise UserError(
+                    f"The cache {self.root} is in use by another run ({current.describe()}). Wait "
+                    f"for it to finish, or use a different --cache-dir. Two runs on one cache "
+                    f"would race to write the same outputs. If that run is gone (its machine "
+                    f"stopped or was preempted), remove the lock: gcloud storage rm {self.path}")
+        except OSError as e:
+            raise UserError(
+                f"cannot write to the cache {self.root}: {type(e).__name__}: {e}. Check that the "
+                f"bucket exists and that these credentials may write to it (gcloud auth "
+                f"application-default login; on a TPU VM, the VM's service account needs "
+                f"roles/storage.objectAdmin on the bucket).") from None
+        raise UserError(f"could not take the lock {self.path}: it keeps changing hands.")
+
+    def release(self) -> None:
+        if self.holder is None:
+            return
+        try:
+            if self._read_holder() == self.holder:   # never delete a lock another run took over
+                storage.remove(self.path)
+        except OSError:
+            pass  # a leftover lock names this (dead) process; the next run here takes it over
+        self.holder = None
+
+    def __enter__(self) -> "RemoteRunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def run_lock(root: AnyPath, command: str) -> "RunLock | RemoteRunLock":
+    """The run lock for a cache root: an flock locally, a lock object on GCS."""
+    return RemoteRunLock(root, command) if storage.is_remote(root) else RunLock(root, command)

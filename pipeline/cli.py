@@ -22,8 +22,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", dest="params_files", action="append", type=Path, default=None,
                    metavar="FILE", help="params file (default params.yaml); repeat to overlay files, "
                                         "later ones win")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="cache root (default ./cache)")
+    p.add_argument("--cache-dir", type=_path_or_url, default=DEFAULT_CACHE,
+                   help="cache root: a folder (default ./cache) or a gs://bucket/folder URL")
     p.add_argument("--graph", default=DEFAULT_GRAPH, help=argparse.SUPPRESS)
+
+
+def _path_or_url(text: str):
+    from pipeline.storage import as_path
+
+    return as_path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1")
     dist.add_argument("--cpu-devices", type=int,
                       help="virtual CPU devices per process (CPU-only hosts and tests)")
+    run.add_argument("--local-dir", type=Path, default=None, metavar="DIR",
+                     help="with a gs:// --cache-dir: this host's scratch folder for staging outputs, "
+                          "local copies of inputs and weights (default $PIPELINE_LOCAL_DIR or "
+                          "~/.cache/pipeline)")
     _add_common(run)
 
     status = sub.add_parser("status", help="up to date, stale (and why) or missing, per stage")
@@ -60,10 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(params)
 
     backbones = sub.add_parser("backbones", help="list backbones and what is cached locally")
-    backbones.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    backbones.add_argument("--cache-dir", type=_path_or_url, default=DEFAULT_CACHE)
 
     show = sub.add_parser("show", help="headline metrics of the latest run")
-    show.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    show.add_argument("--cache-dir", type=_path_or_url, default=DEFAULT_CACHE)
 
     compare = sub.add_parser("compare", help="two runs' metrics side by side (heads keys or params)")
     compare.add_argument("a", help="a heads key (or unique prefix), or 'latest'")
@@ -111,7 +122,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline import cache, distributed, runner
+    from pipeline import cache, distributed, runner, storage
     from pipeline.progress import QuietReporter, RichReporter
 
     graph, files, params = _resolve(args)
@@ -134,11 +145,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{n:<12} reused  [{plans[n].key}]")
         return 0
     coord = distributed.start(cfg)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    if not storage.is_remote(args.cache_dir):
+        args.cache_dir.mkdir(parents=True, exist_ok=True)   # an object store has no folders
     command = "python -m pipeline " + " ".join(sys.argv[1:])
     t0 = time.perf_counter()
     # Only process 0 holds the lock and writes; the others write their own shards inside it.
-    lock = cache.RunLock(args.cache_dir, command) if coord.is_leader else None
+    lock = cache.run_lock(args.cache_dir, command) if coord.is_leader else None
     if lock is not None:
         try:
             lock.acquire()
@@ -150,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if lock is not None and lock.took_over:
             reporter.log(f"took over a stale lock left by {lock.took_over.describe()} (no longer running)")
         results = runner.execute(graph, params, args.cache_dir, targets, reporter,
-                                 force=args.force, coordinator=coord)
+                                 force=args.force, coordinator=coord, local_dir=args.local_dir)
     finally:
         if isinstance(reporter, RichReporter):
             reporter.close()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline import cache
+from pipeline import cache, storage
 from pipeline.errors import UserError
 from pipeline.graph import Graph
 from pipeline.params import (ParamsError, apply_override, load_yaml, parse_all, parse_override,
@@ -65,7 +66,7 @@ class StagePlan:
     upstream: dict[str, str]        # dep name -> key
     fingerprint: str | None
     up_to_date: bool
-    out: Path
+    out: Any                        # output folder (Path, or epath.Path on a remote root)
     reasons: list[str]              # why it is stale or missing; empty when up to date
 
     @property
@@ -75,7 +76,7 @@ class StagePlan:
         return "missing" if self.reasons == ["missing: never run"] else "stale"
 
 
-def plan(graph: Graph, params: Mapping[str, Any], root: Path) -> dict[str, StagePlan]:
+def plan(graph: Graph, params: Mapping[str, Any], root: Any) -> dict[str, StagePlan]:
     """Key every stage in dependency order and compare with what the cache holds."""
     plans: dict[str, StagePlan] = {}
     for name, stage in graph.stages.items():
@@ -98,7 +99,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def _why_stale(root: Path, name: str, version: str, sections: Mapping[str, Any],
+def _why_stale(root: Any, name: str, version: str, sections: Mapping[str, Any],
                upstream: Mapping[str, str], fp: str | None) -> list[str]:
     """Compare with the newest complete output of this stage and name what differs."""
     previous = next(cache.iter_manifests(root, name), None)
@@ -144,21 +145,24 @@ class StageResult:
     summary: Mapping[str, Any] | None = None
 
 
-def execute(graph: Graph, params: Mapping[str, Any], root: Path, targets: Sequence[str],
+def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequence[str],
             reporter: Reporter, force: Sequence[str] = (), coordinator: Any = None,
-            ) -> list[StageResult]:
+            local_dir: Path | None = None) -> list[StageResult]:
     """Run the targets and whatever upstream stage is missing or stale, in dependency order.
 
     Args:
       graph: the stage graph.
       params: resolved params (all sections).
-      root: cache root.
+      root: cache root: a local folder, or a ``gs://`` URL (see `pipeline.cache`).
       targets: stage names to bring up to date (with their upstream closure).
       reporter: progress sink.
       force: stages to rerun even when up to date.
       coordinator: a `pipeline.distributed.Coordinator` for multi-process runs; None for one
         process. Process 0 decides what runs and publishes; every process runs the stages marked
         ``all_processes``; a failure anywhere stops every process with that failure's message.
+      local_dir: for a remote root, this host's local scratch folder (staging folders, local
+        copies of inputs, converted weights); default `pipeline.storage.default_local_dir()`.
+        Ignored for a local root.
 
     Returns:
       One result per stage in the closure, in order. A stage's exception propagates after its
@@ -169,6 +173,8 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Path, targets: Sequen
     coord = coordinator or Coordinator()
     graph.check_names(targets)
     graph.check_names(force, what="stage for --force")
+    remote = storage.is_remote(root)
+    local_root = Path(local_dir or storage.default_local_dir()) if remote else Path(root)
     names = graph.upstream_closure(targets)
     plans = plan(graph, params, root)
     # Process 0's view of the cache is the one that counts; every process must agree on keys.
@@ -188,24 +194,41 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Path, targets: Sequen
             summary = cache.read_manifest(p.out).get("summary") if coord.is_leader else None
             results.append(StageResult(name, p.key, "reused", 0.0, summary))
             continue
+        runs_here = stage.all_processes or coord.is_leader
+        # With several processes on a remote root, each one shares its files through the
+        # remote partial folder, and process 0 gathers them before `finalize`.
+        exchange = remote and coord.process_count > 1 and stage.all_processes
         if coord.is_leader:
             why = "; ".join(p.reasons) if p.reasons else "forced"
             reporter.log(f"▶ {name} [{p.key}] ({why})")
+        if remote:
+            work = cache.staging_dir(local_root, name, p.key, coord.process_index,
+                                     coord.process_count)
+            if runs_here:
+                cache.prepare_staging(work, stage.resumable)
+            if coord.is_leader and exchange:
+                cache.discard_partial(root, name, p.key)   # last attempt's shares are stale
+        elif coord.is_leader:
             work = cache.prepare_partial(root, name, p.key, stage.resumable)
         else:
             work = cache.partial_dir(root, name, p.key)
         coord.sync(f"{name}/prepared")
-        ctx = StageContext(name=name, key=p.key, params=p.params,
-                           inputs={d: plans[d].out for d in stage.deps}, out_dir=work,
-                           cache_dir=Path(root), reporter=reporter,
-                           process_index=coord.process_index, process_count=coord.process_count)
         started = time.time()
         try:
             summary = None
-            if stage.all_processes or coord.is_leader:
+            if runs_here:
+                inputs = {d: cache.local_copy(root, d, plans[d].key, local_root) for d in stage.deps}
+                ctx = StageContext(name=name, key=p.key, params=p.params, inputs=inputs,
+                                   out_dir=work, cache_dir=local_root, reporter=reporter,
+                                   process_index=coord.process_index,
+                                   process_count=coord.process_count)
                 summary = stage.run(ctx)
+                if exchange and not coord.is_leader:
+                    cache.share_partial(root, name, p.key, work)
             coord.sync(f"{name}/ran")
             if coord.is_leader:
+                if exchange:
+                    cache.gather_partial(root, name, p.key, work)
                 if stage.finalize is not None:
                     summary = stage.finalize(ctx)
                 ended = time.time()
@@ -217,12 +240,19 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Path, targets: Sequen
                     "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)),
                     "seconds": round(ended - started, 3), "summary": summary,
                     "host": platform.node(), "process_count": coord.process_count,
-                })
+                }, staging=work if remote else None, local_root=local_root if remote else None)
             coord.sync(f"{name}/published")
+            if remote and runs_here and not coord.is_leader:
+                shutil.rmtree(work, ignore_errors=True)   # uploaded and published by process 0
         except BaseException as exc:
             if coord.process_count > 1 and not isinstance(exc, RemoteFailure):
                 coord.fail(f"{type(exc).__name__}: {exc}")
-            if coord.is_leader and not stage.resumable:
+            if remote:
+                if runs_here and not stage.resumable:
+                    shutil.rmtree(work, ignore_errors=True)
+                if coord.is_leader and exchange:
+                    cache.discard_partial(root, name, p.key)
+            elif coord.is_leader and not stage.resumable:
                 cache.discard_partial(root, name, p.key)
             results.append(StageResult(name, p.key, "failed", time.time() - started))
             raise
@@ -230,12 +260,10 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Path, targets: Sequen
     return results
 
 
-def record_latest(root: Path, plans: Mapping[str, StagePlan], params_files: Sequence[Path],
+def record_latest(root: Any, plans: Mapping[str, StagePlan], params_files: Sequence[Path],
                   overrides: Sequence[str]) -> None:
     """Remember the keys of the latest run, for `show` and the report."""
-    runs = Path(root) / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    cache.write_json_atomic(runs / "latest.json", {
+    cache.write_json_atomic(storage.join(root, "runs", "latest.json"), {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "params_files": [str(p) for p in params_files], "overrides": list(overrides),
         "stages": {n: {"key": p.key, "complete": cache.is_complete(root, n, p.key)}

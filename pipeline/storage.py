@@ -1,0 +1,337 @@
+"""One file API for local folders and ``gs://`` URLs (the cache root, report copies, tfds dirs).
+
+`as_path` turns a string into a path object: a `pathlib.Path` for a local folder, an
+`etils.epath.Path` for ``gs://...`` (and the other URL schemes epath knows). Both have the
+pathlib API (``/``, ``read_text``, ``exists``...), so code that only reads or writes a few files
+takes either. The handful of operations the cache needs that differ on an object store live
+here too, each with a local and a remote branch:
+
+- `list_files` (every file under a folder with its size, in one listing call on GCS),
+- `write_text` (atomic: temp file + rename locally; one object PUT remotely, which appears whole
+  or not at all), `create_exclusive` (create-if-absent; a generation precondition on GCS),
+- `upload` / `download` (many files in parallel), `rmtree`.
+
+Remote paths go through fsspec (gcsfs for ``gs://``), imported only when a remote path is used:
+a local run never pays for it. epath itself is told to use fsspec rather than tf.io.gfile for
+``gs://`` (``EPATH_USE_TF=false`` unless the environment already sets it), so nothing here
+imports TensorFlow and ``status`` on a GCS cache stays quick.
+
+Testing against an emulator: gcsfs honours ``STORAGE_EMULATOR_HOST`` (e.g. ``http://127.0.0.1:9023``);
+fsspec reads default options from the environment, e.g. ``FSSPEC_GCS_TOKEN=anon``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Union
+
+from pipeline.errors import UserError
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# Schemes etils.epath maps to an fsspec filesystem.
+REMOTE_SCHEMES = ("gs", "s3", "az", "hf")
+
+AnyPath = Union[str, os.PathLike]
+
+
+def scheme(path: AnyPath) -> str | None:
+    """The URL scheme of `path` (``"gs"``), or None for a local path."""
+    m = _URL.match(os.fspath(path))
+    return m.group(1).lower() if m else None
+
+
+def is_remote(path: AnyPath) -> bool:
+    """True for ``gs://...`` and other URLs; False for local paths (relative or absolute)."""
+    return scheme(path) is not None
+
+
+def as_path(path: AnyPath) -> Any:
+    """A path object for a local path or a URL.
+
+    Args:
+      path: a local path (str or PathLike) or a URL such as ``gs://bucket/cache``.
+
+    Returns:
+      `pathlib.Path` for local paths (unchanged if it already is one); `etils.epath.Path` for
+      URLs. Note `pathlib.Path("gs://b/c")` would silently become ``gs:/b/c``: always go
+      through this function for paths a user may give as a URL.
+
+    Raises:
+      UserError: for a URL scheme epath cannot open (``http://``, ``ftp://``...).
+    """
+    if isinstance(path, Path):
+        return path
+    text = os.fspath(path)
+    s = scheme(text)
+    if s is None:
+        return Path(text)
+    if s not in REMOTE_SCHEMES:
+        raise UserError(f"{text}: URL scheme {s}:// is not supported for this path; use a local "
+                        f"folder or one of {', '.join(x + '://' for x in REMOTE_SCHEMES)}.")
+    return _epath().Path(text)
+
+
+@functools.cache
+def _epath():
+    # epath picks tf.io.gfile for gs:// whenever TensorFlow is installed, which would import
+    # TensorFlow (seconds) for a `status`; gcsfs answers the same calls without it.
+    os.environ.setdefault("EPATH_USE_TF", "false")
+    from etils import epath
+
+    # epath remembers its first answer; if something (tfds) asked before this call, ask again.
+    probe = getattr(getattr(epath, "gpath", None), "_is_tf_installed", None)
+    if probe is not None and hasattr(probe, "cache_clear"):
+        probe.cache_clear()
+    return epath
+
+
+@functools.cache
+def _filesystem(protocol: str):
+    try:
+        import fsspec
+
+        # No listing cache: other processes and hosts write to the same bucket during a run.
+        return fsspec.filesystem(protocol, use_listings_cache=False)
+    except ImportError as e:
+        extra = "gcsfs" if protocol in ("gs", "gcs") else f"the fsspec backend for {protocol}://"
+        raise UserError(f"{protocol}:// paths need {extra} installed: pip install "
+                        f"'cached-embeddings-pipeline[gcs]' (or pip install gcsfs). ({e})") from None
+
+
+def filesystem(path: AnyPath):
+    """The fsspec filesystem serving a remote path (gcsfs for ``gs://``)."""
+    s = scheme(path)
+    if s is None:
+        raise ValueError(f"{os.fspath(path)} is a local path")
+    return _filesystem(s)
+
+
+def _remote(path: AnyPath) -> tuple[Any, str]:
+    """(filesystem, "bucket/key" without the scheme and without a trailing slash)."""
+    fs = filesystem(path)
+    return fs, fs._strip_protocol(os.fspath(path)).rstrip("/")
+
+
+def join(path: AnyPath, *parts: str) -> Any:
+    """`as_path(path)` joined with `parts` (a URL stays a URL)."""
+    p = as_path(path)
+    for part in parts:
+        p = p / part
+    return p
+
+
+# --- single files --------------------------------------------------------------------------------
+
+def is_file(path: AnyPath) -> bool:
+    if not is_remote(path):
+        return os.path.isfile(path)
+    fs, p = _remote(path)
+    try:
+        return fs.isfile(p)
+    except FileNotFoundError:
+        return False
+
+
+def exists(path: AnyPath) -> bool:
+    if not is_remote(path):
+        return os.path.exists(path)
+    fs, p = _remote(path)
+    return fs.exists(p)
+
+
+def read_bytes(path: AnyPath) -> bytes:
+    """The file's bytes. Raises FileNotFoundError when it is absent."""
+    if not is_remote(path):
+        return Path(path).read_bytes()
+    fs, p = _remote(path)
+    return fs.cat_file(p)
+
+
+def read_text(path: AnyPath) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path: AnyPath, data: bytes) -> None:
+    """Write a whole file so that readers see the old content or the new, never half of it.
+
+    Locally: a temporary file in the same folder, fsync, rename. Remotely: one object upload
+    (an object appears only once its upload completed). Parent folders are created locally.
+    """
+    if is_remote(path):
+        fs, p = _remote(path)
+        fs.pipe_file(p, data)
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text(path: AnyPath, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def create_exclusive(path: AnyPath, data: bytes) -> bool:
+    """Create `path` with `data` only if it does not exist yet.
+
+    Returns:
+      True if this call created it; False if it already existed.
+
+    Locally this is ``O_CREAT | O_EXCL``. On GCS the upload carries ``ifGenerationMatch=0``, so
+    of two hosts racing, exactly one wins (a storage emulator may ignore the precondition).
+    """
+    if is_remote(path):
+        fs, p = _remote(path)
+        try:
+            fs.pipe_file(p, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
+def remove(path: AnyPath) -> None:
+    """Delete one file; absent is fine."""
+    if not is_remote(path):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        return
+    fs, p = _remote(path)
+    try:
+        fs.rm_file(p)
+    except FileNotFoundError:
+        pass
+
+
+# --- folders -------------------------------------------------------------------------------------
+
+def find(folder: AnyPath) -> list[dict]:
+    """Every file under `folder`: ``[{"path": relative, "size": bytes, "mtime": seconds}]``, sorted.
+
+    One listing request per 1000 objects on GCS (no per-file stat). An absent folder is empty.
+    """
+    out = []
+    if not is_remote(folder):
+        folder = Path(folder)
+        for dirpath, _, filenames in os.walk(folder):
+            for fn in filenames:
+                p = Path(dirpath) / fn
+                st = p.stat()
+                out.append({"path": str(p.relative_to(folder)), "size": st.st_size,
+                            "mtime": st.st_mtime})
+    else:
+        fs, base = _remote(folder)
+        try:
+            found = fs.find(base, detail=True)
+        except FileNotFoundError:
+            found = {}
+        prefix = base + "/"
+        for name, info in found.items():
+            # Skip "folder" placeholder objects some tools create (zero-size, name ends in /).
+            if name.startswith(prefix) and not name.endswith("/") and info.get("type", "file") == "file":
+                out.append({"path": name[len(prefix):], "size": int(info["size"]),
+                            "mtime": _mtime(info)})
+    out.sort(key=lambda f: f["path"])
+    return out
+
+
+def _mtime(info: dict) -> float:
+    import datetime
+
+    t = info.get("mtime") or info.get("updated")
+    if isinstance(t, str):
+        t = datetime.datetime.fromisoformat(t.replace("Z", "+00:00"))
+    return t.timestamp() if isinstance(t, datetime.datetime) else 0.0
+
+
+def list_files(folder: AnyPath) -> list[dict]:
+    """Every file under `folder` with its size: ``[{"path": relative, "size": bytes}]``, sorted."""
+    if not is_remote(folder):
+        out = []
+        folder = Path(folder)
+        for dirpath, _, filenames in os.walk(folder):
+            for fn in filenames:
+                p = Path(dirpath) / fn
+                out.append({"path": str(p.relative_to(folder)), "size": p.stat().st_size})
+        out.sort(key=lambda f: f["path"])
+        return out
+    return [{"path": f["path"], "size": f["size"]} for f in find(folder)]
+
+
+def list_dirs(folder: AnyPath) -> list[str]:
+    """Names of the immediate sub-folders of `folder` (empty when it is absent)."""
+    if not is_remote(folder):
+        try:
+            return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+        except FileNotFoundError:
+            return []
+    fs, base = _remote(folder)
+    try:
+        entries = fs.ls(base, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries
+                  if e.get("type") == "directory")
+
+
+def rmtree(folder: AnyPath) -> None:
+    """Delete a folder and everything under it; absent is fine."""
+    if not is_remote(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    fs, base = _remote(folder)
+    try:
+        fs.rm(base + "/", recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def upload(local_dir: AnyPath, remote_dir: AnyPath, rel_paths: Iterable[str]) -> None:
+    """Copy files `local_dir/<rel>` to `remote_dir/<rel>` (in parallel; existing ones replaced)."""
+    rel_paths = list(rel_paths)
+    if not rel_paths:
+        return
+    fs, base = _remote(remote_dir)
+    local_dir = os.fspath(local_dir)
+    fs.put([os.path.join(local_dir, r) for r in rel_paths], [f"{base}/{r}" for r in rel_paths])
+
+
+def download(remote_dir: AnyPath, local_dir: AnyPath, rel_paths: Iterable[str]) -> None:
+    """Copy files `remote_dir/<rel>` to `local_dir/<rel>` (in parallel; folders created)."""
+    rel_paths = list(rel_paths)
+    if not rel_paths:
+        return
+    fs, base = _remote(remote_dir)
+    local_dir = Path(local_dir)
+    for r in rel_paths:
+        (local_dir / r).parent.mkdir(parents=True, exist_ok=True)
+    fs.get([f"{base}/{r}" for r in rel_paths], [os.fspath(local_dir / r) for r in rel_paths])
+
+
+def default_local_dir() -> Path:
+    """Local scratch folder for a remote cache: staging folders, input mirrors, weights.
+
+    ``$PIPELINE_LOCAL_DIR`` if set, else ``$XDG_CACHE_HOME/pipeline`` or ``~/.cache/pipeline``.
+    """
+    env = os.environ.get("PIPELINE_LOCAL_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pipeline"
