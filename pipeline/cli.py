@@ -205,12 +205,23 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_backbones(args: argparse.Namespace) -> int:
     from pipeline.models import registry
 
-    rows = registry.describe(args.cache_dir)
-    keys = ["name", "input_size", "feature_dim", "normalization", "licence", "cached"]
-    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    rows = []
+    for r in registry.describe(args.cache_dir):
+        weights = "converted" if r.get("converted_cached") else (
+            "downloaded" if r.get("weights_cached") else "not yet")
+        rows.append({
+            "name": r["name"], "input": f"{r['input_size']} (resize {r['resize_size']})",
+            "features": r["feature_dim"], "params": f"{r['params'] / 1e6:.1f}M" if r.get("params") else "",
+            "GFLOPs": f"{r['flops'] / 1e9:.2f}" if r.get("flops") else "",
+            "preprocessing": r["normalization"], "weights in cache": weights,
+            "licence": r["licence"].split(" (")[0],
+        })
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
     print("  ".join(k.ljust(widths[k]) for k in keys))
     for r in rows:
-        print("  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys))
+        print("  ".join(str(r[k]).ljust(widths[k]) for k in keys))
+    print(f"weights cache: {args.cache_dir}/weights (downloaded once per machine, checksummed)")
     return 0
 
 
