@@ -185,7 +185,9 @@ def show_latest(cache_dir: Path) -> str:
     """
     cache_dir = Path(cache_dir)
     latest = read_latest(cache_dir)
-    stages = latest["stages"]
+    # latest.json is written with sorted keys; show the stages in pipeline order.
+    stages = dict(sorted(latest["stages"].items(),
+                         key=lambda kv: STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES)))
     how = " ".join([*(f"--params {p}" for p in latest.get("params_files", [])),
                     *(f"-S {o}" for o in latest.get("overrides", []))]) or "defaults"
     lines = [f"latest run: {latest.get('time', '?')}  ({how})", ""]

@@ -108,6 +108,50 @@ def _images(page: str) -> list[tuple[str, bytes]]:
     return out
 
 
+# --- the page model (fast, no run needed) ---------------------------------------------------------
+
+def _png(w: int, h: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_page_escapes_text_inlines_images_and_twins_in_markdown(tmp_path):
+    from pipeline.report import document as d
+
+    evil = "<script>alert(1)</script> | a&b"
+    pic = d.Asset("assets/red.png", _png(7, 5))
+    doc = d.Document("T <1>", "sub", [
+        d.Section("one", "One", [d.Text(evil), d.Table(["class", "acc"], [[evil, "87.5%"], ["b", "1.0%"]]),
+                                 d.Figure(pic, caption="red", alt="a red box")]),
+        d.Section("two", "Two", status="not run", note="the stage is disabled"),
+    ])
+    html_path, md_path = d.write(doc, tmp_path)
+    page, md = html_path.read_text(), md_path.read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert '<td class="num">87.5%</td>' in page  # numbers right-aligned
+    assert _images(page) == [("a red box", pic.data)]
+    assert _sections(page) == {"one": "", "two": "off"}
+    assert (tmp_path / "assets" / "red.png").read_bytes() == pic.data
+    assert "](assets/red.png)" in md and "\\| a&b" in md and "## Two (not run)" in md
+
+
+def test_params_table_marks_only_what_differs_from_the_defaults():
+    from pipeline.params import to_plain
+    from pipeline.report import readers
+    from stages.report import ReportParams
+
+    defaults = readers.section_defaults({"report": ReportParams})
+    ran = {"report": to_plain(ReportParams(max_mistakes=3, title="x"))}
+    rows = {k: (v, dflt, differs) for k, v, dflt, differs in readers.param_rows(ran, defaults)}
+    assert {k for k, r in rows.items() if r[2]} == {"report.max_mistakes", "report.title"}
+    assert rows["report.max_mistakes"] == (3, 24, True)
+    # A list read back from a manifest equals the tuple default.
+    assert readers.canonical([1, "all"]) == readers.canonical((1, "all"))
+
+
 # --- the report ----------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -49,6 +49,8 @@ def value(v: Any) -> str:
     """A param value as YAML would show it (lists in brackets, strings bare)."""
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(value(x) for x in v) + "]"
+    if isinstance(v, dict):  # a sub-section in a list (ideal.compare): its set fields only
+        return "{" + ", ".join(f"{k}: {value(x)}" for k, x in v.items() if x is not None) + "}"
     if v is None:
         return "null"
     if isinstance(v, bool):

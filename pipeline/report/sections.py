@@ -127,13 +127,16 @@ def _pick_split(splits: Mapping[str, Any], wanted: str) -> str:
     return next(iter(splits), wanted)
 
 
-def choose_primary(heads: dict | None, wanted: str) -> str | None:
+def choose_primary(heads: dict | None, wanted: str, log: Log = lambda m: None) -> str | None:
     """The head whose plots are shown: the one named, else the best on val (mean per-class acc.)."""
     if not heads or not heads["heads"]:
         return None
     names = list(heads["heads"])
     if wanted != "auto" and wanted in names:
         return wanted
+    if wanted != "auto":
+        log(f"warning: report.primary_head {wanted!r} is not a head of this run ({', '.join(names)}); "
+            "showing the best on val instead")
 
     def score(n: str) -> float:
         splits = heads["heads"][n]["splits"]
@@ -335,7 +338,7 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
     heads = readers.read_heads_metrics(heads_dir)
     classes = readers.read_classes(data_dir, feat_dir) or (heads or {}).get("classes")
     sizes = readers.split_sizes(data_dir, feat_dir)
-    primary = choose_primary(heads, opts.primary_head)
+    primary = choose_primary(heads, opts.primary_head, log)
     adv_dir = inputs.get("adversarial")
     adv_metrics = readers.load_json(adv_dir / "metrics.json") if adv_dir else None
 
