@@ -39,7 +39,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 SMALL = {
     "data": {"source": "folder", "path": str(PETS), "val_fraction": 0.34, "test_fraction": 0.34},
     "backbone": {"name": "efficientnet_lite0"},
-    "heads": {"shots": [1, "all"], "shot_draws": 1, "logreg": {"c_per_decade": 1, "refine": False},
+    "heads": {"shots": [], "logreg": {"c_per_decade": 1, "refine": False},
               "mlp": {"max_epochs": 8, "hidden": [64]}},
     "ideal": {"steps": 4, "compare": [], "transfer": []},
     "adversarial": {"methods": ["pgd"], "steps": 3, "refine_steps": 1, "max_images": 2, "batch_size": 2,
@@ -214,7 +214,7 @@ def test_report_has_every_section_with_its_images(small_run):
             assert html.escape(f"after: {ex['adversarial_prediction']}") in page
 
     # Params: the smoke profile's changes are listed as differences from the defaults.
-    assert "data.path" in page and "heads.shot_draws" in page
+    assert "data.path" in page and "heads.logreg.c_per_decade" in page
 
     # The Markdown twin: same sections, images as files beside it.
     md = (small_run.out / "report.md").read_text()
