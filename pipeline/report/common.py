@@ -58,14 +58,6 @@ def value(v: Any) -> str:
     return num(v) if isinstance(v, (int, float)) else str(v)
 
 
-def metric_cell(name: str, v: Any) -> str:
-    if name in ("n", "support") or isinstance(v, int) and not isinstance(v, bool):
-        return num(v)
-    if "accuracy" in name or name in ("precision", "recall", "f1") or name.endswith("rate"):
-        return pct(v)
-    return num(v)
-
-
 def seconds(s: Any) -> str:
     if not isinstance(s, (int, float)):
         return "–"

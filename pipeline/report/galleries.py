@@ -10,7 +10,7 @@ named ``<stem>_<role>.png`` are grouped into triplets.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from pipeline.report import readers
 from pipeline.report.common import Log, Options, file_asset, num, pct, safe_name, seconds, top_k_text, value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from pipeline.params import to_plain
 
@@ -127,19 +127,6 @@ def read_skipped(data_dir: Path | None) -> list[tuple[str, str]]:
             else:
                 out.append((str(r), ""))
     return out
-
-
-def _records_in(obj: Any) -> Iterator[Mapping]:
-    """Every mapping in a JSON tree that names an image (an id or a path)."""
-    if isinstance(obj, Mapping):
-        if any(k in obj for k in ("path", "file", "filename")) and any(
-                k in obj for k in ("id", "label", "class", "path")):
-            yield obj
-        for v in obj.values():
-            yield from _records_in(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _records_in(v)
 
 
 def split_records(data_dir: Path | None) -> dict[str, list[Mapping]]:

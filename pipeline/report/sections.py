@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pipeline.report import galleries, readers
-from pipeline.report.common import (Log, Options, file_asset, metric_cell, num, pct, safe_name, seconds,
-                                    thumbnail, top_k_text, value)
+from pipeline.report.common import Log, Options, num, pct, safe_name, seconds, thumbnail, top_k_text, value
 from pipeline.report.document import (ASSET_DIR, Asset, Bars, Card, Details, Document, Figure,
                                       Gallery, Section, Table, Text, Tiles)
 
