@@ -104,7 +104,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # ---- logistic regression ---------------------------------------------------------------
     t0 = time.perf_counter()
-    lr = _fit_logreg(p, z, data, K, ctx)
+    lr = fit_logreg(p, z, data, K, ctx.log)
     W, b = _fold_linear(lr["W"], lr["b"], mean, scale)
     _save("logreg", "linear", {"W": W, "b": b}, {"standardize": p.standardize}, classes, out)
     timings["logreg"] = time.perf_counter() - t0
@@ -243,8 +243,20 @@ def _c_grid(lp: LogregParams) -> np.ndarray:
     return np.logspace(lo, hi, max(n, 1))
 
 
-def _fit_logreg(p: HeadsParams, z: dict, data: dict, K: int, ctx: StageContext) -> dict:
-    """Sweep C on train, choose on val (accuracy, then log loss), refit on train+val."""
+def fit_logreg(p: HeadsParams, z: dict, data: dict, K: int, log=lambda msg: None) -> dict:
+    """The linear probe's whole protocol: sweep C on train, choose on val, refit on train+val.
+
+    Args:
+      p: the heads params (``p.logreg`` and ``p.class_weight`` are read).
+      z: split name -> (N, D) features as the heads see them (standardised or not).
+      data: split name -> (features, labels, ids), for the labels.
+      K: number of classes.
+      log: progress line sink.
+
+    Returns:
+      ``{"W", "b"}`` the final head (in z's space), ``"chosen"`` (C, the sweep table, ...) and
+      ``"train_only"``: (W, b) fit on train alone at the chosen C.
+    """
     from pipeline.heads import logreg
     from pipeline.heads.metrics import log_loss, softmax
 
@@ -288,7 +300,7 @@ def _fit_logreg(p: HeadsParams, z: dict, data: dict, K: int, ctx: StageContext) 
                             init=(W, b), **kw)
         W, b = refit.W[0], refit.b[0]
         chosen["refit_n_iter"] = int(refit.n_iter[0])
-    ctx.log(f"logreg: C={C:.3g} (val accuracy {best['val_accuracy']:.4f}) from {len(sweep)} fits")
+    log(f"logreg: C={C:.3g} (val accuracy {best['val_accuracy']:.4f}) from {len(sweep)} fits")
     return {"W": W, "b": b, "chosen": chosen, "train_only": train_only}
 
 

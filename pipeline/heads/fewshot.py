@@ -2,9 +2,8 @@
 
 Each point draws `shots` training images per class (fewer where a class has fewer), fits on them
 alone (standardisation statistics from those images only) and scores the whole test split; the
-point is the mean over `draws` seeded draws. All logreg fits of the curve are one vmapped, jitted
-L-BFGS call: every draw is zero-padded to the largest with weight-0 rows, so the whole curve costs
-one compilation however many points it has.
+point is the mean over `draws` seeded draws. The draws of a point are fitted together in one
+vmapped, jitted L-BFGS call (one compilation per point size, kept by the persistent XLA cache).
 """
 
 from __future__ import annotations
@@ -122,44 +121,35 @@ def _fit_predict_many(subsets: list[np.ndarray], X: np.ndarray, y: np.ndarray, X
                       max_iter: int, tol: float) -> list[np.ndarray]:
     """Fit logreg on each subset of (X, y) at one C; return test predictions per subset.
 
-    With the jax solver all subsets go through one vmapped L-BFGS call, zero-padded to the
-    largest subset with weight 0 (one compilation for the whole curve).
+    With the jax solver, the subsets of one size (the draws of one point) are fitted together in
+    one vmapped L-BFGS call; padding every point to the largest would cost the 1-shot fits as
+    much as the 20-shot ones.
     """
-    if not subsets:
-        return []
     prepared = []
     for idx in subsets:
         xs = X[idx].astype(np.float32)
         mean, scale = standardizer(xs) if standardize else (None, None)
         prepared.append((xs if mean is None else (xs - mean) / scale, y[idx], mean, scale))
-    n_max = max(len(idx) for idx in subsets)
+    fits: list = [None] * len(prepared)
     if solver == "jax":
-        fits = _fit_padded(prepared, n_max, num_classes, C, max_iter, tol)
+        by_size: dict[int, list[int]] = {}
+        for i, (xs, _, _, _) in enumerate(prepared):
+            by_size.setdefault(len(xs), []).append(i)
+        fn = _vmapped(num_classes, max_iter, tol)
+        for members in by_size.values():
+            Ws, bs = fn(np.stack([prepared[i][0] for i in members]),
+                        np.stack([prepared[i][1] for i in members]).astype(np.int32), np.float32(C))
+            for j, i in enumerate(members):
+                fits[i] = (np.asarray(Ws[j]), np.asarray(bs[j]))
     else:
-        fits = []
-        for xs, ys, _, _ in prepared:
+        for i, (xs, ys, _, _) in enumerate(prepared):
             p = logreg.path(xs, ys, [C], num_classes, solver=solver, max_iter=max_iter, tol=tol)
-            fits.append((p.W[0], p.b[0]))
+            fits[i] = (p.W[0], p.b[0])
     preds = []
     for (W, b), (_, _, mean, scale) in zip(fits, prepared):
         xt = X_test if mean is None else (X_test - mean) / scale
         preds.append(np.argmax(logreg.linear_logits(W, b, xt.astype(np.float32)), axis=1))
     return preds
-
-
-def _fit_padded(prepared, n_max: int, num_classes: int, C: float, max_iter: int, tol: float):
-    """One vmapped fit of every (n_i x D) problem, zero-padded to n_max rows of weight 0."""
-    import jax.numpy as jnp
-
-    P, d = len(prepared), prepared[0][0].shape[1]
-    Xs = np.zeros((P, n_max, d), np.float32)
-    ys = np.zeros((P, n_max), np.int32)
-    ws = np.zeros((P, n_max), np.float32)
-    for i, (xs, yy, _, _) in enumerate(prepared):
-        Xs[i, :len(xs)], ys[i, :len(xs)], ws[i, :len(xs)] = xs, yy, 1.0
-    Ws, bs = _vmapped(num_classes, max_iter, tol)(jnp.asarray(Xs), jnp.asarray(ys), jnp.asarray(ws),
-                                                   jnp.float32(C))
-    return list(zip(np.asarray(Ws), np.asarray(bs)))
 
 
 @functools.cache
@@ -171,10 +161,11 @@ def _vmapped(num_classes: int, max_iter: int, tol: float):
     k_out = logreg.n_outputs(num_classes)
 
     @jax.jit
-    def run(Xs, ys, ws, C):  # (P, n, d), (P, n), (P, n), () -> (P, d, K'), (P, K')
-        def one(X, y, w):
-            W, b, _ = fit(X, y, w, C, jnp.zeros((X.shape[1], k_out), X.dtype), jnp.zeros((k_out,), X.dtype))
+    def run(Xs, ys, C):  # (P, n, d), (P, n), () -> (P, d, K'), (P, K')
+        def one(X, y):
+            W, b, _ = fit(X, y, jnp.ones(X.shape[0], X.dtype), C, jnp.zeros((X.shape[1], k_out), X.dtype),
+                          jnp.zeros((k_out,), X.dtype))
             return W, b
-        return jax.vmap(one)(Xs, ys, ws)
+        return jax.vmap(one)(Xs, ys)
 
     return run

@@ -77,49 +77,31 @@ def _jnp():
 # --------------------------------------------------------------------------------------- JAX
 
 @functools.cache
-def _jax_fit_fn(num_classes: int, max_iter: int, tol: float, memory: int = 10):
-    """Compile once per (classes, stopping rule): ``(X, y, sw, C, W0, b0) -> (W, b, n_iter)``."""
+def _jax_fit_fn(num_classes: int, max_iter: int, tol: float):
+    """``fit(X, y, sw, C, W0, b0) -> (W, b, n_iter)``, traceable, and a jitted copy of it.
+
+    Compiled once per (classes, stopping rule, shapes); the L-BFGS works on the flat vector
+    ``[W.ravel(), b]``.
+    """
     import jax
     import jax.numpy as jnp
-    import optax
-    import optax.tree_utils as otu
 
-    def objective(params, X, Y, sw, l2):
-        W, b = params
-        logits = linear_logits(W, b, X)  # (N, K)
-        nll = jax.nn.logsumexp(logits, axis=1) - jnp.sum(Y * logits, axis=1)
-        return jnp.sum(sw * nll) / jnp.sum(sw) + 0.5 * l2 * jnp.sum(W * W)
-
-    opt = optax.lbfgs(memory_size=memory,
-                      linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=50))
+    from pipeline.heads import lbfgs
 
     def fit(X, y, sw, C, W0, b0):
+        d, k_out = W0.shape
         Y = jax.nn.one_hot(y, num_classes, dtype=X.dtype)
-        l2 = 1.0 / (C * jnp.sum(sw))
-        fun = functools.partial(objective, X=X, Y=Y, sw=sw, l2=l2)
-        value_and_grad = optax.value_and_grad_from_state(fun)
+        total = jnp.sum(sw)
+        l2 = 1.0 / (C * total)
 
-        def step(carry):
-            params, state, _, it = carry
-            value, grad = value_and_grad(params, state=state)
-            updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fun)
-            return optax.apply_updates(params, updates), state, value, it + 1
+        def objective(v):
+            W, b = v[:d * k_out].reshape(d, k_out), v[d * k_out:]
+            logits = linear_logits(W, b, X)  # (N, K)
+            nll = jax.nn.logsumexp(logits, axis=1) - jnp.sum(Y * logits, axis=1)
+            return jnp.sum(sw * nll) / total + 0.5 * l2 * jnp.sum(W * W)
 
-        def keep_going(carry):
-            _, state, prev_value, it = carry
-            grad = otu.tree_get(state, "grad")
-            value = otu.tree_get(state, "value")
-            gmax = jnp.maximum(jnp.max(jnp.abs(grad[0])), jnp.max(jnp.abs(grad[1])))
-            # Stop like scipy's L-BFGS-B: largest gradient entry below tol, or no relative
-            # decrease left that float32 resolves (the line search would return zero steps).
-            stalled = (prev_value - value) <= 4 * jnp.finfo(jnp.float32).eps * jnp.maximum(
-                jnp.abs(value), 1.0)
-            return (it == 0) | ((it < max_iter) & (gmax > tol) & ~stalled)
-
-        params = (W0, b0)
-        init = (params, opt.init(params), jnp.asarray(jnp.inf, X.dtype), jnp.asarray(0))
-        (W, b), _, _, it = jax.lax.while_loop(keep_going, step, init)
-        return W, b, it
+        res = lbfgs.minimize(objective, jnp.concatenate([W0.ravel(), b0]), max_iter=max_iter, tol=tol)
+        return res.x[:d * k_out].reshape(d, k_out), res.x[d * k_out:], res.n_iter
 
     return jax.jit(fit), fit
 
@@ -135,7 +117,8 @@ def path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], num_classes: int, *,
       Cs: inverse regularisation strengths (scikit-learn's C); sorted here.
       num_classes: K. Labels absent from `y` still get a column (their logit is pushed down).
       sample_weight: (N,) per-sample weights (class weights folded in), or None for ones.
-      solver: ``jax`` (optax L-BFGS, one jitted scan over the path) or ``sklearn`` (the reference).
+      solver: ``jax`` (`pipeline.heads.lbfgs`, one jitted fit reused along the path) or
+        ``sklearn`` (the reference; scipy's L-BFGS-B in float64).
       tol: stop when the largest gradient entry of the objective above is below this.
       max_iter: L-BFGS iteration cap per C.
       init: (W, b) to start the first fit from.
