@@ -35,10 +35,6 @@ class ReportParams:
 
 _UPSTREAM = ("data", "features", "heads", "ideal", "adversarial")
 
-# The report reads every stage, but the graph must stay importable while stages are being added
-# (stages/__init__.py skips modules that do not exist yet), so only existing ones are deps.
-DEPS = tuple(n for n in _UPSTREAM if importlib.util.find_spec(f"stages.{n}") is not None)
-
 
 def params_schema() -> dict[str, type]:
     """Every params section the product's stages define (section -> dataclass), for the defaults.
@@ -51,8 +47,6 @@ def params_schema() -> dict[str, type]:
     try:
         return load_graph().schema
     except ValueError:  # a half-built graph (a stage not written yet): collect what imports
-        import importlib
-
         schema: dict[str, type] = {}
         for name in (*_UPSTREAM, "report"):
             if importlib.util.find_spec(f"stages.{name}") is not None:
@@ -81,7 +75,7 @@ def run(ctx: StageContext) -> dict:
 STAGE = Stage(
     name="report",
     run=run,
-    deps=DEPS,
+    deps=_UPSTREAM,
     sections=("report",),
     version="1",
     schemas={"report": ReportParams},
