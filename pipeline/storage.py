@@ -22,12 +22,13 @@ fsspec reads default options from the environment, e.g. ``FSSPEC_GCS_TOKEN=anon`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Iterator, Union
 
 from pipeline.errors import UserError
 
@@ -36,6 +37,24 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 REMOTE_SCHEMES = ("gs", "s3", "az", "hf")
 
 AnyPath = Union[str, os.PathLike]
+
+
+class RemoteStorageError(UserError, OSError):
+    """A remote path could not be reached or used (network, credentials, permissions)."""
+
+
+@contextlib.contextmanager
+def _errors(path: AnyPath) -> Iterator[None]:
+    """Turn a failure of the remote filesystem into one clear message naming the URL."""
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, UserError):
+        raise
+    except Exception as e:  # aiohttp, google-auth and gcsfs each have their own error types
+        raise RemoteStorageError(
+            f"{os.fspath(path)}: {type(e).__name__}: {e}. Check the URL and the network, and that "
+            f"these credentials may use the bucket (gcloud auth application-default login; on a "
+            f"TPU VM, the VM's service account needs roles/storage.objectAdmin on it).") from e
 
 
 def scheme(path: AnyPath) -> str | None:
@@ -130,17 +149,19 @@ def is_file(path: AnyPath) -> bool:
     if not is_remote(path):
         return os.path.isfile(path)
     fs, p = _remote(path)
-    try:
-        return fs.isfile(p)
-    except FileNotFoundError:
-        return False
+    with _errors(path):
+        try:
+            return fs.isfile(p)
+        except FileNotFoundError:
+            return False
 
 
 def exists(path: AnyPath) -> bool:
     if not is_remote(path):
         return os.path.exists(path)
     fs, p = _remote(path)
-    return fs.exists(p)
+    with _errors(path):
+        return fs.exists(p)
 
 
 def read_bytes(path: AnyPath) -> bytes:
@@ -148,7 +169,8 @@ def read_bytes(path: AnyPath) -> bytes:
     if not is_remote(path):
         return Path(path).read_bytes()
     fs, p = _remote(path)
-    return fs.cat_file(p)
+    with _errors(path):
+        return fs.cat_file(p)
 
 
 def read_text(path: AnyPath) -> str:
@@ -163,7 +185,8 @@ def write_bytes(path: AnyPath, data: bytes) -> None:
     """
     if is_remote(path):
         fs, p = _remote(path)
-        fs.pipe_file(p, data)
+        with _errors(path):
+            fs.pipe_file(p, data)
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,10 +213,11 @@ def create_exclusive(path: AnyPath, data: bytes) -> bool:
     """
     if is_remote(path):
         fs, p = _remote(path)
-        try:
-            fs.pipe_file(p, data, mode="create")
-        except FileExistsError:
-            return False
+        with _errors(path):
+            try:
+                fs.pipe_file(p, data, mode="create")
+            except FileExistsError:
+                return False
         return True
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -214,10 +238,11 @@ def remove(path: AnyPath) -> None:
             pass
         return
     fs, p = _remote(path)
-    try:
-        fs.rm_file(p)
-    except FileNotFoundError:
-        pass
+    with _errors(path):
+        try:
+            fs.rm_file(p)
+        except FileNotFoundError:
+            pass
 
 
 # --- folders -------------------------------------------------------------------------------------
@@ -238,10 +263,11 @@ def find(folder: AnyPath) -> list[dict]:
                             "mtime": st.st_mtime})
     else:
         fs, base = _remote(folder)
-        try:
-            found = fs.find(base, detail=True)
-        except FileNotFoundError:
-            found = {}
+        with _errors(folder):
+            try:
+                found = fs.find(base, detail=True)
+            except FileNotFoundError:
+                found = {}
         prefix = base + "/"
         for name, info in found.items():
             # Skip "folder" placeholder objects some tools create (zero-size, name ends in /).
@@ -283,10 +309,11 @@ def list_dirs(folder: AnyPath) -> list[str]:
         except FileNotFoundError:
             return []
     fs, base = _remote(folder)
-    try:
-        entries = fs.ls(base, detail=True)
-    except FileNotFoundError:
-        return []
+    with _errors(folder):
+        try:
+            entries = fs.ls(base, detail=True)
+        except FileNotFoundError:
+            return []
     return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries
                   if e.get("type") == "directory")
 
@@ -297,10 +324,11 @@ def rmtree(folder: AnyPath) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         return
     fs, base = _remote(folder)
-    try:
-        fs.rm(base + "/", recursive=True)
-    except FileNotFoundError:
-        pass
+    with _errors(folder):
+        try:
+            fs.rm(base + "/", recursive=True)
+        except FileNotFoundError:
+            pass
 
 
 def upload(local_dir: AnyPath, remote_dir: AnyPath, rel_paths: Iterable[str]) -> None:
@@ -310,7 +338,8 @@ def upload(local_dir: AnyPath, remote_dir: AnyPath, rel_paths: Iterable[str]) ->
         return
     fs, base = _remote(remote_dir)
     local_dir = os.fspath(local_dir)
-    fs.put([os.path.join(local_dir, r) for r in rel_paths], [f"{base}/{r}" for r in rel_paths])
+    with _errors(remote_dir):
+        fs.put([os.path.join(local_dir, r) for r in rel_paths], [f"{base}/{r}" for r in rel_paths])
 
 
 def download(remote_dir: AnyPath, local_dir: AnyPath, rel_paths: Iterable[str]) -> None:
@@ -322,7 +351,8 @@ def download(remote_dir: AnyPath, local_dir: AnyPath, rel_paths: Iterable[str]) 
     local_dir = Path(local_dir)
     for r in rel_paths:
         (local_dir / r).parent.mkdir(parents=True, exist_ok=True)
-    fs.get([f"{base}/{r}" for r in rel_paths], [os.fspath(local_dir / r) for r in rel_paths])
+    with _errors(remote_dir):
+        fs.get([f"{base}/{r}" for r in rel_paths], [os.fspath(local_dir / r) for r in rel_paths])
 
 
 def default_local_dir() -> Path:

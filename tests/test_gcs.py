@@ -317,6 +317,16 @@ def test_lock_held_from_another_host_stops_the_run(root, tmp_path):
     assert storage.list_files(root + "/numbers") == []
 
 
+def test_missing_bucket_is_a_clear_error(gcs, tmp_path):
+    url = "gs://no-such-bucket/cache"
+    st = run_cli("status", "--json", "--graph", TOY, "--cache-dir", url, cwd=tmp_path)
+    assert st.returncode == 0 and not any(s["up_to_date"] for s in json.loads(st.stdout)["stages"])
+    out = run_cli("run", "numbers", "--graph", TOY, "--cache-dir", url, "--local-dir",
+                  str(tmp_path / "local"), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"cannot write to the cache {url}" in out.stderr and "bucket exists" in out.stderr
+
+
 def test_unsupported_url_is_a_clear_error(tmp_path):
     out = run_cli("status", "--graph", TOY, "--cache-dir", "ftp://host/cache", cwd=tmp_path)
     assert out.returncode != 0 and "ftp:// is not supported" in out.stderr
@@ -344,3 +354,57 @@ def test_two_processes_share_shards_through_the_bucket(root, tmp_path):
     # Process 1's staging is gone after publication; its input came down to its own host.
     assert not list((tmp_path / "host1" / "spread").glob("*"))
     assert list((tmp_path / "host1" / "numbers").glob("*/numbers.json"))
+
+
+# --- the real stages on a gs:// root -------------------------------------------------------------
+
+def _real_graph():
+    """The product's data, features and report stages; features embeds with the tiny test CNN
+    (the registry's backbones take tens of seconds to compile here)."""
+    pytest.importorskip("jax")
+    from pipeline.graph import Graph
+    from stages import data as data_stage
+    from stages import features
+    from stages import report
+    from tests import tiny_backbone
+
+    def run_features(ctx):
+        return features.extract(ctx, tiny_backbone.make())
+
+    return Graph([data_stage.STAGE,
+                  dataclasses.replace(features.STAGE, run=run_features),
+                  dataclasses.replace(report.STAGE, deps=("data", "features"))])
+
+
+@pytest.mark.slow
+def test_features_and_report_written_to_and_read_back_from_the_bucket(root, tmp_path):
+    import numpy as np
+
+    from stages import features
+    from tests.test_features import write_photos
+
+    write_photos(tmp_path / "photos", {"cat": 7, "dog": 6})
+    graph = _real_graph()
+    params = runner.resolve_params(graph, [], [f"data.source=folder", f"data.path={tmp_path / 'photos'}",
+                                               "features.batch_size=4", "features.shard_size=4"])
+    res = runner.execute(graph, params, root, ["report"], QuietReporter(), local_dir=tmp_path / "host")
+    assert [r.action for r in res] == ["ran", "ran", "ran"]
+    plans = runner.plan(graph, params, root)
+    assert all(p.up_to_date for p in plans.values())
+    # The same graph on a local cache: the bucket's features are the same arrays.
+    runner.execute(graph, params, tmp_path / "local-cache", ["features"], QuietReporter())
+    local_plans = runner.plan(graph, params, tmp_path / "local-cache")
+    assert local_plans["features"].key == plans["features"].key
+    fresh = cache.local_copy(root, "features", plans["features"].key, tmp_path / "another-host")
+    for split in ("train", "val", "test"):
+        got, want = features.load_split(fresh, split), features.load_split(local_plans["features"].out, split)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]
+    # The report: in the bucket, read back through epath, and self-contained.
+    report_dir = plans["report"].out
+    page = (report_dir / "report.html").read_text()
+    assert page.lower().startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert page == (tmp_path / "host" / "report" / plans["report"].key / "report.html").read_text()
+    assert ">cat<" in page and ">dog<" in page          # the data section names the classes
+    listed = json.loads((report_dir / "manifest.json").read_text())["files"]
+    assert {"report.html", "report.md"} <= {f["path"] for f in listed}
+    assert bucket_files(str(report_dir))["report.html"] == len(page.encode())
