@@ -205,8 +205,12 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_backbones(args: argparse.Namespace) -> int:
     from pipeline.models import registry
 
+    from pipeline import storage
+
+    # With a gs:// cache, converted weights live in this host's local folder (ctx.cache_dir).
+    weights_root = storage.default_local_dir() if storage.is_remote(args.cache_dir) else args.cache_dir
     rows = []
-    for r in registry.describe(args.cache_dir):
+    for r in registry.describe(weights_root):
         weights = "converted" if r.get("converted_cached") else (
             "downloaded" if r.get("weights_cached") else "not yet")
         rows.append({
