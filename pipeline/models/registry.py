@@ -116,8 +116,12 @@ def family_module(spec: BackboneSpec) -> Any:
 
 
 def converted_path(spec: BackboneSpec, cache_dir: str | os.PathLike, convert_version: str) -> Path:
-    """Where the converted params for `spec` are cached (depends on the weights' checksum)."""
-    digest = spec.weights.checksum.split(":", 1)[-1][:16]
+    """Where the converted params for `spec` are cached (depends on the weights' checksum).
+
+    For weights without a published checksum, the digest pinned at their first download stands in
+    (`weights.reference_checksum`), so a re-download of different bytes is converted afresh.
+    """
+    digest = weights_lib.reference_checksum(spec.weights, cache_dir).split(":", 1)[-1][:16]
     return Path(cache_dir) / "weights" / "converted" / f"{spec.name}-{digest}-c{convert_version}.npz"
 
 
@@ -200,7 +204,8 @@ def load_params(spec: BackboneSpec, cache_dir: str | os.PathLike, *, progress: C
     if params is None:
         src = weights_lib.fetch_weights(spec.weights, cache_dir, progress=progress)
         params = family.convert(read_state(src, spec, family), spec)
-        _save_converted(path, params, spec)
+        # Recomputed: a first download of weights without a published checksum has just pinned one.
+        _save_converted(converted_path(spec, cache_dir, family.CONVERT_VERSION), params, spec)
     return params
 
 

@@ -177,6 +177,17 @@ def fetch_weights(source: WeightSource, cache_dir: str | os.PathLike, *, retries
         return dest
 
 
+def reference_checksum(source: WeightSource, cache_dir: str | os.PathLike) -> str:
+    """The checksum a weight file is held to: the published one, else the pinned one.
+
+    Returns ``"unpinned:"`` for weights without a published checksum that were never downloaded.
+    """
+    if source.checksum is not None:
+        return source.checksum
+    pin = _pin_path(downloads_dir(cache_dir) / source.filename)
+    return pin.read_text().strip() if pin.is_file() else "unpinned:"
+
+
 def _pin_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
