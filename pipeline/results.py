@@ -10,11 +10,12 @@ report always agree. Nothing here imports jax or tensorflow.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from pipeline import cache
+from pipeline import cache, storage
 from pipeline.errors import UserError
 from pipeline.report import readers
 
@@ -63,8 +64,11 @@ def _delta(a: Any, b: Any) -> str:
 
 def read_latest(cache_dir: Path) -> dict:
     """``<cache>/runs/latest.json`` or a UserError that says how to make one."""
-    path = Path(cache_dir) / "runs" / "latest.json"
-    latest = readers.load_json(path)
+    path = storage.join(cache_dir, "runs", "latest.json")
+    try:
+        latest = json.loads(storage.read_text(path)) if storage.is_file(path) else None
+    except ValueError:
+        latest = None
     if not isinstance(latest, Mapping) or not isinstance(latest.get("stages"), Mapping):
         raise UserError(f"no run recorded in {path}: run `python -m pipeline run all` first "
                         f"(or pass the --cache-dir the run used).")
@@ -72,16 +76,23 @@ def read_latest(cache_dir: Path) -> dict:
 
 
 def _out(cache_dir: Path, stage: str, key: str | None) -> Path | None:
+    # A local folder to read: the output itself, or (gs:// cache) its verified local copy.
     if key and cache.is_complete(cache_dir, stage, key):
-        return cache.output_dir(cache_dir, stage, key)
+        return cache.local_copy(cache_dir, stage, key, storage.default_local_dir())
     return None
+
+
+def _manifest(cache_dir: Any, stage: str, key: str | None) -> dict | None:
+    """A stage output's manifest, read in place (no download of the output on a gs:// cache)."""
+    if not key or not cache.is_complete(cache_dir, stage, key):
+        return None
+    return cache.read_manifest(cache.output_dir(cache_dir, stage, key))
 
 
 def find_key(cache_dir: Path, stage: str, prefix: str) -> str:
     """The complete output of `stage` whose key starts with `prefix` (it must be unique)."""
-    base = Path(cache_dir) / stage
-    keys = sorted(p.name for p in base.iterdir() if cache.is_complete(cache_dir, stage, p.name)) \
-        if base.is_dir() else []
+    base = storage.join(cache_dir, stage)
+    keys = sorted(k for k in storage.list_dirs(base) if cache.is_complete(cache_dir, stage, k))
     hits = [k for k in keys if k.startswith(prefix)]
     if len(hits) == 1:
         return hits[0]
@@ -97,11 +108,11 @@ def chain_from_heads(cache_dir: Path, heads_key: str) -> dict[str, str]:
     """Stage keys of the run built on a heads output: its upstream chain (from the manifests) and
     the newest complete ideal / adversarial / report outputs that read it."""
     keys = {"heads": heads_key}
-    m = readers.manifest(cache.output_dir(cache_dir, "heads", heads_key)) or {}
+    m = _manifest(cache_dir, "heads", heads_key) or {}
     feats = (m.get("upstream") or {}).get("features")
     if feats:
         keys["features"] = feats
-        fm = readers.manifest(cache.output_dir(cache_dir, "features", feats)) or {}
+        fm = _manifest(cache_dir, "features", feats) or {}
         if (data := (fm.get("upstream") or {}).get("data")):
             keys["data"] = data
     for stage in ("ideal", "adversarial"):
@@ -160,7 +171,7 @@ def run_params(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
     """Flat params (``section.key``) the run's stages were computed with, from their manifests."""
     out: dict[str, Any] = {}
     for stage in STAGES:
-        m = readers.manifest(_out(cache_dir, stage, keys.get(stage)))
+        m = _manifest(cache_dir, stage, keys.get(stage))
         for section, values in ((m or {}).get("params") or {}).items():
             for k, v in readers.flatten(values, section).items():
                 out.setdefault(k, v)
@@ -183,7 +194,6 @@ def show_latest(cache_dir: Path) -> str:
     Raises:
       UserError: no run was recorded in this cache.
     """
-    cache_dir = Path(cache_dir)
     latest = read_latest(cache_dir)
     # latest.json is written with sorted keys; show the stages in pipeline order.
     stages = dict(sorted(latest["stages"].items(),
@@ -194,7 +204,7 @@ def show_latest(cache_dir: Path) -> str:
     rows = []
     for name, s in stages.items():
         done = s.get("complete") and cache.is_complete(cache_dir, name, s.get("key", ""))
-        m = readers.manifest(cache.output_dir(cache_dir, name, s.get("key", ""))) if done else None
+        m = _manifest(cache_dir, name, s.get("key", "")) if done else None
         secs = (m or {}).get("seconds")
         rows.append([name, s.get("key", "?"), "done" if done else "not run",
                      f"{secs:.1f}s" if isinstance(secs, (int, float)) else "-"])
@@ -254,7 +264,7 @@ def compare(args: argparse.Namespace, resolve: Callable[[argparse.Namespace], tu
       UserError: a key matches nothing or several outputs, or the run given by params has no
         heads output yet.
     """
-    cache_dir = Path(args.cache_dir)
+    cache_dir = args.cache_dir
     label_a, keys_a = _side(cache_dir, args.a)
     if args.b is not None:
         label_b, keys_b = _side(cache_dir, args.b)
