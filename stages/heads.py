@@ -33,7 +33,7 @@ __all__ = ["HeadsParams", "LogregParams", "MLPParams", "STAGE", "TrainedHead", "
 class LogregParams:
     """``heads.logreg``: the linear probe (CLIP protocol)."""
 
-    solver: Literal["jax", "sklearn"] = spec("jax", help="L-BFGS implementation: jax (optax, jitted path) or sklearn (reference)")
+    solver: Literal["jax", "sklearn"] = spec("jax", help="L-BFGS: jax (pipeline.heads.lbfgs, jitted, float32) or sklearn (reference, float64)")
     c_min: float = spec(1e-3, min=0, min_exclusive=True, help="smallest C (inverse L2 strength, scikit-learn's C) of the sweep")
     c_max: float = spec(1e3, min=0, min_exclusive=True, help="largest C of the sweep")
     c_per_decade: int = spec(2, min=1, max=16, help="grid points per decade between c_min and c_max")
@@ -63,14 +63,15 @@ class MLPParams:
     batch_size: int = spec(256, min=1, help="minibatch size")
     max_epochs: int = spec(40, min=1, help="epoch cap (the cosine schedule spans it)")
     patience: int = spec(5, min=1, help="stop after this many epochs without a lower val loss")
-    skip: bool = spec(True, help="add a linear skip path started at the train-split logreg fit")
+    skip: bool = spec(True, help="add a linear skip path started at the logreg fit")
+    refit: bool = spec(True, help="retrain on train+val for the best epoch count (from the refit logreg)")
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadsParams:
     """``heads``: what the heads stage fits and reports."""
 
-    standardize: bool = spec(True, help="standardise features with train-split mean/std (folded into saved heads)")
+    standardize: bool = spec(False, help="standardise features with train-split mean/std (folded into saved heads); off: measured better on real photos")
     class_weight: Literal["none", "balanced"] = spec("none", help="'balanced' weights each class by N / (K n_c)")
     seed: int = spec(0, min=0, help="seed for the MLP and the learning-curve draws")
     shots: tuple[Union[int, Literal["all"]], ...] = spec((1, 2, 5, 10, 20, "all"), min=1,
@@ -113,7 +114,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # ---- MLP ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    mlp_info, mlp_params, mlp_apply = _fit_mlp(p, z, data, K, mean, scale, lr["train_only"])
+    mlp_info, mlp_params, mlp_apply = _fit_mlp(p, z, data, K, mean, scale, lr)
     _save("mlp", "mlp", mlp_params, {"hidden": list(p.mlp.hidden), "activation": p.mlp.activation,
                                      "skip": p.mlp.skip, "standardize": p.standardize}, classes, out)
     timings["mlp"] = time.perf_counter() - t0
@@ -321,10 +322,13 @@ def _linear_np(W, b, x):
     return linear_logits(W, b, np.asarray(x, np.float32))
 
 
-def _fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, linear):
+def _fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict):
     """Train the MLP; return (info, params folded for raw features, numpy apply on raw features).
 
-    `linear` is the logreg fit on the train split (standardised space) that the skip path starts at.
+    The skip path starts at the logreg fit on train (`lr["train_only"]`, in z's space); early
+    stopping on val picks the epoch count. With ``mlp.refit`` the MLP is then retrained on
+    train+val for that many epochs, its skip path starting at the final (train+val) logreg, the
+    same protocol the linear probe follows: best epoch 0 then gives exactly the final logreg.
     """
     import jax
 
@@ -345,8 +349,13 @@ def _fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, linear):
         per_class[ytr] = counts_w
         val_w = per_class[yva]
     res = mlp.train(z["train"], ytr, z["val"], yva, K, cfg, p.seed, sample_weight=counts_w,
-                    val_weight=val_w, skip_init=logreg.full_weights(*linear))
-    params = jax.tree.map(np.asarray, res.params)
+                    val_weight=val_w, skip_init=logreg.full_weights(*lr["train_only"]))
+    final = res
+    if mp.refit:
+        x, y = np.concatenate([z["train"], z["val"]]), np.concatenate([ytr, yva])
+        final = mlp.train(x, y, None, None, K, cfg, p.seed, sample_weight=_class_weights(y, K, p.class_weight),
+                          skip_init=logreg.full_weights(lr["W"], lr["b"]), epochs=res.best_epoch)
+    params = jax.tree.map(np.asarray, final.params)
     for layer in ("hidden_0", "skip") if cfg.skip else ("hidden_0",):  # the layers that read x
         k, b = fold_standardization(params[layer]["kernel"], params[layer]["bias"], mean, scale)
         params[layer] = {"kernel": k, "bias": b}
@@ -358,7 +367,7 @@ def _fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, linear):
 
     info = {**dataclasses.asdict(cfg), "seed": p.seed, "best_epoch": res.best_epoch,
             "epochs_run": res.epochs_run, "train_loss": res.train_loss.tolist(),
-            "val_loss": res.val_loss.tolist()}
+            "val_loss": res.val_loss.tolist(), "refit_on_train_val": mp.refit}
     return info, params, apply_np
 
 

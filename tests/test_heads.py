@@ -19,7 +19,7 @@ from tests.stage_helpers import SHARED_DATA, run_stage, section
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["ant", "bee", "cat", "dog"]
-SMALL = dict(shots=[1, 2, "all"], shot_draws=2, mlp={"max_epochs": 15, "patience": 3, "hidden": [32]})
+SMALL = dict(standardize=True, shots=[1, 2, "all"], shot_draws=2, mlp={"max_epochs": 15, "patience": 3, "hidden": [32]})
 
 
 def separable(n_per_class: int, seed: int, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:

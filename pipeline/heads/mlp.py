@@ -131,7 +131,7 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
         return params, opt_state, jnp.mean(losses)
 
     @jax.jit
-    def train(X, y, sw, Xv, yv, swv, key, skip_init):
+    def train(X, y, sw, Xv, yv, swv, key, skip_init, n_epochs, keep_last):
         key_init, key_loop = jax.random.split(key)
         params = module.init(key_init, X[:1])["params"]
         if cfg.skip:
@@ -147,7 +147,7 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
             key, sub = jax.random.split(s["key"])
             params, opt_state, tr = epoch(s["params"], s["opt"], X, y, sw, sub)
             va = weighted_ce(module.apply({"params": params}, Xv), yv, swv, 0.0)
-            better = va < s["best_loss"]
+            better = keep_last | (va < s["best_loss"])
             pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(better, a, b), new, old)
             e = s["epoch"]
             return dict(params=params, opt=opt_state, best=pick(params, s["best"]),
@@ -157,7 +157,7 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
                         tr=s["tr"].at[e].set(tr), va=s["va"].at[e].set(va))
 
         def cond(s):
-            return (s["epoch"] < cfg.max_epochs) & (s["bad"] < cfg.patience)
+            return (s["epoch"] < n_epochs) & (keep_last | (s["bad"] < cfg.patience))
 
         s = jax.lax.while_loop(cond, body, state)
         return s["best"], s["best_epoch"], s["epoch"], s["tr"], s["va"]
@@ -165,21 +165,26 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
     return train
 
 
-def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, num_classes: int,
-          cfg: MLPConfig, seed: int, sample_weight: np.ndarray | None = None,
+def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None,
+          num_classes: int, cfg: MLPConfig, seed: int, sample_weight: np.ndarray | None = None,
           val_weight: np.ndarray | None = None,
-          skip_init: tuple[np.ndarray, np.ndarray] | None = None) -> MLPResult:
-    """Train an MLP head with early stopping on the validation log loss.
+          skip_init: tuple[np.ndarray, np.ndarray] | None = None,
+          epochs: int | None = None) -> MLPResult:
+    """Train an MLP head with early stopping on the validation log loss (or for fixed epochs).
 
     Args:
       X, y: (N, D) float32 training features and (N,) int labels.
-      X_val, y_val: validation features and labels (early stopping and checkpoint choice).
+      X_val, y_val: validation features and labels (early stopping and checkpoint choice);
+        unused (may be None) with `epochs`.
       num_classes: K.
       cfg: architecture and optimisation settings.
       seed: makes initialisation, shuffling and dropout reproducible.
       sample_weight, val_weight: per-sample loss weights (class weights), or None for ones.
       skip_init: (W (D, K), b (K,)) of a linear probe fit on the same (standardised) features;
         required when ``cfg.skip``.
+      epochs: train exactly this many epochs (the learning-rate schedule still spans
+        ``cfg.max_epochs``) and keep the last params: the refit on train+val of a run whose
+        best epoch is known. 0 returns the starting point.
 
     Returns:
       An `MLPResult` holding the best epoch's params.
@@ -187,6 +192,8 @@ def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, nu
     import jax
     import jax.numpy as jnp
 
+    if epochs is not None:
+        X_val, y_val, val_weight = X, y, sample_weight  # the loop still computes a loss; unused
     X = jnp.asarray(X, jnp.float32)
     Xv = jnp.asarray(X_val, jnp.float32)
     sw = jnp.ones(len(y), jnp.float32) if sample_weight is None else jnp.asarray(sample_weight, jnp.float32)
@@ -197,9 +204,9 @@ def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, nu
         skip_init = (jnp.zeros((X.shape[1], num_classes)), jnp.zeros((num_classes,)))
     skip_init = tuple(jnp.asarray(a, jnp.float32) for a in skip_init)
     fn = _train_fn(cfg, num_classes, X.shape[0], X.shape[1])
-    params, best_epoch, epochs, tr, va = fn(X, jnp.asarray(y, jnp.int32), sw, Xv,
+    params, best_epoch, ran, tr, va = fn(X, jnp.asarray(y, jnp.int32), sw, Xv,
                                             jnp.asarray(y_val, jnp.int32), swv, jax.random.key(seed),
-                                            skip_init)
-    epochs = int(epochs)
-    return MLPResult(jax.device_get(params), int(best_epoch), epochs,
-                     np.asarray(tr)[:epochs], np.asarray(va)[:epochs])
+                                            skip_init, jnp.int32(cfg.max_epochs if epochs is None else epochs),
+                                            jnp.asarray(epochs is not None))
+    ran = int(ran)
+    return MLPResult(jax.device_get(params), int(best_epoch), ran, np.asarray(tr)[:ran], np.asarray(va)[:ran])
