@@ -7,7 +7,8 @@ names, with the EXIF / CMYK / alpha handling of `pipeline.images`; tf.data's res
 differ from PIL's by about one grey level on average (up to 12) and were not faster here (see
 the features stage's docstring for the measurement).
 
-`BatchEmbedder` compiles the backbone once for a fixed padded batch shape, shards every batch
+`BatchEmbedder` compiles the backbone once for a fixed padded batch shape (in a background
+thread, so that the first batches are decoded meanwhile), shards every batch
 over all local devices along a 1-D mesh axis ``data`` (params replicated), pads the last partial
 batch with zeros and drops those rows from the result. One batch is kept in flight: the next batch
 is dispatched before the previous result is copied back, so device and host work overlap.
@@ -114,12 +115,23 @@ class BatchEmbedder:
 
         self.params = jax.device_put(backbone.params, replicated)
         pixels = jax.ShapeDtypeStruct((self.padded * views, s, s, 3), jnp.uint8, sharding=self.in_sharding)
-        t0 = time.perf_counter()
-        # Compiled once, ahead of time, for the one padded batch shape every batch uses.
-        self._fn = jax.jit(embed, in_shardings=(replicated, self.in_sharding),
-                           out_shardings=self.in_sharding).lower(self.params, pixels).compile()
-        self.compile_seconds = time.perf_counter() - t0
+        jitted = jax.jit(embed, in_shardings=(replicated, self.in_sharding), out_shardings=self.in_sharding)
+
+        def compile_once() -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            return jitted.lower(self.params, pixels).compile(), time.perf_counter() - t0
+
+        # Compiled once, ahead of time, for the one padded batch shape every batch uses; in a
+        # background thread, so that the first batches are decoded while XLA compiles.
+        compiler = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="xla-compile")
+        self._compiling = compiler.submit(compile_once)
+        compiler.shutdown(wait=False)  # the thread ends once the compilation is done
         self._jax = jax
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds XLA took to compile the batch function (waits for the compilation)."""
+        return self._compiling.result()[1]
 
     def embed(self, views_iter: Iterator[np.ndarray], n: int) -> np.ndarray:
         """Feature rows of the next `n` images of `views_iter`.
@@ -141,7 +153,7 @@ class BatchEmbedder:
             for i in range(k):
                 batch[i] = next(views_iter)
             x = self._jax.device_put(batch.reshape(-1, *self.image_shape[1:]), self.in_sharding)
-            result = self._fn(self.params, x)                          # dispatched, not awaited
+            result = self._compiling.result()[0](self.params, x)      # dispatched, not awaited
             if pending is not None:
                 out = self._collect(out, pending, n)
             pending = (result, start, k)

@@ -125,10 +125,13 @@ def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:
     rows = _rows_per_image(fp)
     embedder = BatchEmbedder(backbone, fp.batch_size, _n_views(fp), fp.reduce, fp.dtype)
     workers = fp.workers or default_workers()
+    # Decode up to 4 batches ahead (it also fills the time XLA compiles), at most ~256 MB of pixels.
+    image_bytes = _n_views(fp) * backbone.spec.input_size ** 2 * 3
+    depth = max(fp.batch_size + workers, min(4 * fp.batch_size, (256 << 20) // image_bytes))
     stats = {"backbone": backbone.spec.name, "feature_dim": backbone.spec.feature_dim,
              "input_size": backbone.spec.input_size, "computed": 0, "resumed_shards": 0,
              "computed_shards": 0, "seconds": 0.0,
-             "compile_seconds": round(embedder.compile_seconds, 3), "devices": len(embedder.devices)}
+             "devices": len(embedder.devices)}
     for split in SPLITS:
         rec = data.splits[split]
         folder = out / split / "shards"
@@ -145,7 +148,7 @@ def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:
             for group in shards.contiguous(todo):
                 lo, hi = group[0][0], group[-1][1]
                 stream = decoded_views(data.sources(split, lo, hi), rec.ids[lo:hi], backbone.spec,
-                                       crops, flip, workers, depth=2 * fp.batch_size + workers)
+                                       crops, flip, workers, depth=depth)
                 try:
                     for r in group:
                         feats = embedder.embed(stream, r[1] - r[0])      # (images x rows, D)
@@ -159,6 +162,7 @@ def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:
             task.close()
         stats["seconds"] += time.perf_counter() - t0
     stats["seconds"] = round(stats["seconds"], 3)
+    stats["compile_seconds"] = round(embedder.compile_seconds, 3)
     (out / "stats").mkdir(exist_ok=True)
     shards.write_durable_json(out / "stats" / f"p{ctx.process_index}.json", stats)
     return stats
