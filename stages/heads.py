@@ -63,7 +63,7 @@ class MLPParams:
     batch_size: int = spec(256, min=1, help="minibatch size")
     max_epochs: int = spec(40, min=1, help="epoch cap (the cosine schedule spans it)")
     patience: int = spec(5, min=1, help="stop after this many epochs without a lower val loss")
-    skip: bool = spec(True, help="add a linear skip path started at the logreg fit")
+    skip: bool = spec(True, help="add the fitted logreg as a fixed linear skip path; the MLP learns a residual")
     refit: bool = spec(True, help="retrain on train+val for the best epoch count (from the refit logreg)")
 
 
@@ -350,12 +350,17 @@ def _fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict)
         val_w = per_class[yva]
     res = mlp.train(z["train"], ytr, z["val"], yva, K, cfg, p.seed, sample_weight=counts_w,
                     val_weight=val_w, skip_init=logreg.full_weights(*lr["train_only"]))
-    final = res
-    if mp.refit:
+    params = jax.tree.map(np.asarray, res.params)
+    if mp.refit and res.best_epoch == 0 and cfg.skip:
+        # Nothing beat the linear probe on val: the refit would return its starting point, the
+        # final logreg behind a zero residual. Build that directly instead of compiling a run.
+        W, b = logreg.full_weights(lr["W"], lr["b"])
+        params["skip"] = {"kernel": np.asarray(W), "bias": np.asarray(b)}
+    elif mp.refit:
         x, y = np.concatenate([z["train"], z["val"]]), np.concatenate([ytr, yva])
         final = mlp.train(x, y, None, None, K, cfg, p.seed, sample_weight=_class_weights(y, K, p.class_weight),
                           skip_init=logreg.full_weights(lr["W"], lr["b"]), epochs=res.best_epoch)
-    params = jax.tree.map(np.asarray, final.params)
+        params = jax.tree.map(np.asarray, final.params)
     for layer in ("hidden_0", "skip") if cfg.skip else ("hidden_0",):  # the layers that read x
         k, b = fold_standardization(params[layer]["kernel"], params[layer]["bias"], mean, scale)
         params[layer] = {"kernel": k, "bias": b}

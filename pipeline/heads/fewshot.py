@@ -38,24 +38,36 @@ def standardizer(X: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.nd
     return mean.astype(np.float32), scale.astype(np.float32)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32), for cosine similarity by a matrix product."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int,
-                k: int, temperature: float = 0.07, chunk: int = 2048) -> np.ndarray:
+                k: int, temperature: float = 0.07, chunk: int = 2048, normalized: bool = False) -> np.ndarray:
     """Weighted kNN on cosine similarity (votes exp(sim / T), as DINO's kNN evaluation).
+
+    Args:
+      train_x, train_y: (N, D) features and labels of the neighbours.
+      test_x: (M, D) features to classify.
+      num_classes: K.
+      k: neighbours (at most N).
+      temperature: T of the vote weights.
+      normalized: the rows are already unit length (`unit_rows`), e.g. reused across calls.
 
     Returns:
       (M, K) vote shares for the test rows.
     """
-    def unit(a):
-        a = a.astype(np.float32)
-        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-
-    tr, k = unit(train_x), min(k, len(train_x))
-    out = np.zeros((len(test_x), num_classes), np.float64)
+    if not normalized:
+        train_x, test_x = unit_rows(train_x), unit_rows(test_x)
+    k = min(k, len(train_x))
+    out = np.empty((len(test_x), num_classes), np.float64)
     for s in range(0, len(test_x), chunk):
-        sim = unit(test_x[s:s + chunk]) @ tr.T  # (m, N)
-        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        w = np.exp(np.take_along_axis(sim, nn, axis=1) / temperature)
-        np.add.at(out[s:s + chunk], (np.arange(len(nn))[:, None], train_y[nn]), w)
+        sim = test_x[s:s + chunk] @ train_x.T  # (m, N)
+        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (m, k) unordered nearest
+        w = np.exp((np.take_along_axis(sim, nn, axis=1) - 1.0) / temperature)  # shifted: no overflow
+        out[s:s + chunk] = np.einsum("mk,mkc->mc", w, np.eye(num_classes)[train_y[nn]])
     return out / out.sum(axis=1, keepdims=True)
 
 
@@ -98,6 +110,7 @@ def learning_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                               standardize, solver, max_iter, tol)
     logreg_pred = {id(idx): p for (_, idx), p in zip(small, preds)}
 
+    train_unit, test_unit = unit_rows(train_x), unit_rows(test_x)
     rows = []
     for s in [*numeric, *(["all"] if "all" in shots else [])]:
         idxs = subsets[s] if s != "all" else [problems[-1][1]]
@@ -106,7 +119,7 @@ def learning_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
             p = logreg_pred.get(id(idx), full_logreg_test_pred if s == "all" else None)
             lr_acc.append(float(np.mean(p == test_y)))
             lr_mpca.append(mean_per_class_accuracy(test_y, p, num_classes))
-            votes = knn_predict(train_x[idx], train_y[idx], test_x, num_classes, knn_k)
+            votes = knn_predict(train_unit[idx], train_y[idx], test_unit, num_classes, knn_k, normalized=True)
             knn_acc.append(float(np.mean(votes.argmax(1) == test_y)))
             n.append(len(idx))
         rows.append({"shots": s, "n_train": float(np.mean(n)), "draws": len(idxs),
