@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(dag)
 
     params = sub.add_parser("params", help="print the resolved, validated params")
+    params.add_argument("--commented", action="store_true",
+                        help="with each key's help as a comment (how params.yaml is written)")
     _add_common(params)
 
     backbones = sub.add_parser("backbones", help="list backbones and what is cached locally")
@@ -198,6 +200,11 @@ def cmd_params(args: argparse.Namespace) -> int:
     from pipeline.params import to_plain
 
     _, _, params = _resolve(args)
+    if args.commented:
+        from pipeline.params import dump_commented
+
+        print(dump_commented(params), end="")
+        return 0
     print(yaml.safe_dump(to_plain(params), sort_keys=False), end="")
     return 0
 

@@ -246,3 +246,41 @@ def parse_all(schema: Mapping[str, type], raw: Mapping[str, Any], source: str = 
             hint = f" Did you mean {near[0]}?" if near else ""
             raise ParamsError(f"{section}: unknown params section in {source}.{hint} Sections: {', '.join(schema)}.")
     return {name: parse_section(cls, raw.get(name), prefix=name) for name, cls in schema.items()}
+
+
+def dump_commented(sections: Mapping[str, Any]) -> str:
+    """Params as YAML with each field's help as a comment (how params.yaml is generated).
+
+    Args:
+      sections: section name -> section dataclass instance (resolved params or defaults).
+    """
+    lines: list[str] = []
+
+    def scalar(v: Any) -> str:
+        return yaml.safe_dump(to_plain(v), default_flow_style=True, width=10_000).strip().removesuffix("\n...")
+
+    def emit(obj: Any, indent: int) -> None:
+        pad = "  " * indent
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            help_ = f.metadata.get("help", "") if f.metadata else ""
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{pad}{f.name}:" + (f"  # {help_}" if help_ else ""))
+                emit(value, indent + 1)
+                continue
+            plain = to_plain(value)
+            if isinstance(plain, list) and plain and isinstance(plain[0], dict):
+                lines.append(f"{pad}{f.name}:" + (f"  # {help_}" if help_ else ""))
+                for item in plain:
+                    block = yaml.safe_dump([item], sort_keys=False, default_flow_style=False).rstrip()
+                    lines.extend(f"{pad}  {ln}" for ln in block.splitlines())
+                continue
+            text = f"{pad}{f.name}: {scalar(value)}"
+            lines.append(text + (f"  # {help_}" if help_ else ""))
+
+    for name, section in sections.items():
+        doc = (type(section).__doc__ or "").strip().splitlines()
+        lines.append(f"{name}:" + (f"  # {doc[0]}" if doc and not doc[0].startswith(type(section).__name__ + "(") else ""))
+        emit(section, 1)
+        lines.append("")
+    return "\n".join(lines)
