@@ -87,7 +87,18 @@ SPLITS = ("train", "val", "test")
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Fit the heads on the features stage's output and write metrics, predictions and heads."""
+    """Fit the heads on the features stage's output and write metrics, predictions and heads.
+
+    Writes into ``ctx.out_dir``: ``heads.json`` + ``logreg.npz`` + ``mlp.npz`` (see `load_head`),
+    ``metrics.json`` (per head and split: accuracy, mean per-class accuracy, log loss, per-class
+    precision/recall/F1, confusion matrix; chosen hyperparameters with the C sweep; the learning
+    curve; seconds per phase) and ``predictions_<head>.json`` (per test image: id, true and
+    predicted class, their probabilities, top-k classes).
+
+    Returns:
+      ``{"classes", "logreg_C", "<head>_test_accuracy", "<head>_test_mean_per_class_accuracy"}``
+      (``val`` in place of ``test`` when the features have no test split).
+    """
     p: HeadsParams = ctx.params["heads"]
     t_start = time.perf_counter()
     _use_compile_cache(Path(ctx.cache_dir) / "jax")
@@ -126,10 +137,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         from pipeline.heads import fewshot
 
         t0 = time.perf_counter()
-        full_pred = None
-        if lr["train_only"] is not None:
-            Wt, bt = lr["train_only"]
-            full_pred = np.argmax(_linear_np(Wt, bt, z["test"]), axis=1)
+        full_pred = np.argmax(_linear_np(*lr["train_only"], z["test"]), axis=1)  # the "all" point
         metrics["learning_curve"] = fewshot.learning_curve(
             xtr, ytr, data["test"][0], data["test"][1], K, p.shots, p.shot_draws, p.seed,
             lr["chosen"]["C"], p.standardize, p.knn_k, p.logreg.solver, p.logreg.max_iter,
@@ -140,11 +148,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics["seconds"] = timings
     (out / "metrics.json").write_text(json.dumps(_finite(metrics), indent=1))
     ctx.log("\n" + _table(metrics, timings))
+    split = "test" if "test" in metrics["heads"]["logreg"] else "val"
     summary = {"classes": K, "logreg_C": lr["chosen"]["C"]}
     for head in ("logreg", "mlp"):
-        m = metrics["heads"][head].get("test") or metrics["heads"][head]["val"]
-        summary[f"{head}_test_accuracy"] = round(m["accuracy"], 4)
-        summary[f"{head}_test_mean_per_class_accuracy"] = round(m["mean_per_class_accuracy"], 4)
+        m = metrics["heads"][head][split]
+        summary[f"{head}_{split}_accuracy"] = round(m["accuracy"], 4)
+        summary[f"{head}_{split}_mean_per_class_accuracy"] = round(m["mean_per_class_accuracy"], 4)
     return summary
 
 

@@ -44,31 +44,14 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int,
-                k: int, temperature: float = 0.07, chunk: int = 2048, normalized: bool = False) -> np.ndarray:
-    """Weighted kNN on cosine similarity (votes exp(sim / T), as DINO's kNN evaluation).
-
-    Args:
-      train_x, train_y: (N, D) features and labels of the neighbours.
-      test_x: (M, D) features to classify.
-      num_classes: K.
-      k: neighbours (at most N).
-      temperature: T of the vote weights.
-      normalized: the rows are already unit length (`unit_rows`), e.g. reused across calls.
-
-    Returns:
-      (M, K) vote shares for the test rows.
-    """
-    if not normalized:
-        train_x, test_x = unit_rows(train_x), unit_rows(test_x)
-    k = min(k, len(train_x))
-    out = np.empty((len(test_x), num_classes), np.float64)
-    for s in range(0, len(test_x), chunk):
-        sim = test_x[s:s + chunk] @ train_x.T  # (m, N)
-        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (m, k) unordered nearest
-        w = np.exp((np.take_along_axis(sim, nn, axis=1) - 1.0) / temperature)  # shifted: no overflow
-        out[s:s + chunk] = np.einsum("mk,mkc->mc", w, np.eye(num_classes)[train_y[nn]])
-    return out / out.sum(axis=1, keepdims=True)
+def knn_votes(sim: np.ndarray, train_y: np.ndarray, num_classes: int, k: int,
+              temperature: float = 0.07) -> np.ndarray:
+    """kNN vote shares from a (M, N) cosine-similarity matrix to N labelled neighbours."""
+    k = min(k, sim.shape[1])
+    nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (M, k) nearest, unordered
+    w = np.exp((np.take_along_axis(sim, nn, axis=1) - 1.0) / temperature)  # shifted: no overflow
+    votes = np.einsum("mk,mkc->mc", w.astype(np.float64), np.eye(num_classes)[train_y[nn]])
+    return votes / votes.sum(axis=1, keepdims=True)
 
 
 def learning_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
@@ -110,7 +93,7 @@ def learning_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                               standardize, solver, max_iter, tol)
     logreg_pred = {id(idx): p for (_, idx), p in zip(small, preds)}
 
-    train_unit, test_unit = unit_rows(train_x), unit_rows(test_x)
+    sim = unit_rows(test_x) @ unit_rows(train_x).T  # (M, N) once; a draw's kNN reads its columns
     rows = []
     for s in [*numeric, *(["all"] if "all" in shots else [])]:
         idxs = subsets[s] if s != "all" else [problems[-1][1]]
@@ -119,7 +102,7 @@ def learning_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
             p = logreg_pred.get(id(idx), full_logreg_test_pred if s == "all" else None)
             lr_acc.append(float(np.mean(p == test_y)))
             lr_mpca.append(mean_per_class_accuracy(test_y, p, num_classes))
-            votes = knn_predict(train_unit[idx], train_y[idx], test_unit, num_classes, knn_k, normalized=True)
+            votes = knn_votes(sim[:, idx], train_y[idx], num_classes, knn_k)
             knn_acc.append(float(np.mean(votes.argmax(1) == test_y)))
             n.append(len(idx))
         rows.append({"shots": s, "n_train": float(np.mean(n)), "draws": len(idxs),
