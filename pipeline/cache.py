@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.params import canonical_json, to_plain
+from pipeline.params import canonical_json, key_values, to_plain
 from pipeline.storage import AnyPath
 
 PARTIAL_SUFFIX = ".partial"
@@ -64,7 +64,7 @@ def stage_key(name: str, version: str, params: Mapping[str, Any], upstream: Mapp
     Returns:
       20 hex characters (80 bits: collisions are not a practical concern for one cache).
     """
-    payload = canonical_json({"stage": name, "version": version, "params": params,
+    payload = canonical_json({"stage": name, "version": version, "params": key_values(params),
                               "upstream": dict(upstream), "fingerprint": fingerprint})
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 

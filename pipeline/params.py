@@ -31,7 +31,7 @@ class ParamsError(UserError, ValueError):
 
 def spec(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
          min: float | None = None, max: float | None = None, min_exclusive: bool = False,
-         min_len: int | None = None, help: str = "") -> Any:
+         min_len: int | None = None, help: str = "", affects_output: bool = True) -> Any:
     """A dataclass field with validation metadata.
 
     Args:
@@ -40,8 +40,11 @@ def spec(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclass
       min_exclusive: make `min` exclusive (``C > 0``).
       min_len: smallest allowed length for list values.
       help: one line shown in error messages and `pipeline params`.
+      affects_output: False for knobs that change how a stage runs but not what it writes
+        (decoding threads): they stay out of the cache key, so turning them reruns nothing.
     """
-    meta = {"min": min, "max": max, "min_exclusive": min_exclusive, "min_len": min_len, "help": help}
+    meta = {"min": min, "max": max, "min_exclusive": min_exclusive, "min_len": min_len, "help": help,
+            "affects_output": affects_output}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -181,6 +184,18 @@ def to_plain(obj: Any) -> Any:
         return [to_plain(v) for v in obj]
     if isinstance(obj, Mapping):
         return {str(k): to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def key_values(obj: Any) -> Any:
+    """Like `to_plain`, without the fields marked ``affects_output=False``: what a cache key hashes."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: key_values(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if (f.metadata or {}).get("affects_output", True)}
+    if isinstance(obj, (list, tuple)):
+        return [key_values(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): key_values(v) for k, v in obj.items()}
     return obj
 
 

@@ -69,7 +69,7 @@ class FeaturesParams:
     batch_size: int = spec(32, min=1, help="images per backbone call")
     dtype: Literal["float32", "float16"] = spec("float32", help="storage dtype of the features")
     shard_size: int = spec(1024, min=1, help="images per checkpointed shard; a multiple of batch_size")
-    workers: int = spec(0, min=0, help="decoding threads; 0 = one per CPU core")
+    workers: int = spec(0, min=0, affects_output=False, help="decoding threads; 0 = one per CPU core")
     augment: Literal["none", "flip", "crops", "flip_crops"] = spec(
         "none", help="test-time augmentation views: mirror, n_crops crops, or both")
     n_crops: int = spec(5, min=1, max=5, help="crops with augment crops/flip_crops: centre, then corners")

@@ -67,6 +67,8 @@ def _leaf_overrides(section: str, cls: type, prefix: str = "") -> list[tuple[str
             out.append((key, "square"))
         elif f.name == "source":
             continue  # a folder path; covered by the fingerprint test
+        elif not f.metadata.get("affects_output", True):
+            continue  # covered by test_runtime_only_params_stay_out_of_the_key
         else:
             out.append((key, value + "x"))
     return out
@@ -86,6 +88,10 @@ def test_every_declared_param_changes_the_key_and_nothing_else_does(graph, tmp_p
                     assert changed[stage] != base[stage], f"{section}.{key} must change {stage}'s key"
                 else:
                     assert changed[stage] == base[stage], f"{section}.{key} must not change {stage}'s key"
+
+
+def test_runtime_only_params_stay_out_of_the_key(graph, tmp_path):
+    assert keys_for(graph, "numbers.threads=8", root=tmp_path) == keys_for(graph, root=tmp_path)
 
 
 def test_same_value_spelled_differently_gives_same_key(graph, tmp_path):

@@ -23,6 +23,7 @@ class NumbersParams:
     start: int = 0
     mode: Literal["linear", "square"] = "linear"
     source: str = spec("", help="a folder whose files are fingerprinted (empty: none)")
+    threads: int = spec(1, min=1, affects_output=False, help="how it runs, not what it writes")
 
 
 @dataclasses.dataclass(frozen=True)
