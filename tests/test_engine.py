@@ -55,6 +55,8 @@ def _leaf_overrides(section: str, cls: type, prefix: str = "") -> list[tuple[str
     for f in dataclasses.fields(cls):
         value = getattr(inst, f.name)
         key = f"{prefix}{f.name}"
+        if not f.metadata.get("affects_output", True):
+            continue  # covered by test_runtime_only_params_stay_out_of_the_key
         if dataclasses.is_dataclass(value):
             out += _leaf_overrides(section, type(value), prefix=f"{key}.")
         elif isinstance(value, bool):
@@ -67,8 +69,7 @@ def _leaf_overrides(section: str, cls: type, prefix: str = "") -> list[tuple[str
             out.append((key, "square"))
         elif f.name == "source":
             continue  # a folder path; covered by the fingerprint test
-        elif not f.metadata.get("affects_output", True):
-            continue  # covered by test_runtime_only_params_stay_out_of_the_key
+
         else:
             out.append((key, value + "x"))
     return out
