@@ -218,6 +218,7 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
     seconds = max((s["seconds"] for s in stats), default=0.0)
     summary = {"backbone": spec["backbone"], "images": sum(info["images"].values()), "feature_dim": dim,
                "dtype": fp.dtype, "computed": computed,
+               "computed_per_process": [s["computed"] for s in stats],
                "resumed_shards": sum(s["resumed_shards"] for s in stats),
                "seconds": seconds, "images_per_s": round(computed / seconds, 2) if seconds else None,
                "compile_seconds": max((s["compile_seconds"] for s in stats), default=None)}
