@@ -77,6 +77,8 @@ class HeadsParams:
     shots: tuple[Union[int, Literal["all"]], ...] = spec((1, 2, 5, 10, 20, "all"), min=1,
                                                          help="learning curve: train images per class ('all' = whole split); [] to skip")
     shot_draws: int = spec(3, min=1, help="seeded draws averaged per learning-curve point")
+    shot_tol: float = spec(1e-3, min=0, min_exclusive=True,
+                           help="L-BFGS tolerance of the learning-curve fits (draw-to-draw spread dwarfs it)")
     knn_k: int = spec(10, min=1, help="neighbours of the kNN baseline in the learning curve")
     top_k: int = spec(5, min=1, help="class probabilities kept per test image in predictions_<head>.json")
     logreg: LogregParams = spec(default_factory=LogregParams)
@@ -141,7 +143,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics["learning_curve"] = fewshot.learning_curve(
             xtr, ytr, data["test"][0], data["test"][1], K, p.shots, p.shot_draws, p.seed,
             lr["chosen"]["C"], p.standardize, p.knn_k, p.logreg.solver, p.logreg.max_iter,
-            p.logreg.tol, full_logreg_test_pred=full_pred)
+            p.shot_tol, full_logreg_test_pred=full_pred)
         timings["learning_curve"] = time.perf_counter() - t0
 
     timings["total"] = time.perf_counter() - t_start
@@ -180,7 +182,7 @@ def _use_compile_cache(path: Path) -> None:
         return
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 # --------------------------------------------------------------------------------- reading inputs
