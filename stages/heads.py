@@ -211,7 +211,7 @@ def _check_splits(data: dict, classes: list[str]) -> None:
     for split, (x, y, ids) in ((s, data[s]) for s in SPLITS if s in data):
         if len(x) != len(y) or len(y) != len(ids):
             raise UserError(f"features/{split}: {len(x)} features, {len(y)} labels, {len(ids)} ids; "
-                            "rerun the features stage (-f features).")
+                            "rerun the features stage (--force features).")
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
             raise UserError(f"features/{split}/labels.npy has labels outside 0..{len(classes) - 1} "
                             f"(classes.json lists {len(classes)} classes); rerun the features stage.")

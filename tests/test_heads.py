@@ -134,6 +134,24 @@ def test_jax_logreg_matches_sklearn(feats):
             np.testing.assert_allclose(metrics.softmax(lj), metrics.softmax(ls), atol=2e-3)
 
 
+def test_balanced_class_weights_match_sklearn(feats):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.utils.class_weight import compute_class_weight
+
+    x, y = np.load(feats / "train" / "features.npy"), np.load(feats / "train" / "labels.npy")
+    keep = np.r_[np.flatnonzero(y != 3), np.flatnonzero(y == 3)[:3]]  # class 3 rare: 3 of 39
+    noisy = x + np.random.default_rng(4).normal(scale=1.0, size=x.shape).astype(np.float32)
+    x, y = noisy[keep], y[keep]
+    w = heads._class_weights(y, 4, "balanced")
+    np.testing.assert_allclose(w, compute_class_weight("balanced", classes=np.arange(4), y=y)[y], rtol=1e-6)
+    assert heads._class_weights(y, 4, "none") is None
+    ours = logreg.path(x, y, [0.1], 4, sample_weight=w, solver="jax")
+    ref = LogisticRegression(C=0.1, class_weight="balanced").fit(x, y)
+    xt = np.load(feats / "test" / "features.npy")
+    np.testing.assert_allclose(metrics.softmax(logreg.linear_logits(ours.W[0], ours.b[0], xt)),
+                               ref.predict_proba(xt), atol=2e-3)
+
+
 def test_mlp_is_reproducible_with_its_seed(feats, fitted):
     x, y = np.load(feats / "train" / "features.npy"), np.load(feats / "train" / "labels.npy")
     xv, yv = np.load(feats / "val" / "features.npy"), np.load(feats / "val" / "labels.npy")
