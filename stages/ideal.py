@@ -51,7 +51,7 @@ class IdealOption:
     l2_weight: float | None = spec(None, min=0, help="L2-to-grey weight")
     jitter: float | None = spec(None, min=0, help="largest random shift, pixels")
     scale: float | None = spec(None, min=0, max=0.5, help="largest random relative zoom")
-    rotate: float | None = spec(None, min=0, max=180, help="largest random rotation, degrees")
+    rotate: float | None = spec(None, min=0, max=45, help="largest random rotation, degrees")
 
     def validate(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", self.name or ""):
@@ -63,8 +63,9 @@ _DEFAULT_COMPARE = (
     # The lesson: plain gradient ascent on the pixels, nothing else.
     IdealOption(name="lesson", param="pixel", tv_weight=0.0, l2_weight=0.0, jitter=0.0, scale=0.0,
                 rotate=0.0),
-    # Pixels with the main TV weight and transforms: what the Fourier parameterisation adds.
-    IdealOption(name="pixel_tv_transforms", param="pixel"),
+    # Pixels with TV and transforms: what the Fourier parameterisation adds. Free pixels need a
+    # much larger TV weight than the (already smooth) Fourier image to come out smooth.
+    IdealOption(name="pixel_tv_transforms", param="pixel", lr=0.02, tv_weight=20.0),
     # Fourier + TV without transforms: what transformation robustness adds.
     IdealOption(name="no_transforms", jitter=0.0, scale=0.0, rotate=0.0),
 )
@@ -89,7 +90,7 @@ class IdealParams:
     l2_weight: float = spec(0.0, min=0, help="weight of the mean squared distance to grey")
     jitter: float = spec(8.0, min=0, help="largest random shift per step, pixels")
     scale: float = spec(0.1, min=0, max=0.5, help="largest random zoom per step (0.1 = 0.9..1.1)")
-    rotate: float = spec(10.0, min=0, max=180, help="largest random rotation per step, degrees")
+    rotate: float = spec(10.0, min=0, max=45, help="largest random rotation per step, degrees (at most 45)")
     seed: int = spec(0, help="seed of the initial noise and the transforms")
     compare: tuple[IdealOption, ...] = spec(_DEFAULT_COMPARE, help="variants to run as well, for the report")
     transfer: tuple[str, ...] = spec(("efficientnet_lite1", "efficientnet_lite2"),
