@@ -146,6 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for n in graph.upstream_closure(targets):
             print(f"{n:<12} reused  [{plans[n].key}]")
         return 0
+    _use_compile_cache(args)
     coord = distributed.start(cfg)
     if not storage.is_remote(args.cache_dir):
         args.cache_dir.mkdir(parents=True, exist_ok=True)   # an object store has no folders
@@ -183,6 +184,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{r.name:<12} {r.action:<7} {r.seconds:7.1f}s  [{r.key}]{summary}")
     print(f"done in {time.perf_counter() - t0:.1f}s; outputs under {args.cache_dir}")
     return 0
+
+
+def _use_compile_cache(args: argparse.Namespace) -> None:
+    """Keep XLA programs on this host's disk so reruns skip compiling (seconds each on a CPU).
+
+    Set through the environment, which jax reads when a stage first imports it; deciding what is
+    stale stays free of jax. A user's own JAX_COMPILATION_CACHE_DIR wins.
+    """
+    import os
+
+    from pipeline import storage
+
+    local = storage.default_local_dir() if storage.is_remote(args.cache_dir) else args.cache_dir
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(local).resolve() / "jax"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
 def _fmt(v: object) -> str:

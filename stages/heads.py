@@ -103,7 +103,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     """
     p: HeadsParams = ctx.params["heads"]
     t_start = time.perf_counter()
-    _use_compile_cache(Path(ctx.cache_dir) / "jax")
     data = _load_features(Path(ctx.inputs["features"]))
     classes = data["classes"]
     K = len(classes)
@@ -168,21 +167,6 @@ STAGE = Stage(
     schemas={"heads": HeadsParams},
     description="logistic regression (CLIP linear probe) and an MLP on the cached features",
 )
-
-
-def _use_compile_cache(path: Path) -> None:
-    """Keep compiled XLA programs on disk, unless the caller configured a cache already.
-
-    The heads' jitted fits cost seconds to compile on a CPU and the same shapes recur on every
-    rerun after a params change, so a rerun loads them instead (about 2-3 s of CPU saved each).
-    """
-    import jax
-
-    if jax.config.jax_compilation_cache_dir:
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 # --------------------------------------------------------------------------------- reading inputs
