@@ -101,11 +101,13 @@ def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float,
     opt = _make_optimizer(optimizer)
 
     def loss_fn(z, model_params, masks, hyper, key):
-        images = parameterization.render(kind, z, size, decay)  # (T, S, S, 3) in [0, 255]
-        seen = transforms.random_affine(key, images, hyper["jitter"], hyper["scale"], hyper["rotate"])
-        logp = group_log_prob(apply(model_params, seen), *masks)  # (T,)
+        # Channels-first until the network input: the inverse FFT yields it, the transforms want it.
+        images = parameterization.render_nchw(kind, z, size, decay)  # (T, 3, S, S) in [0, 255]
+        seen = transforms.random_affine(key, images, hyper["jitter"], hyper["scale"], hyper["rotate"],
+                                        channels_first=True)
+        logp = group_log_prob(apply(model_params, jnp.transpose(seen, (0, 2, 3, 1))), *masks)  # (T,)
         unit = images / 255.0
-        penalty = hyper["tv_weight"] * regularizers.total_variation(unit) \
+        penalty = hyper["tv_weight"] * regularizers.total_variation(unit, axes=(2, 3)) \
             + hyper["l2_weight"] * regularizers.l2_to_grey(unit)
         return jnp.sum(penalty - logp), logp
 

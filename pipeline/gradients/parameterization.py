@@ -52,11 +52,12 @@ def init(kind: Kind, key: jax.Array, batch: int, size: int) -> jax.Array:
     """Initial free variables for `batch` images of `size` x `size`.
 
     Returns:
-      pixel: (B, S, S, 3) uniform noise in [0.4, 0.6] (faint noise around grey, as the lesson starts
-      from noise); fourier: (B, 3, S, S//2+1, 2) small Gaussian spectrum (a faint grey image).
+      pixel: (B, 3, S, S) uniform noise in [0.4, 0.6] (faint noise around grey, as the lesson starts
+      from noise; channels first, like everything inside the optimiser);
+      fourier: (B, 3, S, S//2+1, 2) small Gaussian spectrum (a faint grey image).
     """
     if kind == "pixel":
-        return jax.random.uniform(key, (batch, size, size, 3), jnp.float32, 0.4, 0.6)
+        return jax.random.uniform(key, (batch, 3, size, size), jnp.float32, 0.4, 0.6)
     if kind == "fourier":
         return _INIT_SD * jax.random.normal(key, (batch, 3, size, size // 2 + 1, 2), jnp.float32)
     raise ValueError(f"param: {kind!r} is not one of {', '.join(KINDS)}")
@@ -64,6 +65,15 @@ def init(kind: Kind, key: jax.Array, batch: int, size: int) -> jax.Array:
 
 def render(kind: Kind, z: jax.Array, size: int, decay: float = 1.0) -> jax.Array:
     """Free variables -> (B, S, S, 3) float32 RGB in [0, 255] (differentiable)."""
+    return jnp.transpose(render_nchw(kind, z, size, decay), (0, 2, 3, 1))
+
+
+def render_nchw(kind: Kind, z: jax.Array, size: int, decay: float = 1.0) -> jax.Array:
+    """Free variables -> (B, 3, S, S) float32 RGB in [0, 255], channels first.
+
+    The optimiser works channels-first up to the network input: the inverse FFT produces that
+    layout, and the transforms resample along the last (contiguous) axis.
+    """
     if kind == "pixel":
         return 255.0 * jnp.clip(z, 0.0, 1.0)
     if kind == "fourier":
@@ -77,12 +87,16 @@ def project(kind: Kind, z: jax.Array) -> jax.Array:
 
 
 def _fourier_logits(z: jax.Array, size: int, decay: float) -> jax.Array:
-    """(B, 3, S, S//2+1, 2) spectrum -> (B, S, S, 3) pre-sigmoid RGB."""
-    scale = jnp.asarray(spectrum_scale(size, decay))  # (S, S//2+1)
-    spectrum = (z[..., 0] + 1j * z[..., 1]) * scale  # (B, 3, S, S//2+1) complex
-    decorrelated = jnp.fft.irfft2(spectrum, s=(size, size), norm="ortho") / _FFT_DAMP  # (B, 3, S, S)
-    decorrelated = jnp.transpose(decorrelated, (0, 2, 3, 1))  # (B, S, S, 3)
-    return decorrelated @ jnp.asarray(COLOR_MATRIX).T
+    """(B, 3, S, S//2+1, 2) spectrum -> (B, 3, S, S) pre-sigmoid RGB.
+
+    The colour matrix is applied to the spectrum (it is linear, so before or after the inverse FFT
+    is the same), where it is a 3 x 3 mix of channel planes.
+    """
+    scale = jnp.asarray(spectrum_scale(size, decay) / _FFT_DAMP)  # (S, S//2+1)
+    spectrum = (z[..., 0] + 1j * z[..., 1]) * scale  # (B, 3, S, S//2+1) complex, decorrelated colours
+    m = COLOR_MATRIX
+    rgb = jnp.stack([sum(float(m[c, d]) * spectrum[:, d] for d in range(3)) for c in range(3)], axis=1)
+    return jnp.fft.irfft2(rgb, s=(size, size), norm="ortho")  # (B, 3, S, S)
 
 
 def from_image(kind: Kind, images: jax.Array, decay: float = 1.0) -> jax.Array:
@@ -93,14 +107,13 @@ def from_image(kind: Kind, images: jax.Array, decay: float = 1.0) -> jax.Array:
       images: (B, S, S, 3) in [0, 255]; for ``fourier`` strictly inside (0, 255) (sigmoid range).
 
     Returns:
-      z with ``render(kind, z, S) == images`` up to float rounding.
+      z with ``render(kind, z, S) == images`` up to float rounding (pixel: (B, 3, S, S) on [0, 1]).
     """
-    x = jnp.asarray(images, jnp.float32) / 255.0
+    x = jnp.transpose(jnp.asarray(images, jnp.float32) / 255.0, (0, 3, 1, 2))  # (B, 3, S, S)
     if kind == "pixel":
         return x
-    size = x.shape[1]
-    logits = jnp.log(x) - jnp.log1p(-x)  # inverse sigmoid, (B, S, S, 3)
-    decorrelated = logits @ jnp.asarray(np.linalg.inv(COLOR_MATRIX).T)
-    decorrelated = jnp.transpose(decorrelated, (0, 3, 1, 2)) * _FFT_DAMP  # (B, 3, S, S)
+    size = x.shape[-1]
+    logits = jnp.log(x) - jnp.log1p(-x)  # inverse sigmoid, (B, 3, S, S)
+    decorrelated = jnp.einsum("dc,bchw->bdhw", jnp.asarray(np.linalg.inv(COLOR_MATRIX)), logits) * _FFT_DAMP
     spectrum = jnp.fft.rfft2(decorrelated, norm="ortho") / jnp.asarray(spectrum_scale(size, decay))
     return jnp.stack([spectrum.real, spectrum.imag], axis=-1).astype(jnp.float32)

@@ -32,12 +32,12 @@ MAX_ROTATE = 45.0  # degrees; three shears stay accurate to 90, but larger angle
 
 
 def random_affine(key: jax.Array, images: jax.Array, jitter: jax.Array | float,
-                  scale: jax.Array | float, rotate: jax.Array | float) -> jax.Array:
+                  scale: jax.Array | float, rotate: jax.Array | float, channels_first: bool = False) -> jax.Array:
     """Shift, zoom and rotate each image by independent random amounts.
 
     Args:
       key: PRNG key.
-      images: (B, S, S, C), square.
+      images: (B, S, S, C), square; (B, C, S, S) with `channels_first` (no transposes then).
       jitter: largest shift in pixels (uniform in [-jitter, jitter] per axis).
       scale: largest relative zoom (factor uniform in [1 - scale, 1 + scale]).
       rotate: largest rotation in degrees (uniform in [-rotate, rotate]; at most `MAX_ROTATE`).
@@ -50,7 +50,9 @@ def random_affine(key: jax.Array, images: jax.Array, jitter: jax.Array | float,
     shift = jax.random.uniform(k_shift, (b, 2), minval=-1.0, maxval=1.0) * jitter  # (B, 2)
     zoom = 1.0 + jax.random.uniform(k_scale, (b,), minval=-1.0, maxval=1.0) * scale  # (B,)
     angle = jnp.deg2rad(jax.random.uniform(k_rot, (b,), minval=-1.0, maxval=1.0) * rotate)  # (B,)
-    return warp(images, shift, zoom, angle)
+    if channels_first:
+        return warp_nchw(images, shift, zoom, angle)
+    return jnp.transpose(warp_nchw(jnp.transpose(images, (0, 3, 1, 2)), shift, zoom, angle), (0, 2, 3, 1))
 
 
 def warp(images: jax.Array, shift: jax.Array, zoom: jax.Array, angle: jax.Array) -> jax.Array:
@@ -66,17 +68,19 @@ def warp(images: jax.Array, shift: jax.Array, zoom: jax.Array, angle: jax.Array)
     Returns:
       (B, S, S, C).
     """
-    b, s, s2, c = images.shape
+    return jnp.transpose(warp_nchw(jnp.transpose(images, (0, 3, 1, 2)), shift, zoom, angle), (0, 2, 3, 1))
+
+
+def warp_nchw(images: jax.Array, shift: jax.Array, zoom: jax.Array, angle: jax.Array) -> jax.Array:
+    """`warp` for channels-first (B, C, S, S) images; every resampling runs along the last axis."""
+    b, c, s, s2 = images.shape
     if s != s2:
         raise ValueError(f"transforms need square images, got {images.shape}")
-    pad = max(4, s // 8)  # covers the corners of a 10-degree rotation; FFT wrap-around lands here
-    # Channels-first inside: every FFT and matmul then runs along the last (contiguous) axis.
-    x = jnp.transpose(images.astype(jnp.float32), (0, 3, 1, 2))  # (B, C, S, S)
-    x = jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")  # (B, C, P, P)
+    pad = max(4, s // 8)  # covers the corners of a 10-degree rotation
+    x = jnp.pad(images.astype(jnp.float32), ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
     # Skip the shears when no image of the batch is rotated (a recipe without rotation).
-    x = jax.lax.cond(jnp.any(angle != 0), _rotate, lambda x, a: x, x, angle)
-    x = _zoom_shift_crop(x, zoom, shift, s, pad)  # (B, C, S, S)
-    return jnp.transpose(x, (0, 2, 3, 1)).astype(images.dtype)
+    x = jax.lax.cond(jnp.any(angle != 0), _rotate, lambda x, a: x, x, angle)  # (B, C, P, P)
+    return _zoom_shift_crop(x, zoom, shift, s, pad).astype(images.dtype)  # (B, C, S, S)
 
 
 @jax.custom_vjp
