@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.models.convert import flatten_params, unflatten_params
+
 INDEX = "heads.json"
 
 
@@ -60,33 +62,12 @@ def fold_standardization(first_kernel: np.ndarray, first_bias: np.ndarray, mean:
     return k.astype(np.float32), b.astype(np.float32)
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "/"))
-        else:
-            out[key] = np.asarray(v, np.float32)
-    return out
-
-
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, v in flat.items():
-        node = tree
-        *parents, leaf = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
 def save_head(heads_dir: Path, name: str, kind: str, params: Mapping[str, Any],
               config: Mapping[str, Any], classes: Sequence[str]) -> None:
     """Write ``<name>.npz`` and add the head to ``heads.json`` (params already take raw features)."""
     heads_dir = Path(heads_dir)
-    np.savez(heads_dir / f"{name}.npz", **_flatten(params))
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten_params(params).items()}
+    np.savez(heads_dir / f"{name}.npz", **flat)
     index_path = heads_dir / INDEX
     index = json.loads(index_path.read_text()) if index_path.exists() else {"classes": list(classes), "heads": {}}
     if index["classes"] != list(classes):
@@ -128,7 +109,7 @@ def load_head(heads_dir: Path, name: str) -> TrainedHead:
         raise KeyError(f"no head {name!r} in {heads_dir}; available: {', '.join(index['heads'])}")
     entry = index["heads"][name]
     with np.load(heads_dir / entry["file"]) as f:
-        params = jax.tree.map(jnp.asarray, _unflatten({k: f[k] for k in f.files}))
+        params = jax.tree.map(jnp.asarray, unflatten_params({k: f[k] for k in f.files}))
     config = entry["config"]
     if entry["kind"] == "linear":
         from pipeline.heads.logreg import linear_logits
