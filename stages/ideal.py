@@ -34,7 +34,7 @@ from pipeline.params import ParamsError, spec
 from pipeline.stage import Stage, StageContext
 
 _TUNABLE = ("steps", "lr", "optimizer", "param", "decay", "tv_weight", "l2_weight", "jitter", "scale",
-            "rotate")
+            "rotate", "polish")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,7 @@ class IdealOption:
     jitter: float | None = spec(None, min=0, help="largest random shift, pixels")
     scale: float | None = spec(None, min=0, max=0.5, help="largest random relative zoom")
     rotate: float | None = spec(None, min=0, max=45, help="largest random rotation, degrees")
+    polish: float | None = spec(None, min=0, max=1, help="share of the last steps run without transforms")
 
     def validate(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", self.name or ""):
@@ -62,12 +63,12 @@ class IdealOption:
 _DEFAULT_COMPARE = (
     # The lesson: plain gradient ascent on the pixels, nothing else.
     IdealOption(name="lesson", param="pixel", tv_weight=0.0, l2_weight=0.0, jitter=0.0, scale=0.0,
-                rotate=0.0),
+                rotate=0.0, polish=0.0),
     # Pixels with TV and transforms: what the Fourier parameterisation adds. Free pixels need a
     # much larger TV weight than the (already smooth) Fourier image to come out smooth.
     IdealOption(name="pixel_tv_transforms", param="pixel", lr=0.02, tv_weight=20.0),
     # Fourier + TV without transforms: what transformation robustness adds.
-    IdealOption(name="no_transforms", jitter=0.0, scale=0.0, rotate=0.0),
+    IdealOption(name="no_transforms", jitter=0.0, scale=0.0, rotate=0.0, polish=0.0),
 )
 
 
@@ -91,6 +92,9 @@ class IdealParams:
     jitter: float = spec(8.0, min=0, help="largest random shift per step, pixels")
     scale: float = spec(0.1, min=0, max=0.5, help="largest random zoom per step (0.1 = 0.9..1.1)")
     rotate: float = spec(10.0, min=0, max=45, help="largest random rotation per step, degrees (at most 45)")
+    polish: float = spec(0.1, min=0, max=1, help="share of the last steps run without transforms, so that the "
+                                                 "final image itself (not only its transformed copies) reaches "
+                                                 "the target")
     seed: int = spec(0, help="seed of the initial noise and the transforms")
     compare: tuple[IdealOption, ...] = spec(_DEFAULT_COMPARE, help="variants to run as well, for the report")
     transfer: tuple[str, ...] = spec(("efficientnet_lite1", "efficientnet_lite2"),
@@ -118,16 +122,25 @@ class IdealParams:
                                   f"{', '.join(registry.names())}.")
 
 
+def recipe_values(p: IdealParams) -> list[tuple[str, dict[str, Any]]]:
+    """(name, `IdealSettings` fields) for the main recipe and each compare option.
+
+    ``polish`` (a share of the steps in params) becomes a number of steps here.
+    """
+    main = {k: getattr(p, k) for k in _TUNABLE}
+    out = []
+    for name, values in [("main", main)] + [
+            (o.name, {**main, **{k: getattr(o, k) for k in _TUNABLE if getattr(o, k) is not None}})
+            for o in p.compare]:
+        out.append((name, {**values, "polish": int(round(values["polish"] * values["steps"])), "seed": p.seed}))
+    return out
+
+
 def recipes(p: IdealParams) -> list[tuple[str, Any]]:
     """(name, IdealSettings) for the main recipe and each compare option."""
     from pipeline.gradients.ideal import IdealSettings
 
-    main = IdealSettings(**{k: getattr(p, k) for k in _TUNABLE}, seed=p.seed)
-    out = [("main", main)]
-    for o in p.compare:
-        changes = {k: getattr(o, k) for k in _TUNABLE if getattr(o, k) is not None}
-        out.append((o.name, dataclasses.replace(main, **changes)))
-    return out
+    return [(name, IdealSettings(**values)) for name, values in recipe_values(p)]
 
 
 def _slug(text: str) -> str:

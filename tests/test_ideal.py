@@ -23,6 +23,9 @@ def test_defaults_validate_and_recipes_inherit_unset_fields():
     assert main.param == "fourier" and main.tv_weight == 2.0 and main.jitter == 8.0
     assert plain.param == "pixel" and plain.jitter == 0.0
     assert plain.tv_weight == 2.0 and plain.rotate == main.rotate and plain.steps == main.steps  # inherited
+    assert main.polish == round(0.1 * main.steps)  # params give a share of the steps, settings a count
+    (_, short), = ideal.recipes(parse(steps=10, polish=0.5, compare=[]))
+    assert short.polish == 5
     assert [n for n, _ in ideal.recipes(parse())] == ["main", "lesson", "pixel_tv_transforms", "no_transforms"]
 
 
@@ -37,6 +40,8 @@ def test_defaults_validate_and_recipes_inherit_unset_fields():
     ({"transfer": ["resnet9000"]}, r"ideal\.transfer\[0\]: 'resnet9000' is not a registered backbone"),
     ({"lr": 0}, r"ideal\.lr: 0\.0 is out of range; it must be > 0"),
     ({"param": "wavelet"}, r"ideal\.param: 'wavelet' is not allowed"),
+    ({"polish": 1.5}, r"ideal\.polish: 1\.5 is out of range; it must be <= 1"),
+    ({"rotate": 90}, r"ideal\.rotate: 90\.0 is out of range; it must be <= 45"),
 ])
 def test_bad_params_name_the_key(values, match):
     with pytest.raises(ParamsError, match=match):

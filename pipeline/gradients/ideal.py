@@ -46,6 +46,8 @@ class IdealSettings:
       jitter: largest random shift, pixels.
       scale: largest random relative zoom.
       rotate: largest random rotation, degrees.
+      polish: the last `polish` steps run without transforms, so the final (untransformed) image
+        itself reaches a high probability after the transforms shaped it.
       seed: PRNG seed (initial image and transforms).
     """
 
@@ -59,6 +61,7 @@ class IdealSettings:
     jitter: float = 0.0
     scale: float = 0.0
     rotate: float = 0.0
+    polish: int = 0
     seed: int = 0
 
 
@@ -100,11 +103,11 @@ def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float,
     """Compile-once factory: returns (init_fn, chunk_fn), both jitted."""
     opt = _make_optimizer(optimizer)
 
-    def loss_fn(z, model_params, masks, hyper, key):
+    def loss_fn(z, model_params, masks, hyper, key, transform_on):
         # Channels-first until the network input: the inverse FFT yields it, the transforms want it.
         images = parameterization.render_nchw(kind, z, size, decay)  # (T, 3, S, S) in [0, 255]
-        seen = transforms.random_affine(key, images, hyper["jitter"], hyper["scale"], hyper["rotate"],
-                                        channels_first=True)
+        seen = transforms.random_affine(key, images, transform_on * hyper["jitter"], transform_on * hyper["scale"],
+                                        transform_on * hyper["rotate"], channels_first=True)
         logp = group_log_prob(apply(model_params, jnp.transpose(seen, (0, 2, 3, 1))), *masks)  # (T,)
         unit = images / 255.0
         penalty = hyper["tv_weight"] * regularizers.total_variation(unit, axes=(2, 3)) \
@@ -124,7 +127,9 @@ def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float,
             z, opt_state, key, i = carry
             TRACE_COUNT["n"] += 1
             key, sub = jax.random.split(key)
-            (_, logp), grad = jax.value_and_grad(loss_fn, has_aux=True)(z, model_params, masks, hyper, sub)
+            transform_on = (i < n_steps - hyper["polish"]).astype(jnp.float32)  # off for the last steps
+            (_, logp), grad = jax.value_and_grad(loss_fn, has_aux=True)(z, model_params, masks, hyper, sub,
+                                                                          transform_on)
             updates, new_state = opt.update(grad, opt_state, z)
             new_z = parameterization.project(kind, optax.apply_updates(z, updates))
             live = i < n_steps  # steps past the requested count (last chunk) change nothing
@@ -171,7 +176,7 @@ def optimize(model: PixelModel, masks: np.ndarray, settings: IdealSettings, doma
     key, init_key = jax.random.split(key)
     z, opt_state = init_fn(init_key, settings.lr, masks)
     hyper = {k: jnp.asarray(getattr(settings, k), jnp.float32)
-             for k in ("tv_weight", "l2_weight", "jitter", "scale", "rotate")}
+             for k in ("tv_weight", "l2_weight", "jitter", "scale", "rotate", "polish")}
     i = jnp.asarray(0, jnp.int32)
     n_steps = jnp.asarray(settings.steps, jnp.int32)
     curves = []
