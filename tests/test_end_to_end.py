@@ -37,7 +37,7 @@ def actions(stdout: str) -> dict[str, str]:
 
 
 def test_params_yaml_holds_the_defaults():
-    """params.yaml is written by `params --commented`; a default changed in code must be copied."""
+    """params.yaml is written by `params --commented --params /dev/null`; keep it in step with the code."""
     from pipeline import runner
     from pipeline.graph import load_graph
     from pipeline.params import to_plain
@@ -45,7 +45,7 @@ def test_params_yaml_holds_the_defaults():
     graph = load_graph()
     assert to_plain(runner.resolve_params(graph, [ROOT / "params.yaml"])) == \
         to_plain(runner.resolve_params(graph, [])), \
-        "params.yaml differs from the code's defaults: python -m pipeline params --commented > params.yaml"
+        "params.yaml differs from the code defaults: python -m pipeline params --commented --params /dev/null > params.yaml"
     smoke = runner.resolve_params(graph, [ROOT / "params.yaml", ROOT / "params.smoke.yaml"])
     assert smoke["data"].max_per_class == 8
 
