@@ -62,13 +62,15 @@ class IdealOption:
 
 _DEFAULT_COMPARE = (
     # The lesson: plain gradient ascent on the pixels, nothing else.
-    IdealOption(name="lesson", param="pixel", tv_weight=0.0, l2_weight=0.0, jitter=0.0, scale=0.0,
+    IdealOption(name="lesson", param="pixel", lr=0.05, tv_weight=0.0, l2_weight=0.0, jitter=0.0, scale=0.0,
                 rotate=0.0, polish=0.0),
     # Pixels with TV and transforms: what the Fourier parameterisation adds. Free pixels need a
     # much larger TV weight than the (already smooth) Fourier image to come out smooth.
     IdealOption(name="pixel_tv_transforms", param="pixel", lr=0.02, tv_weight=20.0),
     # Fourier + TV without transforms: what transformation robustness adds.
     IdealOption(name="no_transforms", jitter=0.0, scale=0.0, rotate=0.0, polish=0.0),
+    # The feature-visualisation default spectrum (1/f) and learning rate: what the steeper one adds.
+    IdealOption(name="decay_1", decay=1.0, lr=0.05),
 )
 
 
@@ -82,11 +84,13 @@ class IdealParams:
              "class (logreg:cat, mlp:Abyssinian), species:cat")
     head: str = spec("imagenet", help="classifier that plain target names refer to: imagenet, logreg or mlp")
     steps: int = spec(160, min=1, help="optimisation steps")
-    lr: float = spec(0.05, min=0, min_exclusive=True, help="learning rate (Adam)")
+    lr: float = spec(0.25, min=0, min_exclusive=True,
+                     help="learning rate (Adam; for param pixel, on the 0..1 intensity scale)")
     optimizer: Literal["adam", "sgd"] = spec("adam", help="optax optimiser (sgd uses momentum 0.9)")
     param: Literal["pixel", "fourier"] = spec(
         "fourier", help="image parameterisation: pixel (clipped) or fourier (decorrelated colour, 1/f spectrum)")
-    decay: float = spec(1.0, min=0, help="Fourier spectrum decay power (1 = 1/f)")
+    decay: float = spec(1.5, min=0, help="Fourier spectrum decay power (1 = 1/f); steeper puts more of each "
+                                         "step into coarse structure")
     tv_weight: float = spec(0.5, min=0, help="weight of total variation (mean neighbour difference, 0..1 scale)")
     l2_weight: float = spec(0.0, min=0, help="weight of the mean squared distance to grey")
     jitter: float = spec(8.0, min=0, help="largest random shift per step, pixels")

@@ -41,11 +41,19 @@ _INIT_SD = 0.01
 
 
 def spectrum_scale(size: int, decay: float = 1.0) -> np.ndarray:
-    """(S, S//2+1) per-frequency scale 1/max(|f|, 1/S)^decay for an S x S real FFT."""
+    """(S, S//2+1) per-frequency scale ~ 1/max(|f|, 1/S)^decay for an S x S real FFT.
+
+    Normalised to the root-mean-square of the decay-1 scale, so `decay` changes the slope of the
+    spectrum (how much of a step goes to coarse versus fine structure) but not the overall gain:
+    without this, decay 1.5 multiplies the coarsest frequencies' step by ~15 and saturates the
+    sigmoid.
+    """
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.rfftfreq(size)[None, :]
-    freq = np.sqrt(fx * fx + fy * fy)
-    return (1.0 / np.maximum(freq, 1.0 / size) ** decay).astype(np.float32)
+    freq = np.maximum(np.sqrt(fx * fx + fy * fy), 1.0 / size)
+    raw = 1.0 / freq ** decay
+    ref = 1.0 / freq
+    return (raw * np.sqrt(np.mean(ref ** 2) / np.mean(raw ** 2))).astype(np.float32)
 
 
 def init(kind: Kind, key: jax.Array, batch: int, size: int) -> jax.Array:
