@@ -247,8 +247,8 @@ def _transfer(ctx: StageContext, p: AdversarialParams, bp: Any, target: Any, ori
     from pipeline.gradients import attacks
     from pipeline.gradients import model as model_lib
     from pipeline.gradients import targets as targets_lib
+    from pipeline.gradients.pictures import resize_batch
     from pipeline.models import imagenet, registry
-    from stages.ideal import resize_batch
 
     if target.head == targets_lib.IMAGENET:
         group = list(target.indices)

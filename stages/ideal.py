@@ -241,7 +241,7 @@ def _transfer_check(ctx: StageContext, backbones: list[str], targets: list, imag
     """Classify every ideal image with other backbones' ImageNet heads; add hits to the records."""
     import numpy as np
 
-    from pipeline.gradients import attacks
+    from pipeline.gradients import attacks, pictures
     from pipeline.gradients import model as model_lib
     from pipeline.gradients import targets as targets_lib
     from pipeline.models import imagenet, registry
@@ -258,7 +258,7 @@ def _transfer_check(ctx: StageContext, backbones: list[str], targets: list, imag
         other = registry.load_backbone(name, ctx.cache_dir, bp.dtype, bp.depthwise)
         inet = model_lib.imagenet_model(other)
         for recipe, images in images_by_recipe.items():
-            logits = attacks.predict_logits(inet, resize_batch(images, other.spec), batch_size=len(images))
+            logits = attacks.predict_logits(inet, pictures.resize_batch(images, other.spec), batch_size=len(images))
             top5 = np.argsort(-logits, axis=1)[:, :5]
             hits1, hits5 = [], []
             for t_i, (t, group) in enumerate(zip(targets, groups)):
@@ -277,22 +277,6 @@ def _transfer_check(ctx: StageContext, backbones: list[str], targets: list, imag
         ctx.log(f"transfer to {name}: " + ", ".join(
             f"{r} top-1 {results[r]['transfer'][name]['top1_rate']:.2f} top-5 {results[r]['transfer'][name]['top5_rate']:.2f}"
             for r in images_by_recipe if name in results[r].get("transfer", {})))
-
-
-def resize_batch(images: Any, spec: Any) -> Any:
-    """(N, S, S, 3) uint8 -> (N, S', S', 3) uint8 at another backbone's input size, whole image kept.
-
-    The images are already what the first network saw, so they are resized (with the other
-    backbone's filter), not resized-and-cropped again.
-    """
-    import numpy as np
-    from PIL import Image
-
-    method = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[spec.resize_method]
-    size = spec.input_size
-    if images.shape[1] == size:
-        return np.asarray(images)
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), method)) for im in images])
 
 
 STAGE = Stage(

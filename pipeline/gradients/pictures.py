@@ -75,3 +75,20 @@ def _fit(text: str, width: int, draw: ImageDraw.ImageDraw, font) -> str:
     while text and draw.textlength(text, font=font) > width:
         text = text[:-2] + "…" if len(text) > 2 else ""
     return text
+
+
+def resize_batch(images: np.ndarray, spec) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> (N, S', S', 3) uint8 at another backbone's input size, whole image kept.
+
+    The images are already what the first network saw (a centre crop), so they are resized with
+    the other backbone's filter, not resized and cropped a second time.
+
+    Args:
+      images: uint8 images.
+      spec: the other backbone's `BackboneSpec` (``input_size``, ``resize_method``).
+    """
+    size = spec.input_size
+    if images.shape[1] == size:
+        return np.asarray(images)
+    method = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[spec.resize_method]
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), method)) for im in images])
