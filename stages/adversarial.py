@@ -84,10 +84,7 @@ class AdversarialParams:
         if self.head == targets_lib.IMAGENET or not re.fullmatch(r"[A-Za-z0-9_]+", self.head):
             raise ParamsError(f"head: {self.head!r} is not a trained head; use logreg or mlp "
                               "(write the target as imagenet:<name> to attack the ImageNet head).")
-        for i, b in enumerate(self.transfer):
-            if b not in registry.names():
-                raise ParamsError(f"transfer[{i}]: {b!r} is not a registered backbone; choose from "
-                                  f"{', '.join(registry.names())}.")
+        registry.check_names(self.transfer, "transfer")
 
 
 # PNG examples list PGD first: it is the attack the targets are about.

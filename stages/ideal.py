@@ -120,10 +120,7 @@ class IdealParams:
             if n == "main" or names.index(n) != i:
                 raise ParamsError(f"compare[{i}].name: {n!r} is used twice (or is 'main', the name of the "
                                   "main recipe); give each variant its own name.")
-        for i, b in enumerate(self.transfer):
-            if b not in registry.names():
-                raise ParamsError(f"transfer[{i}]: {b!r} is not a registered backbone; choose from "
-                                  f"{', '.join(registry.names())}.")
+        registry.check_names(self.transfer, "transfer")
 
 
 def recipe_values(p: IdealParams) -> list[tuple[str, dict[str, Any]]]:

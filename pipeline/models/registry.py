@@ -30,7 +30,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -85,6 +85,16 @@ def specs() -> list[BackboneSpec]:
     """All registered specs, sorted by name."""
     by = _specs_by_name()
     return [by[n] for n in sorted(by)]
+
+
+def check_names(backbones: Sequence[str], key: str) -> None:
+    """Raise a ParamsError naming ``key[i]`` for the first name in `backbones` not registered."""
+    from pipeline.params import ParamsError
+
+    for i, b in enumerate(backbones):
+        if b not in names():
+            raise ParamsError(f"{key}[{i}]: {b!r} is not a registered backbone; choose from "
+                              f"{', '.join(names())}.")
 
 
 def get_spec(name: str) -> BackboneSpec:
