@@ -359,8 +359,11 @@ def _fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict)
     for layer in ("hidden_0", "skip") if cfg.skip else ("hidden_0",):  # the layers that read x
         k, b = fold_standardization(params[layer]["kernel"], params[layer]["bias"], mean, scale)
         params[layer] = {"kernel": k, "bias": b}
+    from pipeline.exported import persistent_jit
+
     module = mlp.make_module(K, cfg.hidden, cfg.activation, skip=cfg.skip)
-    apply = jax.jit(lambda prm, x: module.apply({"params": prm}, x))
+    apply = persistent_jit(lambda prm, x: module.apply({"params": prm}, x), name="heads.mlp.apply",
+                           config=(K, cfg.hidden, cfg.activation, cfg.skip))
 
     def apply_np(x):
         return np.asarray(apply(params, np.asarray(x, np.float32)))

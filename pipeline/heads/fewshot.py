@@ -153,10 +153,11 @@ def _vmapped(num_classes: int, max_iter: int, tol: float):
     import jax
     import jax.numpy as jnp
 
+    from pipeline.exported import persistent_jit
+
     _, fit = logreg._jax_fit_fn(num_classes, max_iter, tol)
     k_out = logreg.n_outputs(num_classes)
 
-    @jax.jit
     def run(Xs, ys, C):  # (P, n, d), (P, n), () -> (P, d, K'), (P, K')
         def one(X, y):
             W, b, _ = fit(X, y, jnp.ones(X.shape[0], X.dtype), C, jnp.zeros((X.shape[1], k_out), X.dtype),
@@ -164,4 +165,4 @@ def _vmapped(num_classes: int, max_iter: int, tol: float):
             return W, b
         return jax.vmap(one)(Xs, ys)
 
-    return run
+    return persistent_jit(run, name="heads.fewshot.fit", config=(num_classes, max_iter, tol))

@@ -78,14 +78,15 @@ def _jnp():
 
 @functools.cache
 def _jax_fit_fn(num_classes: int, max_iter: int, tol: float):
-    """``fit(X, y, sw, C, W0, b0) -> (W, b, n_iter)``, traceable, and a jitted copy of it.
+    """``fit(X, y, sw, C, W0, b0) -> (W, b, n_iter)``: a jitted copy, and the traceable one.
 
-    Compiled once per (classes, stopping rule, shapes); the L-BFGS works on the flat vector
-    ``[W.ravel(), b]``.
+    Traced once per (classes, stopping rule, shapes), the trace kept on disk for later processes
+    (`pipeline.exported`); the L-BFGS works on the flat vector ``[W.ravel(), b]``.
     """
     import jax
     import jax.numpy as jnp
 
+    from pipeline.exported import persistent_jit
     from pipeline.heads import lbfgs
 
     def fit(X, y, sw, C, W0, b0):
@@ -103,7 +104,7 @@ def _jax_fit_fn(num_classes: int, max_iter: int, tol: float):
         res = lbfgs.minimize(objective, jnp.concatenate([W0.ravel(), b0]), max_iter=max_iter, tol=tol)
         return res.x[:d * k_out].reshape(d, k_out), res.x[d * k_out:], res.n_iter
 
-    return jax.jit(fit), fit
+    return persistent_jit(fit, name="heads.logreg.fit", config=(num_classes, max_iter, tol)), fit
 
 
 def path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], num_classes: int, *,

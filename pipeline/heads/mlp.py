@@ -89,6 +89,8 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
     import jax.numpy as jnp
     import optax
 
+    from pipeline.exported import persistent_jit
+
     module = make_module(num_classes, cfg.hidden, cfg.activation, cfg.dropout, cfg.skip)
     bs = min(cfg.batch_size, n_train)
     steps = -(-n_train // bs)  # ceil: every sample is seen once per epoch
@@ -135,9 +137,9 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
             step, (params, opt_state), (perm, mask, jax.random.split(key_drop, steps)))
         return params, opt_state, jnp.mean(losses)
 
-    @jax.jit
-    def train(X, y, sw, Xv, yv, swv, key, skip_init, n_epochs, keep_last):
-        key_init, key_loop = jax.random.split(key)
+    def train(X, y, sw, Xv, yv, swv, seed, skip_init, n_epochs, keep_last):
+        # The seed, not a key, is the argument: typed key arrays do not go through jax.export.
+        key_init, key_loop = jax.random.split(jax.random.key(seed))
         params = module.init(key_init, X[:1])["params"]
         if cfg.skip:
             params = {**params, "skip": {"kernel": skip_init[0], "bias": skip_init[1]}}
@@ -167,7 +169,7 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
         s = jax.lax.while_loop(cond, body, state)
         return s["best"], s["best_epoch"], s["epoch"], s["tr"], s["va"]
 
-    return train
+    return persistent_jit(train, name="heads.mlp.train", config=(cfg, num_classes, n_train, dim))
 
 
 def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None,
@@ -210,7 +212,7 @@ def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndar
     skip_init = tuple(jnp.asarray(a, jnp.float32) for a in skip_init)
     fn = _train_fn(cfg, num_classes, X.shape[0], X.shape[1])
     params, best_epoch, ran, tr, va = fn(X, jnp.asarray(y, jnp.int32), sw, Xv,
-                                            jnp.asarray(y_val, jnp.int32), swv, jax.random.key(seed),
+                                            jnp.asarray(y_val, jnp.int32), swv, jnp.uint32(seed),
                                             skip_init, jnp.int32(cfg.max_epochs if epochs is None else epochs),
                                             jnp.asarray(epochs is not None))
     ran = int(ran)
