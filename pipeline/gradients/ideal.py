@@ -106,8 +106,11 @@ def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float,
     def loss_fn(z, model_params, masks, hyper, key, transform_on):
         # Channels-first until the network input: the inverse FFT yields it, the transforms want it.
         images = parameterization.render_nchw(kind, z, size, decay)  # (T, 3, S, S) in [0, 255]
-        seen = transforms.random_affine(key, images, transform_on * hyper["jitter"], transform_on * hyper["scale"],
-                                        transform_on * hyper["rotate"], channels_first=True)
+        magnitudes = [transform_on * hyper[k] for k in ("jitter", "scale", "rotate")]
+        # No resampling at all when nothing moves (polish steps, recipes without transforms).
+        seen = jax.lax.cond(sum(magnitudes) > 0,
+                            lambda im: transforms.random_affine(key, im, *magnitudes, channels_first=True),
+                            lambda im: im, images)
         logp = group_log_prob(apply(model_params, jnp.transpose(seen, (0, 2, 3, 1))), *masks)  # (T,)
         unit = images / 255.0
         penalty = hyper["tv_weight"] * regularizers.total_variation(unit, axes=(2, 3)) \

@@ -97,14 +97,16 @@ def project(kind: Kind, z: jax.Array) -> jax.Array:
 def _fourier_logits(z: jax.Array, size: int, decay: float) -> jax.Array:
     """(B, 3, S, S//2+1, 2) spectrum -> (B, 3, S, S) pre-sigmoid RGB.
 
-    The colour matrix is applied to the spectrum (it is linear, so before or after the inverse FFT
-    is the same), where it is a 3 x 3 mix of channel planes.
+    Written to keep complex arithmetic to the one inverse FFT: the spectrum is scaled as two real
+    planes, joined by `lax.complex`, and the 3 x 3 colour matrix (linear, so it commutes with the
+    FFT) mixes the real output planes. Scaling and mixing the complex spectrum instead gave the
+    same image but a gradient 4x slower on XLA:CPU (22 ms against 6 ms for 8 images at 224).
     """
     scale = jnp.asarray(spectrum_scale(size, decay) / _FFT_DAMP)  # (S, S//2+1)
-    spectrum = (z[..., 0] + 1j * z[..., 1]) * scale  # (B, 3, S, S//2+1) complex, decorrelated colours
+    spectrum = jax.lax.complex(z[..., 0] * scale, z[..., 1] * scale)  # (B, 3, S, S//2+1), decorrelated
+    planes = jnp.fft.irfft2(spectrum, s=(size, size), norm="ortho")  # (B, 3, S, S)
     m = COLOR_MATRIX
-    rgb = jnp.stack([sum(float(m[c, d]) * spectrum[:, d] for d in range(3)) for c in range(3)], axis=1)
-    return jnp.fft.irfft2(rgb, s=(size, size), norm="ortho")  # (B, 3, S, S)
+    return jnp.stack([sum(float(m[c, d]) * planes[:, d] for d in range(3)) for c in range(3)], axis=1)
 
 
 def from_image(kind: Kind, images: jax.Array, decay: float = 1.0) -> jax.Array:
