@@ -305,7 +305,9 @@ def prepare_tfds(name: str, data_dir: str | None) -> Any:
     manual_dir = os.path.join(download_dir, "manual")
     infos = builder.url_infos or {}
     files = [(info.filename or os.path.basename(urlparse(url).path), url) for url, info in infos.items()]
-    have_manual = bool(files) and all(os.path.exists(os.path.join(manual_dir, fn)) for fn, _ in files)
+    from etils import epath  # the data dir may be a bucket (gs://...), where os.path sees nothing
+
+    have_manual = bool(files) and all((epath.Path(manual_dir) / fn).exists() for fn, _ in files)
     if files and not have_manual:
         hosts = sorted({(urlparse(u).hostname, urlparse(u).port or (443 if u.startswith("https") else 80))
                         for _, u in files})
