@@ -12,8 +12,9 @@ A saved trace is found again only under the same key: the caller's name and stat
 (everything the function closes over that is not an argument), the source of the ``pipeline`` and
 ``stages`` packages (any code edit retraces), the jax/jaxlib/flax/optax versions, the platform, the
 config flags that change tracing, and the arguments' tree, shapes and dtypes. Without a
-compilation cache directory, or for arguments that cannot be exported (sharded arrays across
-several devices), it is plain `jax.jit`. A corrupt or unreadable file is retraced and rewritten.
+compilation cache directory, for arguments that cannot be exported (sharded arrays across several
+devices), or for a function `jax.export` cannot serialise, it is plain `jax.jit`. A corrupt or
+unreadable file is retraced and rewritten.
 """
 
 from __future__ import annotations
@@ -118,9 +119,13 @@ def persistent_jit(fn: Callable, *, name: str, config: Hashable = ()) -> Callabl
             ",".join(f"{a.dtype}{list(a.shape)}" for a in avals)]).encode()).hexdigest()[:32]
         runner = loaded.get(key)
         if runner is None:
-            exported = _load_or_export(directory / f"{name}-{key}.bin", jitted,
-                                       jax.tree.unflatten(treedef, avals))
-            runner = loaded[key] = jax.jit(exported.call)
+            try:
+                exported = _load_or_export(directory / f"{name}-{key}.bin", jitted,
+                                           jax.tree.unflatten(treedef, avals))
+                runner = jax.jit(exported.call)
+            except Exception:  # noqa: BLE001 -- an op jax.export cannot serialise on this platform
+                runner = jitted  # still correct, only traced again by the next process
+            loaded[key] = runner
         return runner(*args)
 
     call.jitted = jitted  # the plain jit, for callers that trace it into a larger program
