@@ -22,9 +22,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Hashable
+
+from pipeline import storage
 
 __all__ = ["persistent_jit", "code_fingerprint"]
 
@@ -128,7 +129,6 @@ def persistent_jit(fn: Callable, *, name: str, config: Hashable = ()) -> Callabl
             loaded[key] = runner
         return runner(*args)
 
-    call.jitted = jitted  # the plain jit, for callers that trace it into a larger program
     return call
 
 
@@ -141,15 +141,8 @@ def _load_or_export(path: Path, jitted: Callable, avals: tuple):
         except Exception:  # noqa: BLE001 -- truncated or from an incompatible jax: trace again
             pass
     exported = export.export(jitted)(*avals)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(exported.serialize())
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+        storage.write_bytes(path, exported.serialize())  # atomic: readers see a whole file or none
     except OSError:
-        # A read-only or full cache only costs the next process a trace.
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        pass  # a read-only or full cache only costs the next process a trace
     return exported

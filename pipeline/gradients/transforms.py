@@ -176,7 +176,7 @@ def _resample_rows_bwd(res, g):
     an edge row (src outside [0, P - 1], any number of them) are summed separately.
     """
     src, p = res
-    b, s = src.shape
+    s = src.shape[1]
     i0, f = _row_weights(src, p)
     low, high = src < 0, src > p - 1  # clamped: row 0 resp. row P - 1 with weight 1
     inside = ~(low | high)
