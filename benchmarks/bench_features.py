@@ -71,6 +71,7 @@ def child_ours(data_dir: Path, out_dir: Path, forward: bool) -> dict:
         import jax.numpy as jnp
         import numpy as np
 
+        from benchmarks.bench_backbones import matmul_gflops  # the machine's dense ceiling
         from pipeline.models import registry
 
         bb = registry.load_backbone("efficientnet_lite0", ROOT / "cache")
@@ -85,7 +86,7 @@ def child_ours(data_dir: Path, out_dir: Path, forward: bool) -> dict:
         except Exception:
             result["xla_gflop_img"] = None
         result["gflop_img"] = registry.get_spec("efficientnet_lite0").flops / 1e9
-        result["matmul_gflops"] = _matmul_gflops()
+        result["matmul_gflops"] = matmul_gflops()
     return result
 
 
@@ -93,20 +94,6 @@ def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
-
-
-def _matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    """Measured rate of a jitted float32 (n x n) @ (n x n) matmul: this machine's dense ceiling."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    a = jnp.asarray(rng.standard_normal((n, n)), jnp.float32)
-    b = jnp.asarray(rng.standard_normal((n, n)), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, b).block_until_ready()
-    return 2 * n ** 3 / min(_timed(lambda: f(a, b).block_until_ready()) for _ in range(reps)) / 1e9
 
 
 def child_peer(data_dir: Path, out_dir: Path, forward: bool) -> dict:

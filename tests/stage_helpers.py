@@ -1,7 +1,9 @@
-"""Run one stage by hand in a test: a StageContext with a quiet reporter, params parsed as the CLI does."""
+"""Run one stage by hand in a test: a StageContext with a quiet reporter, params parsed as the CLI does;
+and wait for a background run to reach a point."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,3 +37,13 @@ def run_stage(stage: Stage, params: Mapping[str, Any], out_dir: Path, **kw: Any)
     if stage.finalize is not None:
         summary = stage.finalize(ctx)
     return summary, ctx
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    """Poll `predicate` every 50 ms until it is true (True) or `timeout` seconds pass (False)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from pipeline import cache, runner
 from pipeline.graph import load_graph
 from pipeline.params import ParamsError
 from pipeline.progress import QuietReporter
+from tests.stage_helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = "tests.toy_graph"
@@ -185,15 +185,6 @@ def test_failing_stage_leaves_no_output(graph, tmp_path):
 
 # --- CLI: kill, concurrency, bad params ----------------------------------------------------------
 
-def _wait_for(predicate, timeout=30.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_sigkill_mid_stage_then_rerun_resumes(tmp_path):
     args = ["run", "slow", "--graph", TOY, "--cache-dir", str(tmp_path / "c"),
             "-S", "slow.seconds=0.4", "-S", "slow.steps=8"]
@@ -201,7 +192,7 @@ def test_sigkill_mid_stage_then_rerun_resumes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     slow_dir = tmp_path / "c" / "slow"
-    assert _wait_for(lambda: len(list(slow_dir.glob("*.partial/step-*.json"))) >= 2)
+    assert wait_for(lambda: len(list(slow_dir.glob("*.partial/step-*.json"))) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # Nothing looks complete; the partial folder with finished steps is there to resume from.
@@ -227,7 +218,7 @@ def test_two_runs_at_once_second_names_the_holder(tmp_path):
     first = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert _wait_for(lambda: list((tmp_path / "c" / "slow").glob("*.partial/started-*")))
+        assert wait_for(lambda: list((tmp_path / "c" / "slow").glob("*.partial/started-*")))
         second = run_cli(*args, cwd=tmp_path)
         assert second.returncode == 2
         assert "in use by another run" in second.stderr and f"pid {first.pid}" in second.stderr

@@ -31,6 +31,7 @@ for _module, _dist in (("gcsfs", "gcsfs"), ("gcp_storage_emulator", "gcp-storage
 from pipeline import cache, runner, storage  # noqa: E402
 from pipeline.graph import load_graph  # noqa: E402
 from pipeline.progress import QuietReporter  # noqa: E402
+from tests.stage_helpers import wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = "tests.toy_graph"
@@ -270,15 +271,6 @@ def test_local_copies_are_verified_against_the_manifest(root, tmp_path):
         cache.local_copy(root, "numbers", "0" * 20, local)
 
 
-def _wait_for(predicate, timeout=30.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_sigkill_mid_stage_then_rerun_resumes_on_gcs(root, tmp_path):
     local = tmp_path / "local"
     args = ["run", "slow", "--graph", TOY, "--cache-dir", root, "--local-dir", str(local),
@@ -286,7 +278,7 @@ def test_sigkill_mid_stage_then_rerun_resumes_on_gcs(root, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert _wait_for(lambda: len(list((local / "slow").glob("*.partial/step-*.json"))) >= 2)
+    assert wait_for(lambda: len(list((local / "slow").glob("*.partial/step-*.json"))) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert storage.list_files(root + "/slow") == []         # nothing of slow in the bucket
