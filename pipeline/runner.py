@@ -76,13 +76,22 @@ class StagePlan:
         return "missing" if self.reasons == ["missing: never run"] else "stale"
 
 
-def plan(graph: Graph, params: Mapping[str, Any], root: Any) -> dict[str, StagePlan]:
-    """Key every stage in dependency order and compare with what the cache holds."""
+def plan(graph: Graph, params: Mapping[str, Any], root: Any, local_dir: Path | None = None
+         ) -> dict[str, StagePlan]:
+    """Key every stage in dependency order and compare with what the cache holds.
+
+    Args:
+      graph, params: the stages and the resolved params.
+      root: the cache root (a folder or a ``gs://`` URL).
+      local_dir: this host's local folder for a remote root (default
+        `pipeline.storage.default_local_dir()`); fingerprints keep their memos there.
+    """
     plans: dict[str, StagePlan] = {}
+    scratch = Path(local_dir or storage.default_local_dir()) if storage.is_remote(root) else Path(root)
     for name, stage in graph.stages.items():
         sections = {s: params[s] for s in stage.sections}
         upstream = {d: plans[d].key for d in stage.deps}
-        fp = stage.fingerprint(sections) if stage.fingerprint else None
+        fp = stage.fingerprint(sections, scratch) if stage.fingerprint else None
         key = cache.stage_key(name, stage.version, sections, upstream, fp)
         done = cache.is_complete(root, name, key)
         reasons = [] if done else _why_stale(root, name, stage.version, sections, upstream, fp)
@@ -176,7 +185,7 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
     remote = storage.is_remote(root)
     local_root = Path(local_dir or storage.default_local_dir()) if remote else Path(root)
     names = graph.upstream_closure(targets)
-    plans = plan(graph, params, root)
+    plans = plan(graph, params, root, local_dir)
     # Process 0's view of the cache is the one that counts; every process must agree on keys.
     decided = coord.broadcast("plan", {n: [plans[n].key, plans[n].up_to_date and n not in force]
                                        for n in names})

@@ -74,9 +74,11 @@ class Stage:
       resumable: keep `out_dir` across killed runs (checkpointed shards) instead of wiping it.
       all_processes: in a multi-host run, every process runs this stage (the backbone pass and
         the gradient stages); otherwise only process 0 does.
-      fingerprint: optional ``fingerprint(params) -> str`` over the declared sections, for
-        inputs that live outside params (the photos in a folder): it is hashed into the key,
-        so adding a photo makes the stage stale. It must be cheap (stat, not read, the files).
+      fingerprint: optional ``fingerprint(params, local_dir) -> str`` over the declared
+        sections, for inputs that live outside params (the photos in a folder): it is hashed
+        into the key, so adding a photo makes the stage stale. It must be cheap on a second call
+        (stat the files; read only what changed, with a memo under ``local_dir``, the cache's
+        local folder).
       finalize: optional ``finalize(ctx) -> summary`` run by process 0 alone after every process
         finished `run` (e.g. assembling the per-process feature shards); its summary replaces
         the one `run` returned. Single-process runs call it right after `run`.
@@ -91,6 +93,6 @@ class Stage:
     schemas: Mapping[str, type] = dataclasses.field(default_factory=dict)
     resumable: bool = False
     all_processes: bool = False
-    fingerprint: Callable[[Mapping[str, Any]], str] | None = None
+    fingerprint: Callable[[Mapping[str, Any], Path], str] | None = None
     finalize: Callable[[StageContext], Mapping[str, Any] | None] | None = None
     description: str = ""

@@ -1,8 +1,10 @@
 """Stage `data`: get a labelled image set and fix its train / val / test splits.
 
-Sources: ``tfds`` (any tensorflow-datasets image-classification dataset; tfds's own splits where
-it has them, validation and, when missing, test carved from train) or ``folder`` (class folders,
-or train/ val/ test/ folders of class folders; see `pipeline.sources` for the layout rules).
+Sources: ``sample`` (the embedded demo sample: 111 real Oxford-IIIT Pet photos inside the
+package, read like a folder), ``tfds`` (any tensorflow-datasets image-classification dataset;
+tfds's own splits where it has them, validation and, when missing, test carved from train) or
+``folder`` (class folders, or train/ val/ test/ folders of class folders; see
+`pipeline.sources.folders` for the layout rules).
 
 Every folder image is decoded once here, in parallel threads, so that an image that cannot be
 decoded (empty, truncated, not an image, zero-size, a decompression bomb) is skipped and listed
@@ -16,10 +18,11 @@ Outputs (in the stage's folder):
   info.json     source, split sizes, class count, the input fingerprint and a content digest
 
 The input fingerprint (`fingerprint`) is what makes this stage stale when a photo is added or
-changed: the runner hashes it into the key. It is stat-based (path, size, mtime_ns of every file
-under ``data.path``; for tfds, the dataset name, data dir and prepared versions found there) so
-that `status` stays fast on big folders. The content digest in info.json (sha1 of every image
-used) records exactly which bytes went in.
+changed: the runner hashes it into the key. For folders (and the sample) it hashes every file's
+path and bytes, reading only the files whose stat changed since it last looked
+(`pipeline.sources.digests`), so ``touch`` reruns nothing and `status` stays fast on big folders;
+for tfds it is the dataset name, data dir and prepared versions found there. The content digest
+in info.json (sha1 of every image used) records exactly which bytes went in.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ from pipeline.stage import Stage, StageContext
 class DataParams:
     """params.yaml section ``data``."""
 
-    source: Literal["tfds", "folder"] = spec("tfds", help="where the images come from")
+    source: Literal["sample", "tfds", "folder"] = spec(
+        "sample", help="where the images come from: sample (the embedded demo: 111 Oxford-IIIT Pet "
+                       "photos, offline), tfds (data.name) or folder (data.path)")
     name: str = spec("oxford_iiit_pet", help="tensorflow-datasets name (source: tfds), e.g. cats_vs_dogs")
     path: str | None = spec(None, help="folder of class folders, or of train/ val/ test/ (source: folder)")
     data_dir: str | None = spec(None, help="tfds data dir, a local folder or gs://... (default: tfds's)")
@@ -64,21 +69,29 @@ class DataParams:
         if self.source == "folder" and not self.path:
             raise ParamsError("path: data.source is 'folder' but data.path is not set; "
                               "pass -S data.path=FOLDER (one sub-folder per class).")
+        if self.source == "sample" and self.path:
+            raise ParamsError(f"path: {self.path!r} is set but data.source is 'sample' (the embedded "
+                              "demo photos); to read that folder pass -S data.source=folder.")
 
 
-def fingerprint(params: Mapping[str, Any]) -> str:
-    """Cheap fingerprint of the inputs outside params; the runner hashes it into the key.
+def fingerprint(params: Mapping[str, Any], local_dir: Path | None = None) -> str:
+    """Fingerprint of the inputs outside params; the runner hashes it into the key.
 
     Args:
       params: the stage's declared sections (uses ``params["data"]``).
+      local_dir: the cache's local folder, where the folder digests' stat memo is kept.
 
     Returns:
-      For a folder: a hash of every file's path, size and mtime_ns (stat only, no reads). For
-      tfds: the dataset name, data dir and the prepared versions found there.
+      For a folder or the sample: a hash of every file's path and bytes (files whose stat is
+      unchanged are not read again). For tfds: the dataset name, data dir and the prepared
+      versions found there.
     """
     p = params["data"]
+    memo = Path(local_dir) / "data" / "digests" if local_dir is not None else None
     if p.source == "folder":
-        return sources.folder_fingerprint(p.path)
+        return sources.folder_fingerprint(p.path, memo)
+    if p.source == "sample":
+        return "sample:" + sources.folder_fingerprint(sources.sample_root(), memo)
     return sources.tfds_fingerprint(p.name, p.data_dir)
 
 
@@ -88,7 +101,7 @@ Item = tuple[str, str, Any]
 
 def run(ctx: StageContext) -> dict[str, Any]:
     p: DataParams = ctx.params["data"]
-    if p.source == "folder":
+    if p.source in ("folder", "sample"):
         splits, classes, skipped, info = _from_folder(p, ctx)
     else:
         splits, classes, skipped, info = _from_tfds(p, ctx)
@@ -112,7 +125,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if missing:
         ctx.log(f"warning: {len(missing)} class(es) have no training image: {', '.join(missing[:5])}")
     kinds = collections.Counter(k for _, k, _ in skipped)
-    info.update({"splits": sizes, "num_classes": len(classes), "fingerprint": fingerprint(ctx.params),
+    info.update({"splits": sizes, "num_classes": len(classes), "fingerprint": fingerprint(ctx.params, ctx.cache_dir),
                  "skipped": dict(sorted(kinds.items()))})
     out = Path(ctx.out_dir)
     _write_json(out / "classes.json", classes)
@@ -194,7 +207,7 @@ def _verify(root: Path, files: list[tuple[str, str, int, int]], ctx: StageContex
 
 
 def _from_folder(p: DataParams, ctx: StageContext):
-    root = sources.check_folder(p.path)
+    root = sources.sample_root() if p.source == "sample" else sources.check_folder(p.path)
     scan = sources.scan_folder(root)
     all_files = [f for fs in scan.files.values() for f in fs]
     good, skipped, digests = _verify(root, all_files, ctx)
@@ -211,7 +224,7 @@ def _from_folder(p: DataParams, ctx: StageContext):
                         f"({len(skipped)} file(s) skipped; see skipped.json). Put the images in "
                         "one sub-folder per class.")
     digest = hashlib.sha256("".join(f"{r}\0{digests[r]}\n" for r in sorted(good)).encode()).hexdigest()
-    info = {"source": "folder", "path": str(root.resolve()), "layout": scan.layout,
+    info = {"source": p.source, "path": str(root.resolve()), "layout": scan.layout,
             "content_digest": digest}
     return _carve_missing(given, p), classes, skipped, info
 

@@ -71,7 +71,7 @@ class FeaturesParams:
     shard_size: int = spec(1024, min=1, help="images per checkpointed shard; a multiple of batch_size")
     workers: int = spec(0, min=0, affects_output=False, help="decoding threads; 0 = one per CPU core")
     augment: Literal["none", "flip", "crops", "flip_crops"] = spec(
-        "none", help="test-time augmentation views: mirror, n_crops crops, or both")
+        "none", help="test-time augmentation views: none, flip (the mirror image too), crops (n_crops crops) or flip_crops (both)")
     n_crops: int = spec(5, min=1, max=5, help="crops with augment crops/flip_crops: centre, then corners")
     reduce: Literal["mean", "rows"] = spec("mean", help="average the views, or store each as a row")
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline import images, sources
+from pipeline.sources import tfds_source
 from pipeline.errors import UserError
 from pipeline.params import ParamsError
 from stages import data as data_stage
@@ -156,10 +157,28 @@ def test_fingerprint_sees_added_and_changed_photos(tmp_path):
     assert data_stage.fingerprint(params(source="folder", path=str(tmp_path / "nope"))).startswith("folder-missing")
 
 
+def test_fingerprint_follows_bytes_not_timestamps(tmp_path):
+    """``touch`` or a copy with the same bytes keeps the key; the memo is only a shortcut."""
+    root = tmp_path / "ds"
+    (root / "a").mkdir(parents=True)
+    image_zoo.textured(20, 20).save(root / "a" / "1.png")
+    p, memo = params(source="folder", path=str(root)), tmp_path / "cache"
+    fp = data_stage.fingerprint(p, memo)
+    os.utime(root / "a" / "1.png", ns=(1, 10**18))                  # touch: new mtime, same bytes
+    assert data_stage.fingerprint(p, memo) == fp == data_stage.fingerprint(p)
+    shutil.copytree(root, tmp_path / "copy")                          # a copy: new stats everywhere
+    assert data_stage.fingerprint(params(source="folder", path=str(tmp_path / "copy")), memo) == fp
+    # A rewrite that keeps size and mtime is invisible to stat, as to make and DVC; the memo is
+    # keyed on the folder's path, so deleting it (or the cache) re-reads every file.
+    assert data_stage.fingerprint(params(source="sample"), memo).startswith("sample:folder:")
+
+
 @needs_photos
-def test_fingerprint_is_cheap():
+def test_fingerprint_is_cheap_once_memoised(tmp_path):
+    p = params(source="folder", path=str(SHARED_DATA))
+    first = data_stage.fingerprint(p, tmp_path)          # reads every byte once
     t0 = time.perf_counter()
-    data_stage.fingerprint(params(source="folder", path=str(SHARED_DATA)))
+    assert data_stage.fingerprint(p, tmp_path) == first  # then stat only
     assert time.perf_counter() - t0 < 0.5
 
 
@@ -186,7 +205,7 @@ def test_tfds_mock(tmp_path, name, sizes, given):
     from tests.tfds_fixtures import fake_jpeg, mock_tfds
 
     with mock_tfds(tmp_path / "tfds", name, sizes):
-        summary, _ = run_stage(data_stage.STAGE, params(name=name, data_dir=str(tmp_path / "x")),
+        summary, _ = run_stage(data_stage.STAGE, params(source="tfds", name=name, data_dir=str(tmp_path / "x")),
                                tmp_path / "out")
         ds = data_stage.load_data(tmp_path / "out")
         n_train = sizes["train"]
@@ -208,7 +227,7 @@ def test_tfds_real_builder_reads_in_index_order(tmp_path):
     from tests.tfds_fixtures import TinyPets, fake_jpeg, prepare_tiny_pets
 
     prepare_tiny_pets(tmp_path / "tfds", num_shards=3)
-    summary, _ = run_stage(data_stage.STAGE, params(name="tiny_pets", data_dir=str(tmp_path / "tfds"),
+    summary, _ = run_stage(data_stage.STAGE, params(source="tfds", name="tiny_pets", data_dir=str(tmp_path / "tfds"),
                                                     val_fraction=0.2), tmp_path / "out")
     ds = data_stage.load_data(tmp_path / "out")
     assert ds.classes == TinyPets.CLASSES
@@ -232,10 +251,10 @@ def test_tfds_real_builder_reads_in_index_order(tmp_path):
 
 
 def test_tfds_offline_error_names_both_ways_out(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "_host_reachable", lambda host, port, timeout=3.0: False)
+    monkeypatch.setattr(tfds_source, "_host_reachable", lambda host, port, timeout=3.0: False)
     t0 = time.perf_counter()
     with pytest.raises(sources.DatasetUnavailableError) as info:
-        run_stage(data_stage.STAGE, params(data_dir=str(tmp_path / "tfds")), tmp_path / "out")
+        run_stage(data_stage.STAGE, params(source="tfds", data_dir=str(tmp_path / "tfds")), tmp_path / "out")
     msg = str(info.value)
     assert isinstance(info.value, UserError) and "\n" not in msg
     assert "-S data.source=folder -S data.path=FOLDER" in msg

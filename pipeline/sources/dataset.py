@@ -1,0 +1,92 @@
+"""The data stage's output read back: splits, classes, and the images of a split in order."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from pipeline.errors import UserError
+from pipeline.sources.tfds_source import tfds_read
+
+@dataclasses.dataclass(frozen=True)
+class SplitRecords:
+    """One split as the data stage fixed it.
+
+    Attributes:
+      ids: image ids in reading order (relative paths, or tfds ids).
+      labels: class index per image.
+      indices: tfds only: absolute index of each image in `tfds_split` (ascending).
+      tfds_split: tfds only: the tfds split the images come from.
+    """
+
+    ids: list[str]
+    labels: list[int]
+    indices: list[int] | None = None
+    tfds_split: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSet:
+    """The data stage's output, read back. Use `sources` to read a split's images in order."""
+
+    root: Path
+    info: Mapping[str, Any]
+    classes: list[str]
+    splits: Mapping[str, SplitRecords]
+
+    def sources(self, split: str, start: int = 0, stop: int | None = None) -> Iterator[bytes | Path]:
+        """The images of ``split[start:stop]`` in order: a Path (folder) or encoded bytes (tfds).
+
+        `pipeline.images.decode_image` takes either. Folder images are read by whoever decodes
+        them (in parallel threads); tfds records are read sequentially here.
+        """
+        rec = self.splits[split]
+        stop = len(rec) if stop is None else min(stop, len(rec))
+        if start >= stop:
+            return iter(())
+        if self.info["source"] != "tfds":  # a folder, or the embedded sample (a folder too)
+            base = Path(self.info["path"])
+            return (base / i for i in rec.ids[start:stop])
+        return self._tfds_sources(rec, start, stop)
+
+    def _tfds_sources(self, rec: SplitRecords, start: int, stop: int) -> Iterator[bytes]:
+        import tensorflow_datasets as tfds
+
+        # Pin the version the data stage read, so a newer prepared version is never mixed in.
+        builder = tfds.builder(f"{self.info['name'].split(':')[0]}:{self.info['version']}",
+                               data_dir=self.info.get("data_dir"))
+        want = rec.indices[start:stop]
+        ds = tfds_read(builder, f"{rec.tfds_split}[{want[0]}:{want[-1] + 1}]", with_images=True)
+        pos = 0
+        for n, ex in enumerate(ds.as_numpy_iterator()):
+            if want[0] + n != want[pos]:
+                continue  # a record of another split (val carved from train) lies between ours
+            got = ex["tfds_id"].decode()
+            if got != rec.ids[start + pos]:
+                raise UserError(
+                    f"tfds dataset {self.info['name']} changed since the data stage ran: record "
+                    f"{rec.tfds_split}[{want[pos]}] is {got}, expected {rec.ids[start + pos]}. "
+                    "Rerun with --force data.")
+            yield ex["image"]
+            pos += 1
+            if pos == len(want):
+                return
+        raise UserError(f"tfds dataset {self.info['name']} has fewer records in {rec.tfds_split} "
+                        "than when the data stage ran. Rerun with --force data.")
+
+
+def load_data(data_dir: str | os.PathLike) -> DataSet:
+    """Read the data stage's output folder (classes.json, splits.json, info.json)."""
+    root = Path(data_dir)
+    info = json.loads((root / "info.json").read_text())
+    classes = json.loads((root / "classes.json").read_text())
+    raw = json.loads((root / "splits.json").read_text())
+    splits = {s: SplitRecords(ids=v["ids"], labels=v["labels"], indices=v.get("indices"),
+                              tfds_split=v.get("tfds_split")) for s, v in raw.items()}
+    return DataSet(root, info, classes, splits)

@@ -1,0 +1,133 @@
+"""Class folders on disk: walk, scan, and fingerprint a folder source.
+
+Folder layouts (documented in the README):
+- one sub-folder per class: ``root/<class>/.../*.jpg``; or
+- split folders: ``root/train/<class>/...``, ``root/val/<class>/...`` (``validation`` is read as
+  ``val``), ``root/test/<class>/...``; the splits present are used as given, missing ones are
+  carved from train.
+- A class is the path of the folder that directly holds the images, relative to the root (or to
+  the split folder): nested ``dogs/beagle/x.jpg`` is class ``dogs/beagle``, not ``beagle``, so
+  two leaves with the same name under different parents (``cats/mixed``, ``dogs/mixed``) stay
+  two classes. Images lying directly in the root are not in any class and are listed as skipped.
+- Hidden files and folders (name starting with ``.``) and ``__MACOSX`` are ignored; files whose
+  suffix is not an image suffix (``Thumbs.db``, ``notes.txt``) are listed as skipped.
+
+Standard library only: fingerprints run while deciding what is up to date.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.errors import UserError
+
+#: File name suffixes read as images from folders (lower case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+_IGNORED_NAMES = {"__MACOSX"}
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name not in _IGNORED_NAMES
+
+
+def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every visible file under `root`, as (posix path relative to root, stat), sorted.
+
+    Symlinked folders are followed once (a link back up the tree is not followed again).
+    """
+    seen: set[str] = set()
+    out: list[tuple[str, os.stat_result]] = []
+
+    def visit(folder: Path, rel: str) -> None:
+        real = os.path.realpath(folder)
+        if real in seen:
+            return
+        seen.add(real)
+        with os.scandir(folder) as it:
+            entries = sorted((e for e in it if _visible(e.name)), key=lambda e: e.name)
+        for e in entries:
+            child = f"{rel}{e.name}"
+            if e.is_dir(follow_symlinks=True):
+                visit(Path(e.path), child + "/")
+            elif e.is_file(follow_symlinks=True):
+                out.append((child, e.stat(follow_symlinks=True)))
+
+    visit(Path(root), "")
+    return iter(sorted(out, key=lambda t: t[0]))
+
+
+def check_folder(path: str | None) -> Path:
+    """The folder source's root, or a UserError naming ``data.path`` and the fix."""
+    if not path:
+        raise UserError("data.path: data.source is 'folder' but data.path is not set; pass "
+                        "-S data.path=FOLDER (one sub-folder per class).")
+    if str(path).startswith("gs://"):
+        raise UserError(f"data.path: {path} is on GCS; a folder source must be a local folder. Copy "
+                        "it locally (gsutil -m cp -r), or prepare it as a tfds dataset and set "
+                        "data.source=tfds with data.data_dir on GCS.")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data.path: {path} is not a folder (resolved to {root.resolve()}). Pass "
+                        "-S data.path=FOLDER holding one sub-folder per class, or train/ val/ test/ "
+                        "sub-folders each holding one sub-folder per class.")
+    return root
+
+
+@dataclasses.dataclass
+class FolderScan:
+    """What a folder holds.
+
+    Attributes:
+      layout: ``classes`` (one sub-folder per class) or ``splits`` (train/ val/ test/).
+      files: split name (or None for the ``classes`` layout) -> list of (id, class name, size,
+        mtime_ns); id is the posix path relative to the root.
+      ignored: (id, kind, reason) for files that cannot be in any class.
+    """
+
+    layout: str
+    files: dict[str | None, list[tuple[str, str, int, int]]]
+    ignored: list[tuple[str, str, str]]
+
+
+def scan_folder(root: Path) -> FolderScan:
+    """List a folder source's images and classes (stat only; nothing is decoded here)."""
+    top = sorted(e.name for e in os.scandir(root) if e.is_dir() and _visible(e.name))
+    split_dirs = [d for d in top if d.lower() in SPLIT_ALIASES]
+    layout = "classes"
+    if any(SPLIT_ALIASES[d.lower()] == "train" for d in split_dirs):
+        others = [d for d in top if d not in split_dirs]
+        if others:
+            raise UserError(
+                f"data.path: {root} mixes split folders ({', '.join(split_dirs)}) with other "
+                f"folders ({', '.join(others[:5])}). Use either train/ val/ test/ each holding "
+                "class folders, or class folders only.")
+        names = [SPLIT_ALIASES[d.lower()] for d in split_dirs]
+        if len(set(names)) != len(names):
+            raise UserError(f"data.path: {root} has two folders for the same split "
+                            f"({', '.join(split_dirs)}); keep one of val/ and validation/.")
+        layout = "splits"
+    files: dict[str | None, list[tuple[str, str, int, int]]] = {}
+    ignored: list[tuple[str, str, str]] = []
+    for rel, st in walk_files(root):
+        parts = rel.split("/")
+        split = None
+        if layout == "splits":
+            if parts[0] not in split_dirs:
+                ignored.append((rel, "no_class", "a file outside the split folders"))
+                continue
+            split = SPLIT_ALIASES[parts[0].lower()]
+            parts = parts[1:]
+        if len(parts) < 2:
+            ignored.append((rel, "no_class", "not inside a class folder"))
+            continue
+        if os.path.splitext(parts[-1])[1].lower() not in IMAGE_SUFFIXES:
+            ignored.append((rel, "not_an_image_name",
+                            f"suffix is not one of {', '.join(IMAGE_SUFFIXES)}"))
+            continue
+        files.setdefault(split, []).append((rel, "/".join(parts[:-1]), st.st_size, st.st_mtime_ns))
+    return FolderScan(layout, files, ignored)
+
+
