@@ -16,6 +16,8 @@ Outputs (in the stage's folder):
   splits.json   {split: {"ids": [...], "labels": [...]}} (+ "tfds_split", "indices" for tfds)
   skipped.json  [{"id": ..., "kind": ..., "reason": ...}] files left out, with why
   info.json     source, split sizes, class count, the input fingerprint and a content digest
+  thumbs.bin, thumbs.json   tfds only: a small JPEG of every photo, for the report
+                            (`pipeline.thumbs`; folder photos are read from their files)
 
 The input fingerprint (`fingerprint`) is what makes this stage stale when a photo is added or
 changed: the runner hashes it into the key. For folders (and the sample) it hashes every file's
@@ -43,6 +45,7 @@ from pipeline.sources import DataSet, SplitRecords, load_data
 
 __all__ = ["DataParams", "DataSet", "SplitRecords", "STAGE", "fingerprint", "load_data", "run"]
 from pipeline.stage import Stage, StageContext
+from pipeline.thumbs import ThumbnailWriter, make_thumbnail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,19 +239,32 @@ def _from_tfds(p: DataParams, ctx: StageContext):
     ours = sources.tfds_splits(builder)
     given: dict[str, list[Item]] = {}
     h = hashlib.sha256()
-    for s, tfds_split in ours.items():
-        task = ctx.reporter.task(f"list {tfds_split}", total=None, unit="img")
-        items = []
-        for n, ex in enumerate(sources.tfds_read(builder, tfds_split, with_images=False).as_numpy_iterator()):
-            tid = ex["tfds_id"].decode()
-            items.append((tid, classes[int(ex["label"])], n))
-            h.update(f"{tid}\0{int(ex['label'])}\n".encode())
-            task.advance(1)
-        task.close()
-        given[s] = items
+    # The report cannot read TFRecords: keep a small thumbnail of every photo, made in threads
+    # (PIL releases the GIL) while tf.data reads on; at most 256 photos wait in memory.
+    writer = ThumbnailWriter(Path(ctx.out_dir))
+    pending: collections.deque = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        for s, tfds_split in ours.items():
+            task = ctx.reporter.task(f"list {tfds_split}", total=None, unit="img")
+            items = []
+            for n, ex in enumerate(sources.tfds_read(builder, tfds_split, with_images=True).as_numpy_iterator()):
+                tid = ex["tfds_id"].decode()
+                items.append((tid, classes[int(ex["label"])], n))
+                h.update(f"{tid}\0{int(ex['label'])}\n".encode())
+                pending.append((tid, pool.submit(make_thumbnail, ex["image"], tid)))
+                while len(pending) > 256:
+                    tid_done, fut = pending.popleft()
+                    writer.add(tid_done, fut.result())
+                task.advance(1)
+            task.close()
+            given[s] = items
+        while pending:
+            tid_done, fut = pending.popleft()
+            writer.add(tid_done, fut.result())
+    kept = writer.close()
     info = {"source": "tfds", "name": p.name, "version": str(builder.version),
             "data_dir": p.data_dir, "tfds_splits": {s: ours.get(s, ours["train"]) for s in sources.SPLITS},
-            "content_digest": h.hexdigest()}
+            "content_digest": h.hexdigest(), "thumbnails": kept}
     return _carve_missing(given, p), classes, [], info
 
 
@@ -256,7 +272,7 @@ STAGE = Stage(
     name="data",
     run=run,
     sections=("data",),
-    version="1",
+    version="2",
     schemas={"data": DataParams},
     fingerprint=fingerprint,
     description="labelled images from tfds or a folder; seeded stratified splits; broken files listed",

@@ -7,7 +7,7 @@ Reads every upstream stage's output folder and manifest (params, timings) and re
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import time
 from typing import Literal
 
 from pipeline.params import ParamsError, spec
@@ -44,14 +44,7 @@ def params_schema() -> dict[str, type]:
     """
     from pipeline.graph import load_graph
 
-    try:
-        return load_graph().schema
-    except ValueError:  # a half-built graph (a stage not written yet): collect what imports
-        schema: dict[str, type] = {}
-        for name in (*_UPSTREAM, "report"):
-            if importlib.util.find_spec(f"stages.{name}") is not None:
-                schema.update(importlib.import_module(f"stages.{name}").STAGE.schemas)
-        return schema
+    return load_graph().schema
 
 
 def run(ctx: StageContext) -> dict:
@@ -62,9 +55,10 @@ def run(ctx: StageContext) -> dict:
     """
     from pipeline.report import document, sections
 
+    started = time.perf_counter()
     p: ReportParams = ctx.params["report"]
     opts = sections.Options(**dataclasses.asdict(p))
-    doc = sections.build(ctx.inputs, {"report": p}, params_schema(), opts, log=ctx.log)
+    doc = sections.build(ctx.inputs, {"report": p}, params_schema(), opts, log=ctx.log, started=started)
     html_path, md_path = document.write(doc, ctx.out_dir)
     not_run = [s.id for s in doc.sections if s.status != "ok"]
     ctx.log(f"wrote {html_path.name} ({html_path.stat().st_size / 1e6:.1f} MB) and {md_path.name}"
@@ -77,7 +71,7 @@ STAGE = Stage(
     run=run,
     deps=_UPSTREAM,
     sections=("report",),
-    version="1",
+    version="2",
     schemas={"report": ReportParams},
     description="one self-contained HTML page and a Markdown twin about the run",
 )

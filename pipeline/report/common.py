@@ -69,12 +69,13 @@ def seconds(s: Any) -> str:
 
 # --- images --------------------------------------------------------------------------------------
 
-def thumbnail(path: Path, size: int, name: str) -> Asset | None:
-    """A square, centre-cropped JPEG thumbnail of a photo (EXIF rotation applied), or None."""
+def thumbnail(path: Path | bytes, size: int, name: str) -> Asset | None:
+    """A square, centre-cropped JPEG thumbnail of a photo file or encoded bytes (EXIF rotation
+    applied), or None when it cannot be decoded."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
             im = ImageOps.exif_transpose(im).convert("RGB")
             im = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)
     except (OSError, ValueError):

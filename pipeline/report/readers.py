@@ -179,12 +179,15 @@ class ImageFinder:
     """Finds the original photo of an image id, to draw a thumbnail from it.
 
     Looks in the data stage's records (an ``id`` with a ``path``), then treats the id as a path
-    relative to the folder the data params name (``data.path``), then as an absolute path. Images
-    with no file on disk (a tfds id whose data lives in TFRecords) are not found: the report
-    shows those mistakes without a thumbnail rather than importing tensorflow.
+    relative to the folder the data params name (``data.path``), then as an absolute path.
+    Images with no file on disk (a tfds id whose data lives in TFRecords) come from the
+    thumbnails the data stage kept (`pipeline.thumbs`), so the report never imports tensorflow.
     """
 
     def __init__(self, data_dir: Path | None, data_params: Mapping[str, Any] | None):
+        from pipeline.thumbs import Thumbnails
+
+        self.thumbs = Thumbnails(data_dir)
         self.by_id: dict[str, str] = {}
         for recs in split_records(data_dir).values():
             for r in recs:
@@ -215,6 +218,10 @@ class ImageFinder:
             if c.is_file():
                 return c
         return None
+
+    def source(self, image_id: str) -> Path | bytes | None:
+        """The photo's file, else the data stage's thumbnail of it (JPEG bytes), else None."""
+        return self.find(image_id) or self.thumbs.get(image_id)
 
 
 # --- heads ----------------------------------------------------------------------------------------

@@ -148,21 +148,22 @@ def choose_primary(heads: dict | None, wanted: str, log: Log = lambda m: None) -
 def metrics_section(heads: dict | None, primary: str | None, opts: Options, log: Log) -> Section:
     blocks: list = []
     rows, classes_ = [], []
-    best = None
     for name, h in heads["heads"].items():
         for split, m in h["splits"].items():
             hl = readers.headline(m)
             rows.append([name, split, num(hl.get("n", "–")), pct(hl.get("accuracy")),
                          pct(hl.get("mean_per_class_accuracy")), num(hl.get("log_loss", "–"))])
-            classes_.append("")
-            if split == opts.split and (best is None or hl.get("accuracy", -1) > best[1]):
-                best = (len(rows) - 1, hl.get("accuracy", -1))
-    if best is not None:
-        classes_[best[0]] = "best"
+            # Highlight the head chosen without looking at test; the best test row would be a
+            # choice made on the test split, and its figure an optimistic one.
+            classes_.append("best" if name == primary and split == opts.split else "")
+    how = ("the best on val" if opts.primary_head == "auto" or opts.primary_head not in heads["heads"]
+           else "named by report.primary_head")
     blocks.append(Table(["head", "split", "images", "accuracy", "mean per-class acc.", "log loss"], rows,
                         row_classes=classes_,
-                        caption=f"Highlighted: the best {opts.split} accuracy. Plots below use head "
-                                f"{primary!r} (report.primary_head)."))
+                        caption=f"Highlighted: head {primary!r} on {opts.split}, the head chosen {how} "
+                                f"(report.primary_head), not the best {opts.split} row: a head picked on "
+                                f"the {opts.split} split would make its {opts.split} figure optimistic. "
+                                "The plots below use it."))
     hyper_rows = [[name, ", ".join(f"{k}={value(v)}" for k, v in readers.flatten(h["hyper"]).items()
                                    if isinstance(v, (int, float, str, bool)) and k != "seconds") or "–"]
                   for name, h in heads["heads"].items()]
@@ -271,7 +272,7 @@ def mistakes_section(heads_dir: Path, heads: dict, primary: str, classes: list[s
                          f"the {len(shown)} it was surest about:")]
     cards, missing = [], 0
     for i, r in enumerate(shown):
-        src = finder.find(r["id"]) if r["id"] else None
+        src = finder.source(r["id"]) if r["id"] else None
         thumb = thumbnail(src, opts.thumbnail_size, f"mistake_{i:03d}") if src else None
         missing += thumb is None
         name = lambda k: classes[k] if 0 <= k < len(classes) else str(k)  # noqa: E731
@@ -285,12 +286,22 @@ def mistakes_section(heads_dir: Path, heads: dict, primary: str, classes: list[s
     if cards:
         blocks.append(Gallery(cards, min_width=max(150, opts.thumbnail_size)))
     if missing:
-        blocks.append(Text(f"{missing} original image(s) could not be found on disk, so they have no thumbnail "
-                           f"(tfds images live inside TFRecords).", kind="note"))
+        blocks.append(Text(f"{missing} original image(s) could not be found on disk or among the data "
+                           f"stage's thumbnails, so they have no thumbnail.", kind="note"))
     return Section("mistakes", title, blocks)
 
 
-def timing_section(manifests: Mapping[str, Any]) -> Section:
+def timing_section(manifests: Mapping[str, Any], report_started: float | None = None) -> Section:
+    """Per stage: the time its output took; the report's own row is its time so far.
+
+    Args:
+      manifests: stage name -> its manifest (seconds, start, host, summary).
+      report_started: `time.perf_counter()` when the report stage started, or None.
+    """
+    import datetime
+    import socket
+    import time
+
     rows, bars = [], []
     for name, m in manifests.items():
         if not m:
@@ -300,6 +311,11 @@ def timing_section(manifests: Mapping[str, Any]) -> Section:
         summ = m.get("summary") or {}
         short = ", ".join(f"{k}={num(v)}" for k, v in list(summ.items())[:4] if isinstance(v, (int, float, str, bool)))
         rows.append([name, seconds(s), m.get("started", "–"), m.get("host", "–"), short])
+    if report_started is not None:
+        s = time.perf_counter() - report_started
+        bars.append(("report", s, seconds(s)))
+        rows.append(["report", seconds(s), datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     socket.gethostname(), "this page, up to this table (writing the files follows)"])
     if not rows:
         return Section("timing", "Timing", status="not run", note="No stage manifests found.")
     versions = next((m.get("versions") for m in manifests.values() if m and m.get("versions")), {})
@@ -317,7 +333,7 @@ STAGE_ORDER = ("data", "features", "heads", "ideal", "adversarial")
 
 
 def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Mapping[str, type],
-          opts: Options, log: Log = lambda m: None) -> Document:
+          opts: Options, log: Log = lambda m: None, started: float | None = None) -> Document:
     """The whole report.
 
     Args:
@@ -326,6 +342,7 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
       schema: params section -> dataclass for every section (for the defaults).
       opts: the report's knobs.
       log: progress lines.
+      started: `time.perf_counter()` when the report stage started (its row in the timing table).
 
     Returns:
       The Document; `document.write` puts it on disk.
@@ -363,7 +380,7 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
     sections.append((galleries.adversarial_section(adv_dir, opts) if adv_dir else None)
                     or not_run("adversarial", "Adversarial examples", "adversarial", inputs, manifests,
                                "adversarial examples"))
-    sections.append(timing_section(manifests))
+    sections.append(timing_section(manifests, started))
 
     bb = params.get("backbone", {}).get("name")
     when = max((m or {}).get("ended", "") for m in manifests.values()) if manifests else ""
