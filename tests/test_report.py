@@ -351,3 +351,51 @@ def test_compare_latest_against_overrides_through_the_cli(small_run, second_run,
     assert "has no heads output yet" in capsys.readouterr().err
     assert cli.main(["compare", "zzzz", "--cache-dir", str(small_run.cache_dir)]) == 2
     assert "no complete heads output" in capsys.readouterr().err
+
+
+# --- tfds sources: thumbnails kept by the data stage ---------------------------------------------
+
+def test_tfds_mistakes_get_thumbnails_from_the_data_stage(tmp_path):
+    """tfds photos live in TFRecords; the data stage keeps thumbnails the report shows."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.report import readers, sections
+    from pipeline.thumbs import SHORT_SIDE
+    from stages import data as data_stage
+    from tests.stage_helpers import run_stage, section
+    from tests.tfds_fixtures import fake_jpeg, mock_tfds
+
+    sizes = {"train": 12, "test": 6}
+    with mock_tfds(tmp_path / "tfds", "oxford_iiit_pet", sizes):
+        p = {"data": section(data_stage.DataParams, "data", source="tfds", name="oxford_iiit_pet",
+                             data_dir=str(tmp_path / "tfds"))}
+        run_stage(data_stage.STAGE, p, tmp_path / "data")
+    data_dir = tmp_path / "data"
+    splits = json.loads((data_dir / "splits.json").read_text())
+    ids = [i for s in splits.values() for i in s["ids"]]
+    finder = readers.ImageFinder(data_dir, {"source": "tfds"})
+    assert finder.find(ids[0]) is None                            # no file on disk for a tfds id ...
+    for image_id in ids:                                          # ... but every photo has a thumbnail
+        with Image.open(io.BytesIO(finder.source(image_id))) as im:
+            assert im.format == "JPEG" and min(im.size) <= SHORT_SIDE
+    # The thumbnail is the photo: closest to its own source among all fake photos of its split.
+    test_ids = splits["test"]["ids"]
+    with Image.open(io.BytesIO(finder.source(test_ids[0]))) as im:
+        got = np.asarray(im.convert("RGB"), dtype=float)
+    index = int(test_ids[0].rsplit("__", 1)[1])
+    errs = [np.abs(np.asarray(Image.open(io.BytesIO(fake_jpeg("test", i))), dtype=float) - got).mean()
+            for i in range(sizes["test"])]
+    assert int(np.argmin(errs)) == index
+
+    # The mistakes gallery draws its cards from those thumbnails.
+    classes = json.loads((data_dir / "classes.json").read_text())
+    heads_dir = tmp_path / "heads"
+    heads_dir.mkdir()
+    preds = [{"id": i, "true": classes[y], "pred": classes[(y + 1) % len(classes)], "p_pred": 0.9, "p_true": 0.05}
+             for i, y in zip(test_ids, splits["test"]["labels"])]
+    (heads_dir / "predictions_logreg.json").write_text(json.dumps({"predictions": preds}))
+    sec = sections.mistakes_section(heads_dir, {}, "logreg", classes, finder, sections.Options(split="test"))
+    gallery = next(b for b in sec.blocks if isinstance(b, sections.Gallery))
+    assert len(gallery.cards) == len(test_ids) and all(card.images for card in gallery.cards)
+
