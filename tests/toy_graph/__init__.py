@@ -108,7 +108,7 @@ def _count_run(ctx: StageContext) -> None:
             f.write(ctx.name + "\n")
 
 
-def _fingerprint(sections) -> str:
+def _fingerprint(sections, local_dir) -> str:
     src = sections["numbers"].source
     if not src:
         return ""
