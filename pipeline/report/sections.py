@@ -54,6 +54,9 @@ def overview_section(opts: Options, heads: dict | None, primary: str | None, cla
     ds = params.get("data", {})
     if ds.get("source") == "folder":
         facts.append(f"photos from the folder {ds.get('path')}")
+    elif ds.get("source") == "sample":
+        facts.append("the embedded demo sample (111 Oxford-IIIT Pet photos, 3 per breed: a demo, not a "
+                     "benchmark; -S data.source=tfds runs the full dataset)")
     elif ds.get("source"):
         facts.append(f"{ds.get('source')} dataset {ds.get('name', '?')}")
     if facts:
