@@ -114,6 +114,8 @@ def _add_predict_parsers(sub: argparse._SubParsersAction) -> None:
                              "pip install -e '.[export]'")
     export.add_argument("--head", default=None, help=heads)
     export.add_argument("--run", default=None, metavar="KEY", help=run_help)
+    export.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip running each written model once against the jax classifier")
     _add_common(export)
 
 

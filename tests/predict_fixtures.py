@@ -6,6 +6,10 @@ photos per class and split, through the runner as `run heads` would, into a sess
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,15 +21,17 @@ needs_photos = pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"real photos not 
                                                                "(../shared/data exists only in the workplace)")
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """(cache dir, `pipeline.predict.resolve.RunRef`) of a finished heads run on real photos."""
+@functools.cache
+def _train():
+    # Memoised here, not only by the fixture's scope: a fixture imported into two test modules is
+    # two fixture definitions to pytest, and each would train again.
     from pipeline import runner
     from pipeline.graph import load_graph
     from pipeline.predict import resolve
     from pipeline.progress import QuietReporter
 
-    cache = tmp_path_factory.mktemp("predict") / "cache"
+    cache = Path(tempfile.mkdtemp(prefix="predict-run-")) / "cache"
+    atexit.register(shutil.rmtree, cache.parent, True)
     graph = load_graph()
     params = runner.resolve_params(graph, [ROOT / "params.yaml", ROOT / "params.smoke.yaml"], OVERRIDES)
     runner.execute(graph, params, cache, ["heads"], QuietReporter())
@@ -33,14 +39,25 @@ def trained_run(tmp_path_factory):
     return cache, resolve.load_run(cache, key)
 
 
-@pytest.fixture(scope="session")
-def classifiers(trained_run):
-    """head name -> (Classifier, its jitted function), built once and shared by the tests."""
+@functools.cache
+def _classifiers():
     from pipeline.predict.model import load_classifier
 
-    _, run = trained_run
+    _, run = _train()
     out = {}
     for head in ("logreg", "mlp"):
         clf = load_classifier(run, head)
         out[head] = (clf, clf.jitted())
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run():
+    """(cache dir, `pipeline.predict.resolve.RunRef`) of a finished heads run on real photos."""
+    return _train()
+
+
+@pytest.fixture(scope="session")
+def classifiers(trained_run):
+    """head name -> (Classifier, its jitted function), built once and shared by the tests."""
+    return _classifiers()
