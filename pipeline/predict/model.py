@@ -123,7 +123,11 @@ def load_classifier(run: RunRef, head_name: str, *, depthwise: str | None = None
     # device_put first: jnp.asarray (in make_backbone) on numpy compiles one tiny conversion per
     # distinct shape, 1.7 s for Lite0's 100 arrays, a third of predict's cold start; on arrays
     # already on the device it is free.
-    params = jax.device_put(registry.load_params(spec, run.cache_dir))
+    from pipeline import storage
+
+    # With a gs:// cache, weights live in this host's local folder (as the stages keep them).
+    weights_root = storage.default_local_dir() if storage.is_remote(run.cache_dir) else run.cache_dir
+    params = jax.device_put(registry.load_params(spec, weights_root))
     backbone = registry.make_backbone(spec, params, dtype, depthwise)
     head = load_head(run.heads_dir, head_name)
     if head.classes != run.classes:
