@@ -20,6 +20,18 @@ def _metrics_table(head: Mapping[str, Any]) -> list[str]:
     return rows
 
 
+def _platforms() -> list[str]:
+    import jax
+
+    return [jax.default_backend()]
+
+
+def _jax_version() -> str:
+    import jax
+
+    return jax.__version__
+
+
 def _data_line(params: Mapping[str, Any]) -> str:
     src = params.get("data.source", "?")
     if src == "folder":
@@ -75,6 +87,8 @@ def model_card(run: RunRef, head: str, clf: Classifier, fmts: Sequence[str], che
         "| file | checked against jax on random crops (max abs. probability difference) |", "|---|---|",
         *[f"| `{fmt_lib.FILES[f]}` | {checks[f]:.2e} |" if f in checks else f"| `{fmt_lib.FILES[f]}` | not checked |"
           for f in fmts], "",
+        *([f"`model.stablehlo` runs on {', '.join(_platforms())} with jax {_jax_version()} or a newer jax "
+           "(jax.export keeps old serialisations loadable for a few releases).", ""] if "stablehlo" in fmts else []),
         "## Params of the run", "", "```yaml",
         *[f"{k}: {json.dumps(v)}" for k, v in sorted(run.params.items())
           if k.split(".")[0] in ("data", "backbone", "features", "heads")],
