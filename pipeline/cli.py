@@ -83,7 +83,40 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("b", nargs="?", default=None,
                          help="another heads key; or omit it and give -S overrides for the other run")
     _add_common(compare)
+
+    _add_predict_parsers(sub)
     return parser
+
+
+def _add_predict_parsers(sub: argparse._SubParsersAction) -> None:
+    """`predict` and `export`: use the trained classifier of a run (logic in pipeline.predict)."""
+    heads = "logreg, mlp, finetune or best (best on val); default: the head the report calls primary"
+    run_help = ("a heads key (or unique prefix, or 'latest') to use instead of the run the params "
+                "options give")
+    predict = sub.add_parser("predict", help="classify photos with a run's trained head")
+    predict.add_argument("paths", nargs="+", metavar="PATH",
+                         help="image files, folders (recursively) or globs ('photos/**/*.jpg')")
+    predict.add_argument("--head", default=None, help=heads)
+    predict.add_argument("--run", default=None, metavar="KEY", help=run_help)
+    predict.add_argument("--top-k", type=int, default=3, help="classes listed after the top one (default 3)")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.add_argument("--out", type=Path, default=None, metavar="FILE",
+                         help="write the rows here instead of printing them")
+    predict.add_argument("--batch-size", type=int, default=32, help="images per backbone call")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(predict)
+
+    export = sub.add_parser("export", help="write a self-contained classifier folder (model, labels, model card)")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write")
+    export.add_argument("--format", dest="formats", action="append", default=None,
+                        choices=("stablehlo", "onnx", "tflite"),
+                        help="model format (repeatable; default stablehlo). onnx and tflite need "
+                             "pip install -e '.[export]'")
+    export.add_argument("--head", default=None, help=heads)
+    export.add_argument("--run", default=None, metavar="KEY", help=run_help)
+    export.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip running each written model once against the jax classifier")
+    _add_common(export)
 
 
 def _params_files(args: argparse.Namespace) -> list[Path]:
@@ -266,8 +299,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline.predict import command
+
+    if args.top_k < 0 or args.batch_size < 1:
+        raise UserError("--top-k must be >= 0 and --batch-size >= 1.")
+    _use_compile_cache(args)  # before jax is imported: a second predict skips compiling
+    return command.predict(args, _resolve)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.predict import command
+
+    _use_compile_cache(args)
+    return command.export(args, _resolve)
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "params": cmd_params,
-            "backbones": cmd_backbones, "show": cmd_show, "compare": cmd_compare}
+            "backbones": cmd_backbones, "show": cmd_show, "compare": cmd_compare,
+            "predict": cmd_predict, "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

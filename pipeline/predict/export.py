@@ -1,0 +1,162 @@
+"""`export`: a self-contained classifier folder that runs without this project.
+
+The folder holds, per format asked, ``model.<format>`` (uint8 RGB crops (B, S, S, 3) in, class
+probabilities (B, C) out: pixel normalisation, backbone, test-time flips and head inside), plus
+``labels.txt`` (one class per line, index = output column), ``preprocess.json`` (the exact
+photo -> crop steps, and the model's input and output), ``preprocess.py`` (those steps with PIL
+and numpy only) and ``README.md``, a model card: data, backbone, head, params, metrics, how to
+load each format in three lines.
+
+Resizing stays outside the model on purpose: the backbone was trained (and the head fit) on PIL's
+antialiased bicubic resize, which no converter's resize op reproduces; an in-graph resize would
+shift the probabilities by more than the formats differ from each other.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.predict import formats as fmt_lib
+from pipeline.predict.model import Classifier, load_classifier
+from pipeline.predict.resolve import RunRef
+
+
+def model_fn(clf: Classifier) -> Callable:
+    """uint8 (B, S, S, 3) centre crops -> (B, C) probabilities, weights closed over as constants.
+
+    Raises:
+      UserError: the run's features used corner crops, which need the resized photo, not one crop.
+    """
+    import jax.numpy as jnp
+
+    pre = clf.preprocess
+    if pre.crops != ("center",):
+        raise UserError(f"the run's features used crops {list(pre.crops)} (features.augment="
+                        f"{clf.run.features.get('augment')!r}); export takes one centre crop per photo. "
+                        "Export a run with features.augment none or flip.")
+    bp, hp = clf.backbone_params, clf.head_params
+
+    def fn(x):                                                    # (B, S, S, 3) uint8
+        views = jnp.stack([x, x[:, :, ::-1]], axis=1) if pre.flip else x[:, None]  # (B, V, S, S, 3)
+        return clf.probabilities(bp, hp, views)                  # (B, C)
+
+    return fn
+
+
+def preprocess_config(clf: Classifier, written: Sequence[str], platform: str) -> dict:
+    """The contents of preprocess.json."""
+    from pipeline.images import DRAFT_MARGIN
+
+    pre = clf.preprocess
+    return {
+        "input": {"name": "pixels", "dtype": "uint8", "shape": ["batch", pre.input_size, pre.input_size, 3],
+                  "layout": "NHWC, RGB, 0..255"},
+        "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(clf.classes)],
+                   "meaning": "softmax over labels.txt (line i = column i)"},
+        "steps": [
+            "decode; apply the EXIF orientation; composite transparency on white; convert to RGB",
+            f"JPEG only: decode at 1/2, 1/4 or 1/8 scale (PIL Image.draft) when the shorter side "
+            f"stays >= draft_margin x resize_size",
+            f"resize the shorter side to resize_size with PIL's {pre.resize_method} filter "
+            "(antialiased); the longer side int(resize_size * long / short)",
+            "crop input_size x input_size at the centre: left = round((width - input_size) / 2), "
+            "top likewise",
+            "inside the model: pixel normalisation" + (", the mirrored view, averaged" if pre.flip else ""),
+        ],
+        "input_size": pre.input_size, "resize_size": pre.resize_size, "resize_method": pre.resize_method,
+        "draft_margin": DRAFT_MARGIN, "flip_inside_model": pre.flip, "reduce": pre.reduce,
+        "normalization_inside_model": {"kind": pre.normalization, "mean": list(pre.mean), "std": list(pre.std)},
+        "formats": {f: fmt_lib.FILES[f] for f in written}, "stablehlo_platforms": [platform],
+    }
+
+
+def export_classifier(run: RunRef, head: str, out: Path, formats: Sequence[str] = ("stablehlo",), *,
+                      log: Callable[[str], None] = lambda m: None, check: bool = True) -> list[Path]:
+    """Write the classifier folder.
+
+    Args:
+      run: from `pipeline.predict.resolve.load_run`.
+      head: a head of `run` (see `resolve.choose_head`).
+      out: the folder (created; files in it with the same names are replaced).
+      formats: any of ``stablehlo``, ``onnx``, ``tflite``.
+      log: progress lines.
+      check: run each written model on two crops and compare with jax (recorded in the card).
+
+    Returns:
+      The files written.
+    """
+    import jax
+
+    fmts = list(dict.fromkeys(formats))
+    for f in fmts:
+        if f not in fmt_lib.FORMATS:
+            raise UserError(f"--format {f!r}: choose one of {', '.join(fmt_lib.FORMATS)}.")
+        fmt_lib.require(f)  # fail before any slow conversion
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    checks: dict[str, float] = {}
+    clfs: dict[str, Classifier] = {}
+    for f in fmts:
+        # StableHLO keeps the run's depthwise choice (fast on this platform); the converters get
+        # the library convolution, which they map to their own depthwise op. Same numbers.
+        dw = None if f == "stablehlo" else "xla"
+        clf = clfs.get(dw or "run") or load_classifier(run, head, depthwise=dw)
+        clfs[dw or "run"] = clf
+        fn = model_fn(clf)
+        path = out / fmt_lib.FILES[f]
+        log(f"export: writing {path.name} ...")
+        seconds = fmt_lib.write(f, fn, clf.preprocess.input_size, path)
+        log(f"export: {path.name} ({path.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s")
+        if check:
+            checks[f] = _check(f, path, clf)
+        written.append(path)
+    clf = next(iter(clfs.values()))
+    (out / "labels.txt").write_text("".join(f"{c}\n" for c in clf.classes))
+    cfg = preprocess_config(clf, fmts, jax.default_backend())
+    (out / "preprocess.json").write_text(json.dumps(cfg, indent=1))
+    (out / "preprocess.py").write_text(resources.files("pipeline.predict").joinpath(
+        "preprocess_template.py").read_text())
+    from pipeline.predict.card import model_card
+
+    (out / "README.md").write_text(model_card(run, head, clf, fmts, checks))
+    written += [out / n for n in ("labels.txt", "preprocess.json", "preprocess.py", "README.md")]
+    return written
+
+
+def _check(fmt: str, path: Path, clf: Classifier) -> float:
+    """Largest |probability difference| of the written model against jax on two random crops."""
+    import jax
+
+    size, flip = clf.preprocess.input_size, clf.preprocess.flip
+    x = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    views = np.stack([x, x[:, :, ::-1]], axis=1) if flip else x[:, None]
+    # The same function with the weights as arguments: compiles faster than with them as constants.
+    want = np.asarray(clf.jitted()(clf.backbone_params, clf.head_params, views))
+    if fmt == "stablehlo":
+        got = np.asarray(jax.export.deserialize(bytearray(path.read_bytes())).call(x))
+    elif fmt == "onnx":
+        import onnxruntime as ort
+
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixels": x})[0]
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(path))
+        i = it.get_input_details()[0]["index"]
+        it.resize_tensor_input(i, x.shape)
+        it.allocate_tensors()
+        it.set_tensor(i, x)
+        it.invoke()
+        got = it.get_tensor(it.get_output_details()[0]["index"])
+    diff = float(np.abs(np.asarray(got) - want).max())
+    if not diff < 1e-3:
+        raise RuntimeError(f"export: {path.name} differs from the jax classifier by {diff:.3g} in "
+                           "probability on random crops; the conversion is wrong, do not use it.")
+    return diff
