@@ -31,7 +31,7 @@ class DoctorLabelParams:
     folds: int = spec(5, min=2, max=50, help="cross-validation folds of the out-of-fold probabilities")
     C: float = spec(0.1, min=0, min_exclusive=True, help="inverse L2 strength of the fold logregs (scikit-learn's C)")
     seed: int = spec(0, min=0, help="seed of the fold assignment")
-    steps: int = spec(150, min=1, max=10000, help="accelerated-gradient steps per fold logreg")
+    steps: int = spec(300, min=1, max=10000, help="accelerated-gradient steps per fold logreg")
     max_dim: int = spec(256, min=2, help="principal axes the fold logregs see (exact when images <= this)")
     ranked: int = spec(50, min=0, help="also list this many lowest-confidence images beyond the flagged ones")
 

@@ -139,6 +139,7 @@ def examine(features_dir: Path, data_dir: Path | None, p: Any, log: Callable[[st
             "cross_split": len({split_of[r] for r in g}) > 1,
             "labels_differ": len({int(y[r]) for r in g}) > 1,
             "exact": all(q.exact for q in qs) if qs else False,
+            "identical": sorted({ids[r] for q in qs if q.exact for r in (q.a, q.b)}),
             "min_cosine": min((q.cosine for q in qs), default=None),
             "min_pixel": min((q.pixel for q in qs if q.pixel is not None), default=None)})
     group_rows.sort(key=lambda g: (not g["cross_split"], -len(g["members"])))

@@ -61,8 +61,9 @@ def _fold_fit(num_classes: int, steps: int):
     Nesterov's accelerated gradient for a strongly convex smooth objective (constant step 1/L,
     momentum (sqrt(k) - 1) / (sqrt(k) + 1), k = L / mu), one fold per `vmap` lane. A fixed number
     of steps compiles to one small loop body in well under a second, where the heads' L-BFGS
-    (with its line search) takes seconds to compile; at the doctor's C the problem is
-    well conditioned and ~100 steps reach the optimum to a few 1e-4 in probability.
+    (with its line search) takes seconds to compile. At the doctor's C, 300 steps land within
+    ~0.01 in probability of scikit-learn's exact optimum (0.013 at most, measured on 207 real
+    photos of 16 breeds, tests/test_doctor.py), far below what changes a ranking of label issues.
     """
     import jax
     import jax.numpy as jnp
@@ -94,7 +95,7 @@ def _fold_fit(num_classes: int, steps: int):
 
 
 def out_of_fold(x: np.ndarray, labels: np.ndarray, num_classes: int, folds: int, C: float,
-                seed: int, steps: int = 150, max_dim: int = 256) -> np.ndarray:
+                seed: int, steps: int = 300, max_dim: int = 256) -> np.ndarray:
     """(N, K) class probabilities of every row from the logreg fitted without its fold.
 
     The objective is scikit-learn's (and `pipeline.heads.logreg`'s): weighted mean cross-entropy

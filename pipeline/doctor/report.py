@@ -34,6 +34,8 @@ def _group_card(g: Mapping[str, Any], finder, size: int, i: int, kind: str) -> C
         lines.append(f"cosine >= {g['min_cosine']:.3f}" + (f", pixels {g['min_pixel']:.2f}" if g.get("min_pixel") is not None else ""))
     if g["exact"]:
         lines.append("identical files")
+    elif g.get("identical"):
+        lines.append(f"{len(g['identical'])} of them identical files")
     if g["labels_differ"]:
         lines.append("labels differ: " + ", ".join(sorted({m["label"] for m in g["members"]})))
     title = (" + ".join(sorted({m["split"] for m in g["members"]})) + f": {len(g['members'])} copies")
