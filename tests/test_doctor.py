@@ -267,8 +267,8 @@ x = rng.normal(size=(301, 64)).astype(np.float32)
 x[7] = x[200] + 0.01 * rng.normal(size=64)
 x = neighbors.normalize(x)
 ref_s, ref_i = neighbors.top_k_reference(x, 5)
-for dtype in ("float32", "bfloat16"):
-    s, i = neighbors.top_k(x, 5, block=64, dtype=dtype)
+for dtype, approx in (("float32", False), ("bfloat16", False), ("float32", True)):
+    s, i = neighbors.top_k(x, 5, block=64, dtype=dtype, approx=approx)
     assert (i[:, 0] == ref_i[:, 0]).all(), dtype
     assert np.abs(s - ref_s).max() < 1e-5, (dtype, np.abs(s - ref_s).max())
     assert i[7, 0] == 200 and i[200, 0] == 7

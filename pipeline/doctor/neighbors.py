@@ -33,8 +33,13 @@ def normalize(x: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
 
 
 @functools.cache
-def _search_fn(n_dev: int, k: int, bq: int, bd: int, dtype: str):
-    """The jitted, sharded search for one configuration (compiled once per padded shape)."""
+def _search_fn(n_dev: int, k: int, bq: int, bd: int, dtype: str, approx: bool):
+    """The jitted, sharded search for one configuration (compiled once per padded shape).
+
+    `approx` selects `lax.approx_max_k` for each block's candidates (TPUs: an exact top-k sorts
+    and would cost more than the matmul; the approximate one runs at matmul speed, Chern et al.,
+    "TPU-KNN", 2022); the running top-k merge stays exact.
+    """
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, PartitionSpec as P
@@ -56,7 +61,7 @@ def _search_fn(n_dev: int, k: int, bq: int, bd: int, dtype: str):
                 col = j * bd + jnp.arange(bd)     # (bd,) global database index
                 bad = (col[None, :] >= n) | (col[None, :] == rb[:, None])
                 s = jnp.where(bad, -jnp.inf, s)
-                v, i = jax.lax.top_k(s, k)         # (bq, k)
+                v, i = jax.lax.approx_max_k(s, k, recall_target=0.99) if approx else jax.lax.top_k(s, k)
                 allv = jnp.concatenate([vals, v], axis=1)
                 alli = jnp.concatenate([idx, col[i]], axis=1)
                 best, pos = jax.lax.top_k(allv, k)
@@ -80,7 +85,7 @@ def _round_up(n: int, m: int) -> int:
 
 
 def top_k(x: np.ndarray, k: int, block: int = 1024, dtype: SearchDtype = "auto",
-          devices: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+          devices: int | None = None, approx: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The `k` most similar other rows of every row of `x` (cosine; self excluded).
 
     Args:
@@ -91,12 +96,14 @@ def top_k(x: np.ndarray, k: int, block: int = 1024, dtype: SearchDtype = "auto",
       dtype: matmul input dtype; ``auto`` is bfloat16 on GPU/TPU and float32 on CPU. The
         returned similarities are always exact float32 (rescored here).
       devices: how many local devices to shard the queries over (default: all).
+      approx: per-block candidates by `lax.approx_max_k` (default: on TPU only).
 
     Returns:
       (sims (N, k) float32 descending, idx (N, k) int64); rows with fewer than k others are
       padded with similarity -inf and index -1.
     """
     import jax
+    import jax.numpy as jnp
 
     x = np.ascontiguousarray(x, np.float32)
     n, d = x.shape
@@ -104,25 +111,33 @@ def top_k(x: np.ndarray, k: int, block: int = 1024, dtype: SearchDtype = "auto",
     if n < 2:
         return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
     n_dev = devices or len(jax.local_devices())
+    backend = jax.default_backend()
     if dtype == "auto":
-        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+        dtype = "float32" if backend == "cpu" else "bfloat16"
+    approx = backend == "tpu" if approx is None else approx
     # Small inputs get small blocks, so 100 images do not pay for a 1024-wide block.
     bq = min(block, _round_up(-(-n // n_dev), 8))
     bd = min(block, _round_up(n, 128))
-    kk = min(k_eff + 2 if dtype == "bfloat16" else k_eff, bd)  # spare candidates for rescoring
+    spare = 2 if dtype == "bfloat16" or approx else 0     # candidates for the exact rescoring
+    kk = min(k_eff + spare, bd)
     nq = _round_up(n, bq * n_dev)
     nd = _round_up(n, bd)
-    q = np.zeros((nq, d), np.float32)
+    # Sent to the devices in the matmul dtype: half the transfer (and the replicated database's
+    # memory on every device) in bfloat16.
+    host_dt = np.dtype(jnp.bfloat16) if dtype == "bfloat16" else np.float32
+    q = np.zeros((nq, d), host_dt)
     q[:n] = x
     rows = np.arange(nq, dtype=np.int32)
-    db = np.zeros((nd, d), np.float32)
+    db = np.zeros((nd, d), host_dt)
     db[:n] = x
-    fn, _ = _search_fn(n_dev, kk, bq, bd, dtype)
+    fn, _ = _search_fn(n_dev, kk, bq, bd, dtype, approx)
     _, idx = fn(q, rows, db, np.int32(n))
     idx = np.asarray(idx)[:n].astype(np.int64)                   # (N, kk)
-    # Exact float32 rescoring of the candidates (N x kk dot products).
-    safe = np.where(idx < 0, 0, idx)
-    sims = np.einsum("nd,nkd->nk", x, x[safe])
+    # Exact float32 rescoring of the candidates, in chunks ((chunk, kk, D) floats at a time).
+    sims = np.empty(idx.shape, np.float32)
+    for a in range(0, n, 4096):
+        part = idx[a:a + 4096]
+        sims[a:a + 4096] = np.einsum("nd,nkd->nk", x[a:a + 4096], x[np.where(part < 0, 0, part)])
     sims[idx < 0] = -np.inf
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k_eff]
     sims = np.take_along_axis(sims, order, axis=1)
