@@ -329,7 +329,8 @@ def second_run(small_run):
     overrides = ["heads.seed=1"]
     params = runner.resolve_params(small_run.graph, [small_run.params_file], overrides)
     res = runner.execute(small_run.graph, params, small_run.cache_dir, ["heads"], QuietReporter())
-    assert {r.name: r.action for r in res} == {"data": "reused", "features": "reused", "heads": "ran"}
+    assert {r.name: r.action for r in res} == {"data": "reused", "features": "reused", "doctor": "reused",
+                                               "heads": "ran"}
     return SimpleNamespace(overrides=overrides, heads=runner.plan(small_run.graph, params, small_run.cache_dir)["heads"])
 
 

@@ -20,7 +20,7 @@ FILE = "drops.json"
 _VIEW = re.compile(r"#\d+$")  # features with reduce: rows name rows "<id>#<view>"
 
 
-def plan(action: str, split_of: Sequence[str], ids: Sequence[str], dup_groups: Sequence[Sequence[int]],
+def plan(action: str, split_of: Sequence[str], ids: Sequence[str],
          leaked_rows: Mapping[int, str], redundant_rows: Mapping[int, str], label_rows: Mapping[int, str],
          outlier_rows: Mapping[int, str]) -> dict[str, Any]:
     """The drop list for an action, as written to ``drops.json``.

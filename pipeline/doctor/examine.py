@@ -157,8 +157,10 @@ def examine(features_dir: Path, data_dir: Path | None, p: Any, log: Callable[[st
         issue = label_checks.find_label_issues(y, probs)
         quality = label_checks.self_confidence(y, probs)
         issues_n = int(issue.sum())
-        for r in np.argsort(quality, kind="stable")[:max(issues_n, lp.ranked)]:
-            r = int(r)
+        # Every flagged image, and the `ranked` least confident beyond them, least confident first.
+        order = np.argsort(quality, kind="stable")
+        listed = set(np.flatnonzero(issue).tolist()) | set(order[:lp.ranked].tolist())
+        for r in (int(r) for r in order if r in listed):
             sugg = int(np.argmax(probs[r]))
             entry = {**img(r), "suggested": classes[sugg], "p_given": round(float(quality[r]), 4),
                      "p_suggested": round(float(probs[r, sugg]), 4), "issue": bool(issue[r])}
@@ -179,8 +181,8 @@ def examine(features_dir: Path, data_dir: Path | None, p: Any, log: Callable[[st
     outlier_list = [{**img(r), "score": round(float(score[r]), 4), "z": round(float(zs[r]), 2),
                      "nearest": ids[int(idx[r, 0])] if idx[r, 0] >= 0 else None} for r in flagged]
 
-    plan = drops.plan(p.action, split_of, ids, groups, leaked_rows, redundant_rows, label_rows, outlier_rows)
-    would = {a: sum(len(v) for v in drops.plan(a, split_of, ids, groups, leaked_rows, redundant_rows,
+    plan = drops.plan(p.action, split_of, ids, leaked_rows, redundant_rows, label_rows, outlier_rows)
+    would = {a: sum(len(v) for v in drops.plan(a, split_of, ids, leaked_rows, redundant_rows,
                                                    label_rows, outlier_rows)["ids"].values())
              for a in ("drop_leaks", "drop_all")}
     return {
