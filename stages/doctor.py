@@ -62,7 +62,7 @@ class DoctorParams:
     pixel_size: int = spec(16, min=4, max=128, help="side of the compared grey thumbnails, pixels")
     exact: bool = spec(True, help="hash every image's bytes to find exact duplicates")
     neighbors: int = spec(10, min=1, max=1000, help="nearest neighbours kept per image")
-    block: int = spec(1024, min=8, affects_output=False, help="rows per block of the similarity search (memory ~ block^2 floats)")
+    block: int = spec(0, min=0, affects_output=False, help="rows per block of the similarity search (memory ~ block^2 floats); 0: 512 on CPU, 4096 on GPU/TPU")
     search_dtype: Literal["auto", "float32", "bfloat16"] = spec(
         "auto", affects_output=False, help="matmul dtype of the search (auto: bfloat16 on GPU/TPU); results are rescored in float32")
     labels: DoctorLabelParams = spec(default_factory=DoctorLabelParams)

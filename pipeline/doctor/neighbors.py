@@ -84,7 +84,7 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def top_k(x: np.ndarray, k: int, block: int = 1024, dtype: SearchDtype = "auto",
+def top_k(x: np.ndarray, k: int, block: int = 0, dtype: SearchDtype = "auto",
           devices: int | None = None, approx: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The `k` most similar other rows of every row of `x` (cosine; self excluded).
 
@@ -92,7 +92,8 @@ def top_k(x: np.ndarray, k: int, block: int = 1024, dtype: SearchDtype = "auto",
       x: (N, D) unit-length rows (see `normalize`).
       k: neighbours per row (clipped to N - 1).
       block: rows per query block and per database block; memory is ~``block^2`` floats per
-        device for the similarity block, plus the replicated database.
+        device for the similarity block, plus the replicated database. 0: 512 on CPU (measured
+        fastest there: the block stays in cache), 4096 on GPU/TPU (big matmuls for the MXU).
       dtype: matmul input dtype; ``auto`` is bfloat16 on GPU/TPU and float32 on CPU. The
         returned similarities are always exact float32 (rescored here).
       devices: how many local devices to shard the queries over (default: all).
@@ -112,6 +113,7 @@ def top_k(x: np.ndarray, k: int, block: int = 1024, dtype: SearchDtype = "auto",
         return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
     n_dev = devices or len(jax.local_devices())
     backend = jax.default_backend()
+    block = block or (512 if backend == "cpu" else 4096)
     if dtype == "auto":
         dtype = "float32" if backend == "cpu" else "bfloat16"
     approx = backend == "tpu" if approx is None else approx

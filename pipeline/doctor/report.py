@@ -78,7 +78,7 @@ def section(doctor_dir: Path, finder: readers.ImageFinder, opts: Options) -> Sec
             t = _thumb(finder, r, size, f"doctor_label_{i:03d}")
             cards.append(Card([(t, "")] if t else [], title=f"labelled {r['label']}",
                               lines=[f"looks like {r['suggested']} ({100 * r['p_suggested']:.0f}%)",
-                                     f"p(given) = {100 * r['p_given']:.0f}%"], kind="bad", foot=f"{r['split']}/{r['id']}"))
+                                     f"p(given) = {100 * r['p_given']:.0f}%"], kind="bad", foot=summary.img_name(r)))
         blocks.append(Gallery(cards, min_width=max(150, size)))
     outl = found["outliers"]
     blocks.append(Text(f"Outliers: {len(outl)} image(s) far from every other (kNN distance, robust z >= "
@@ -88,10 +88,10 @@ def section(doctor_dir: Path, finder: readers.ImageFinder, opts: Options) -> Sec
         for i, r in enumerate(outl[:cap]):
             t = _thumb(finder, r, size, f"doctor_outlier_{i:03d}")
             cards.append(Card([(t, "")] if t else [], title=f"{r['label']}",
-                              lines=[f"kNN distance {r['score']:.3f}", f"z = {r['z']:.1f}"], foot=f"{r['split']}/{r['id']}"))
+                              lines=[f"kNN distance {r['score']:.3f}", f"z = {r['z']:.1f}"], foot=summary.img_name(r)))
         blocks.append(Gallery(cards, min_width=max(150, size)))
     if found.get("unconfirmed"):
-        rows = [[f"{u['a']['split']}/{u['a']['id']}", f"{u['b']['split']}/{u['b']['id']}", f"{u['cosine']:.3f}",
+        rows = [[summary.img_name(u["a"]), summary.img_name(u["b"]), f"{u['cosine']:.3f}",
                  "–" if u["pixel"] is None else f"{u['pixel']:.2f}"] for u in found["unconfirmed"][:200]]
         blocks.append(Details(f"Similar features, different pixels ({len(found['unconfirmed'])} pairs, not counted)",
                               [Table(["image", "image", "cosine", "pixels"], rows)]))
