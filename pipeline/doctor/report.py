@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.doctor import summary
+from pipeline.doctor.duplicates import SPLIT_RANK
 from pipeline.report import readers
 from pipeline.report.common import Options, thumbnail
 from pipeline.report.document import Card, Details, Gallery, Section, Table, Text, Tiles
@@ -20,6 +21,10 @@ ID, TITLE = "doctor", "Data doctor"
 def _thumb(finder: readers.ImageFinder, rec: Mapping[str, Any], size: int, name: str):
     src = finder.find(rec["id"])
     return thumbnail(src, size, name) if src else None
+
+
+def _shown(n: int, cap: int) -> str:
+    return f" The first {cap} are shown; doctor.json lists all." if n > cap else ""
 
 
 def _group_card(g: Mapping[str, Any], finder, size: int, i: int, kind: str) -> Card:
@@ -38,7 +43,8 @@ def _group_card(g: Mapping[str, Any], finder, size: int, i: int, kind: str) -> C
         lines.append(f"{len(g['identical'])} of them identical files")
     if g["labels_differ"]:
         lines.append("labels differ: " + ", ".join(sorted({m["label"] for m in g["members"]})))
-    title = (" + ".join(sorted({m["split"] for m in g["members"]})) + f": {len(g['members'])} copies")
+    splits = sorted({m["split"] for m in g["members"]}, key=lambda s: SPLIT_RANK.get(s, 3))
+    title = " + ".join(splits) + f": {len(g['members'])} copies"
     return Card(images, title=title, lines=lines, kind="bad" if kind == "leak" else "",
                 foot=" = ".join(m["id"] for m in members))
 
@@ -59,19 +65,19 @@ def section(doctor_dir: Path, finder: readers.ImageFinder, opts: Options) -> Sec
     leaks = [g for g in found["groups"] if g["cross_split"]]
     blocks.append(Text(f"Leakage across splits: {len(leaks)} group(s) of copies in more than one split "
                        f"(near-duplicate features, confirmed on thumbnails). A held-out copy of a training "
-                       f"image inflates every figure measured on it." if leaks else
+                       f"image inflates every figure measured on it." + _shown(len(leaks), cap) if leaks else
                        "Leakage across splits: none found."))
     if leaks:
         blocks.append(Gallery([_group_card(g, finder, size, i, "leak") for i, g in enumerate(leaks[:cap])],
                               min_width=max(150, size)))
     dups = [g for g in found["groups"] if not g["cross_split"]]
     if dups:
-        blocks.append(Text(f"Duplicates within a split: {len(dups)} group(s)."))
+        blocks.append(Text(f"Duplicates within a split: {len(dups)} group(s)." + _shown(len(dups), cap)))
         blocks.append(Gallery([_group_card(g, finder, size, i, "dup") for i, g in enumerate(dups[:cap])],
                               min_width=max(150, size)))
     issues = [r for r in found["label_issues"] if r["issue"]]
     blocks.append(Text(f"Likely label errors: {len(issues)}, least confident first (out-of-fold logreg "
-                       f"probability of the given label)." if issues else "Likely label errors: none flagged."))
+                       f"probability of the given label)." + _shown(len(issues), cap) if issues else "Likely label errors: none flagged."))
     if issues:
         cards = []
         for i, r in enumerate(issues[:cap]):
@@ -82,7 +88,7 @@ def section(doctor_dir: Path, finder: readers.ImageFinder, opts: Options) -> Sec
         blocks.append(Gallery(cards, min_width=max(150, size)))
     outl = found["outliers"]
     blocks.append(Text(f"Outliers: {len(outl)} image(s) far from every other (kNN distance, robust z >= "
-                       f"the threshold): off-domain photos, or rare views." if outl else "Outliers: none flagged."))
+                       f"the threshold): off-domain photos, or rare views." + _shown(len(outl), cap) if outl else "Outliers: none flagged."))
     if outl:
         cards = []
         for i, r in enumerate(outl[:cap]):
