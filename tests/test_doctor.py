@@ -293,3 +293,30 @@ def test_blocked_search_handles_tiny_and_ragged_inputs():
         assert s.shape == (n, 4) and (i[:, :ref_i.shape[1]] == ref_i).all()
         assert np.allclose(s[:, :ref_s.shape[1]], ref_s, atol=1e-6)
         assert (i[:, ref_i.shape[1]:] == -1).all()
+
+
+def test_rows_per_view_are_judged_as_one_image_and_dropped_together(tmp_path):
+    """features.reduce: rows stores ``<id>#<view>`` rows: the doctor averages them per image, and a
+    dropped image loses all its rows in the heads."""
+    from pipeline.doctor import drops, examine
+
+    feats = tmp_path / "features"
+    (feats / "train").mkdir(parents=True)
+    (feats / "classes.json").write_text(json.dumps(["cat", "dog"]))
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    np.save(feats / "train" / "features.npy", x)
+    np.save(feats / "train" / "labels.npy", np.array([0, 0, 1, 1, 0, 0], np.int32))
+    ids = ["a.jpg#0", "a.jpg#1", "b.jpg#0", "b.jpg#1", "c#1.jpg#0", "c#1.jpg#1"]
+    (feats / "train" / "ids.json").write_text(json.dumps(ids))
+    xs, ys, got, split_of, _ = examine.load(feats)
+    assert got == ["a.jpg", "b.jpg", "c#1.jpg"] and split_of == ["train"] * 3
+    np.testing.assert_allclose(xs, [[1, 2], [5, 6], [9, 10]])
+    assert ys.tolist() == [0, 1, 0]
+
+    doctor = tmp_path / "doctor"
+    doctor.mkdir()
+    (doctor / "drops.json").write_text(json.dumps({"action": "drop_all", "ids": {"train": ["b.jpg", "c#1.jpg"]}}))
+    data = {"classes": ["cat", "dog"], "train": (x, np.zeros(6), ids)}
+    out = drops.apply(doctor, data)
+    assert out["train"][2] == ["a.jpg#0", "a.jpg#1"] and out["train"][0].shape == (2, 2)
+    assert drops.apply(None, data) is data

@@ -37,13 +37,16 @@ def load(features_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[st
         x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
         base = [drops._VIEW.sub("", v) for v in i]
         if base != list(i):                        # rows per view: average them per image
-            uniq, inv = np.unique(np.array(base), return_inverse=True)
-            order = np.argsort([base.index(u) for u in uniq])
-            uniq = uniq[order]
-            remap = np.argsort(order)[inv]
-            x = np.stack([x[remap == j].mean(0) for j in range(len(uniq))])
-            y = np.array([y[remap == j][0] for j in range(len(uniq))])
-            i = list(uniq)
+            first: dict[str, int] = {}
+            for j, b in enumerate(base):
+                first.setdefault(b, j)
+            pos = {b: n for n, b in enumerate(first)}
+            inv = np.array([pos[b] for b in base], np.int64)
+            sums = np.zeros((len(first), x.shape[1]), np.float64)
+            np.add.at(sums, inv, x)
+            x = (sums / np.bincount(inv)[:, None]).astype(np.float32)
+            y = y[list(first.values())]
+            i = list(first)
         xs.append(x)
         ys.append(y)
         ids += list(i)
