@@ -320,3 +320,23 @@ def test_rows_per_view_are_judged_as_one_image_and_dropped_together(tmp_path):
     out = drops.apply(doctor, data)
     assert out["train"][2] == ["a.jpg#0", "a.jpg#1"] and out["train"][0].shape == (2, 2)
     assert drops.apply(None, data) is data
+
+
+def test_pixels_read_back_from_a_real_tfds_builder(tmp_path):
+    """tfds images live in TFRecords: the doctor hashes and thumbnails them from one sequential pass."""
+    from pipeline.doctor import pixels
+    from pipeline.sources import load_data
+    from stages import data as data_stage
+    from tests.tfds_fixtures import TinyPets, prepare_tiny_pets
+
+    prepare_tiny_pets(tmp_path / "tfds", num_shards=2)
+    run_stage(data_stage.STAGE, {"data": section(data_stage.DataParams, "data", source="tfds", name="tiny_pets",
+                                                 data_dir=str(tmp_path / "tfds"), val_fraction=0.2)},
+              tmp_path / "data")
+    data = load_data(tmp_path / "data")
+    digests, thumbs, problems = pixels.read_all(data, {"train": {0, 3}, "test": {1}}, 16, hashes=True)
+    assert not problems and len(digests) == sum(TinyPets.SIZES.values())
+    assert set(thumbs) == {("train", 0), ("train", 3), ("test", 1)}
+    first = next(iter(data.sources("train", 0, 1)))
+    np.testing.assert_array_equal(thumbs[("train", 0)], pixels.thumbnail(first, 64))
+    assert pixels.correlation(thumbs[("train", 0)], thumbs[("train", 0)]) > 0.999
