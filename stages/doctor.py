@@ -57,7 +57,7 @@ class DoctorParams:
     threshold: float = spec(0.8, min=-1.0, max=1.0,
                             help="cosine similarity of the features at or above which two images are near-duplicate candidates (calibrated for efficientnet_lite0: tools/calibrate_doctor.py)")
     center: bool = spec(False, help="subtract the mean feature before the cosine of the duplicate search (the default threshold is for raw features)")
-    pixel_check: bool = spec(True, help="confirm candidates on small grey thumbnails; unconfirmed ones are listed for review")
+    pixel_check: bool = spec(True, help="confirm candidates on small grey thumbnails (unconfirmed ones are listed for review); off: every candidate counts, so raise threshold")
     pixel_threshold: float = spec(0.95, min=-1.0, max=1.0, help="thumbnail correlation that confirms a candidate pair")
     pixel_size: int = spec(16, min=4, max=128, help="side of the compared grey thumbnails, pixels")
     exact: bool = spec(True, help="hash every image's bytes to find exact duplicates")
