@@ -90,7 +90,7 @@ def plan(graph: Graph, params: Mapping[str, Any], root: Any, local_dir: Path | N
     scratch = Path(local_dir or storage.default_local_dir()) if storage.is_remote(root) else Path(root)
     for name, stage in graph.stages.items():
         sections = {s: params[s] for s in stage.sections}
-        upstream = {d: plans[d].key for d in stage.deps}
+        upstream = {d: _dep_key(graph.stages[d], plans[d], d in stage.reads_part) for d in stage.deps}
         fp = stage.fingerprint(sections, scratch) if stage.fingerprint else None
         key = cache.stage_key(name, stage.version, sections, upstream, fp)
         done = cache.is_complete(root, name, key)
@@ -98,6 +98,12 @@ def plan(graph: Graph, params: Mapping[str, Any], root: Any, local_dir: Path | N
         plans[name] = StagePlan(name, key, sections, upstream, fp, done,
                                 cache.output_dir(root, name, key), reasons)
     return plans
+
+
+def _dep_key(dep: Any, p: StagePlan, part: bool) -> str:
+    """What a downstream key hashes for upstream `dep`: its key, or the key of the part it reads."""
+    token = dep.downstream_key(p.params) if part and dep.downstream_key else None
+    return p.key if token is None else cache.stage_key(dep.name, dep.version, {}, {}, token)
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:

@@ -83,6 +83,12 @@ class Stage:
         finished `run` (e.g. assembling the per-process feature shards); its summary replaces
         the one `run` returned. Single-process runs call it right after `run`.
       description: one line for `dag` and `status`.
+      downstream_key: optional ``downstream_key(sections) -> str | None``: a key for the part of
+        this stage's output that the stages naming it in `reads_part` read (the doctor's drop
+        list), when that part depends on less than all of its params; None means its own key.
+      reads_part: deps of which this stage reads only the part their `downstream_key` covers;
+        its key hashes that part's key instead of theirs (heads reads the doctor's drop list
+        alone, which is empty, whatever the doctor's params, while the doctor only reports).
     """
 
     name: str
@@ -96,3 +102,5 @@ class Stage:
     fingerprint: Callable[[Mapping[str, Any], Path], str] | None = None
     finalize: Callable[[StageContext], Mapping[str, Any] | None] | None = None
     description: str = ""
+    downstream_key: Callable[[Mapping[str, Any]], str | None] | None = None
+    reads_part: tuple[str, ...] = ()

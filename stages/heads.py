@@ -104,6 +104,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     p: HeadsParams = ctx.params["heads"]
     t_start = time.perf_counter()
     data = _load_features(Path(ctx.inputs["features"]))
+    from pipeline.doctor import drops  # the doctor's drop list (empty unless doctor.action is on)
+
+    data = drops.apply(ctx.inputs.get("doctor"), data, ctx.log)
     classes = data["classes"]
     K = len(classes)
     _check_splits(data, classes)
@@ -161,7 +164,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 STAGE = Stage(
     name="heads",
     run=run,
-    deps=("features",),
+    deps=("features", "doctor"),
+    reads_part=("doctor",),
     sections=("heads",),
     version="1",
     schemas={"heads": HeadsParams},

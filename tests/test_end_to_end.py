@@ -71,7 +71,7 @@ def test_run_all_then_rerun_only_what_changed(tmp_path):
     first = cli("run", "all", *base, cache=cache)
     assert first.returncode == 0, first.stderr[-3000:]
     assert actions(first.stdout) == {s: "ran" for s in
-                                     ("data", "features", "heads", "ideal", "adversarial", "report")}
+                                     ("data", "features", "doctor", "heads", "ideal", "adversarial", "report")}
     status = json.loads(cli("status", "--json", *base, cache=cache).stdout)
     assert all(s["up_to_date"] for s in status["stages"])
     report = Path(next(s["out"] for s in status["stages"] if s["name"] == "report")) / "report.html"
@@ -83,8 +83,16 @@ def test_run_all_then_rerun_only_what_changed(tmp_path):
     assert "param heads.mlp.dropout: 0.5 -> 0.3" in text
     second = cli("run", "all", *changed, cache=cache)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert actions(second.stdout) == {"data": "reused", "features": "reused", "heads": "ran",
+    assert actions(second.stdout) == {"data": "reused", "features": "reused", "doctor": "reused", "heads": "ran",
                                       "ideal": "ran", "adversarial": "ran", "report": "ran"}
+
+    # A doctor param while the doctor only reports: the doctor and the report rerun, the heads
+    # (and the gradient stages after them) do not, since the drop list they read is still empty.
+    doctor = [*base, "-S", "doctor.threshold=0.7"]
+    fourth = cli("run", "all", *doctor, cache=cache)
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert actions(fourth.stdout) == {"data": "reused", "features": "reused", "doctor": "ran", "heads": "reused",
+                                      "ideal": "reused", "adversarial": "reused", "report": "ran"}
 
     # Setting it back reuses every earlier output: nothing runs.
     third = cli("run", "all", *base, cache=cache)

@@ -13,6 +13,7 @@ import dataclasses
 import html
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -47,9 +48,9 @@ SMALL = {
     "report": {"max_mistakes": 12},
 }
 
-ALL_SECTIONS = ("overview", "params", "data", "metrics", "confusion", "per-class", "mistakes", "ideal",
+ALL_SECTIONS = ("overview", "params", "data", "doctor", "metrics", "confusion", "per-class", "mistakes", "ideal",
                 "adversarial", "timing")
-SECTION_STAGE = {"data": "data", "metrics": "heads", "confusion": "heads", "per-class": "heads",
+SECTION_STAGE = {"data": "data", "doctor": "doctor", "metrics": "heads", "confusion": "heads", "per-class": "heads",
                  "mistakes": "heads", "ideal": "ideal", "adversarial": "adversarial"}
 
 
@@ -213,6 +214,21 @@ def test_report_has_every_section_with_its_images(small_run):
         for ex in adv["examples"]:
             assert html.escape(f"after: {ex['adversarial_prediction']}") in page
 
+    # The data doctor: its tiles, leakage first, and the stage took under 5 s on these 111 photos
+    # (scaled by the load: the machine is shared while tests run).
+    if "doctor" in graph.stages:
+        found = json.loads((small_run.plans["doctor"].out / "doctor.json").read_text())
+        doctor = page[page.index('<section id="doctor"'):]
+        doctor = doctor[:doctor.index("</section>")]
+        assert "leaked copies" in doctor and doctor.index("Leakage across splits") < doctor.index("Likely label errors")
+        flagged = [r for r in found["label_issues"] if r["issue"]]
+        assert f"Likely label errors: {len(flagged)}" in doctor
+        n_cards = min(len(flagged), SMALL["report"]["max_mistakes"])
+        assert doctor.count("labelled ") >= n_cards
+        seconds = json.loads((small_run.plans["doctor"].out / "manifest.json").read_text())["seconds"]
+        load = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+        assert seconds < 5 * load, f"doctor took {seconds:.1f} s on pets-dev (load factor {load:.1f})"
+
     # Params: the smoke profile's changes are listed as differences from the defaults.
     assert "data.path" in page and "heads.logreg.c_per_decade" in page
 
@@ -313,7 +329,8 @@ def second_run(small_run):
     overrides = ["heads.seed=1"]
     params = runner.resolve_params(small_run.graph, [small_run.params_file], overrides)
     res = runner.execute(small_run.graph, params, small_run.cache_dir, ["heads"], QuietReporter())
-    assert {r.name: r.action for r in res} == {"data": "reused", "features": "reused", "heads": "ran"}
+    assert {r.name: r.action for r in res} == {"data": "reused", "features": "reused", "doctor": "reused",
+                                               "heads": "ran"}
     return SimpleNamespace(overrides=overrides, heads=runner.plan(small_run.graph, params, small_run.cache_dir)["heads"])
 
 

@@ -332,7 +332,7 @@ def timing_section(manifests: Mapping[str, Any], report_started: float | None = 
 
 # --- the page ------------------------------------------------------------------------------------
 
-STAGE_ORDER = ("data", "features", "heads", "ideal", "adversarial")
+STAGE_ORDER = ("data", "features", "doctor", "heads", "ideal", "adversarial")
 
 
 def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Mapping[str, type],
@@ -365,13 +365,18 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
                 params_section(params, readers.section_defaults(schema))]
     sections.append(data_section(data_dir, feat_dir, classes, sizes) if (data_dir or feat_dir)
                     else not_run("data", "Data", "data", inputs, manifests, "dataset summary"))
+    from pipeline.doctor import report as doctor_report  # the doctor's section lives with the doctor
+
+    doctor_dir = inputs.get("doctor")
+    finder = readers.ImageFinder(data_dir, params.get("data"))
+    sections.append((doctor_report.section(doctor_dir, finder, opts) if doctor_dir else None)
+                    or not_run(doctor_report.ID, doctor_report.TITLE, "doctor", inputs, manifests, "doctor.json"))
     if heads and heads["heads"] and primary:
         log(f"primary head: {primary}")
         sections.append(metrics_section(heads, primary, opts, log))
         if classes:
             sections.append(confusion_section(heads, primary, classes, opts))
             sections.append(per_class_section(heads, primary, classes, opts))
-            finder = readers.ImageFinder(data_dir, params.get("data"))
             sections.append(mistakes_section(heads_dir, heads, primary, classes, finder, opts))
     else:
         for id_, title in (("metrics", "Heads: metrics"), ("confusion", "Confusion matrix"),
