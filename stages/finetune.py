@@ -1,0 +1,153 @@
+"""Stage `finetune`: train the backbone's top (from ``finetune.unfreeze`` on) + a head, on cached activations.
+
+Reads the `trunk` stage's activations and the `heads` stage's logistic-regression probe (LP-FT:
+the head starts from it, `pipeline.heads.trained.load_head`), trains with `pipeline.finetune.train`
+(AdamW, warm-up + cosine, lower learning rate for the pretrained layers, early stopping on val,
+best epoch kept), and writes the result as a head like the heads stage's: ``metrics.json`` with
+the same per-head structure (``heads.finetune.{hyperparameters, train, val, test}``), and
+``predictions_finetune.json``. Its own section ``finetune_train`` holds every optimiser setting,
+so changing one reruns this stage alone, never the trunk pass.
+
+Outputs:
+  metrics.json              {"classes", "heads": {"finetune": {...}}, "probe": the logreg head's
+                            accuracy on the same splits, "history": per epoch, "seconds"}
+  predictions_finetune.json per test image, as the heads stage's
+  finetune.npz + finetune.json   trained params (``top/...``, ``head/W``, ``head/b``) and the cut;
+                            `pipeline.finetune.model.load_finetuned` rebuilds the classifier on pixels
+With ``finetune.enabled: false`` (the trunk stage then wrote a stub) only metrics.json is written,
+``{"enabled": false}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.params import spec
+from pipeline.stage import Stage, StageContext
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneTrainParams:
+    """params.yaml section ``finetune_train``: the optimiser (changing it never reruns the trunk pass)."""
+
+    epochs: int = spec(8, min=1, help="most epochs; an epoch is one pass over every cached training view")
+    batch_size: int = spec(64, min=1, help="views per step (rounded up to a multiple of the device count)")
+    lr_head: float = spec(3e-4, min=0, min_exclusive=True, help="peak AdamW learning rate of the head")
+    lr_backbone: float = spec(3e-5, min=0, help="peak AdamW learning rate of the unfrozen pretrained layers")
+    warmup_epochs: float = spec(1.0, min=0, help="linear warm-up, then cosine decay to 1% of the peak")
+    weight_decay: float = spec(1e-4, min=0, help="AdamW decoupled weight decay of the head")
+    l2sp: float = spec(0.0, min=0, help="L2 pull of the unfrozen layers toward their pretrained values")
+    label_smoothing: float = spec(0.0, min=0, max=0.5, help="label smoothing of the cross-entropy")
+    patience: int = spec(3, min=1, help="stop after this many epochs without a better val accuracy")
+    init: Literal["logreg", "zeros"] = spec("logreg", help="head start: the heads stage's probe (LP-FT) or zeros")
+    seed: int = spec(0, min=0, help="seed of the batch order")
+    top_k: int = spec(5, min=1, help="class probabilities kept per test image in predictions_finetune.json")
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Fine-tune; write metrics.json, predictions_finetune.json and the trained params."""
+    from pipeline.finetune.train import TrainConfig, fit, predict
+    from pipeline.heads.logreg import full_weights
+    from pipeline.heads.metrics import classification_report, softmax
+    from pipeline.heads.trained import load_head
+    from pipeline.models import cut, registry
+    from stages.heads import _write_predictions
+    from stages.trunk import load_split
+
+    p: FinetuneTrainParams = ctx.params["finetune_train"]
+    bp = ctx.params["backbone"]
+    out = Path(ctx.out_dir)
+    trunk_dir, heads_dir = Path(ctx.inputs["trunk"]), Path(ctx.inputs["heads"])
+    info = json.loads((trunk_dir / "info.json").read_text())
+    if not info.get("enabled"):
+        (out / "metrics.json").write_text(json.dumps({"enabled": False}))
+        return {"enabled": False}
+    t_start = time.perf_counter()
+    classes = json.loads((trunk_dir / "classes.json").read_text())
+    K = len(classes)
+    data = {s: load_split(trunk_dir, s) for s in SPLITS if (trunk_dir / s / "ids.json").exists()}
+    for s in ("train", "val"):
+        if s not in data or len(data[s][1]) == 0:
+            raise UserError(f"finetune: the trunk output has no {s} split; fine-tuning needs train and val "
+                            "(val picks the epoch). Set data.val_fraction > 0.")
+    probe = load_head(heads_dir, "logreg")
+    if list(probe.classes) != classes:
+        raise UserError(f"finetune: the heads stage's classes ({len(probe.classes)}) differ from the trunk's "
+                        f"({K}); both read the same data stage, so rerun with --force heads.")
+    W, b = full_weights(np.asarray(probe.params["W"]), np.asarray(probe.params["b"]))
+    if p.init == "zeros":
+        W, b = np.zeros_like(W), np.zeros_like(b)
+    backbone = registry.load_backbone(info["backbone"], ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise)
+    c = cut.split(backbone, info["cut"])
+    cfg = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr_head=p.lr_head, lr_backbone=p.lr_backbone,
+                      warmup_epochs=p.warmup_epochs, weight_decay=p.weight_decay, l2sp=p.l2sp,
+                      label_smoothing=p.label_smoothing, patience=p.patience, seed=p.seed)
+    ctx.log(f"fine-tuning {info['backbone']} from {info['cut']} ({', '.join(c.top_layers)}; "
+            f"{sum(int(np.prod(v.shape)) for v in _leaves(c.top_params(backbone.params)))} pretrained params) "
+            f"on {len(data['train'][1])} images x {data['train'][0].shape[1]} views")
+    result = fit(c, W, b, data["train"][:2], data["val"][:2], cfg, ctx.log)
+    best = result["params"]
+    t_eval = time.perf_counter()
+    head_metrics: dict[str, Any] = {"hyperparameters": {
+        **dataclasses.asdict(p), "cut": info["cut"], "views": info["views"], "best_epoch": result["best_epoch"],
+        "seconds": result["seconds"], "batch_size": result["batch_size"]}}
+    probe_metrics: dict[str, Any] = {}
+    for s, (acts, y, ids) in data.items():
+        logits = predict(c, best, acts, result["batch_size"])
+        probs = softmax(logits)
+        head_metrics[s] = classification_report(probs, y, classes)
+        start = softmax(predict(c, {"top": c.top_params(backbone.params), "head": {"W": W, "b": b}}, acts,
+                                result["batch_size"])) if p.init == "logreg" else None
+        if start is not None:
+            probe_metrics[s] = {"accuracy": float(np.mean(start.argmax(1) == y))}
+        if s == "test":
+            _write_predictions(out / "predictions_finetune.json", probs, y, ids, classes, p.top_k)
+    _save(out, best, info, classes, c.top_keys)
+    metrics = {"classes": classes, "heads": {"finetune": head_metrics}, "probe": probe_metrics,
+               "start": result["start"], "best_train_loss": result["best_train_loss"],
+               "history": result["history"],
+               "seconds": {"train": result["seconds"], "evaluate": round(time.perf_counter() - t_eval, 2),
+                           "total": round(time.perf_counter() - t_start, 2)}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    split = "test" if "test" in head_metrics else "val"
+    summary = {"best_epoch": result["best_epoch"], f"{split}_accuracy": round(head_metrics[split]["accuracy"], 4),
+               f"probe_{split}_accuracy": round(probe_metrics.get(split, {}).get("accuracy", float("nan")), 4),
+               "seconds": metrics["seconds"]["total"]}
+    ctx.log(f"finetune: best epoch {result['best_epoch']}, {split} accuracy {summary[f'{split}_accuracy']} "
+            f"(probe {summary[f'probe_{split}_accuracy']})")
+    return summary
+
+
+def _leaves(tree: Any) -> list:
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def _save(out: Path, params: Any, info: dict, classes: list[str], top_keys: tuple[str, ...]) -> None:
+    from pipeline.models.convert import flatten_params
+
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten_params(params).items()}
+    np.savez(out / "finetune.npz", **flat)
+    (out / "finetune.json").write_text(json.dumps({"backbone": info["backbone"], "cut": info["cut"],
+                                                   "classes": classes, "top_keys": list(top_keys)}, indent=1))
+
+
+STAGE = Stage(
+    name="finetune",
+    run=run,
+    deps=("trunk", "heads"),
+    sections=("backbone", "finetune_train"),
+    version="1",
+    schemas={"finetune_train": FinetuneTrainParams},
+    description="fine-tune the backbone's top + head on the cached trunk activations (LP-FT, AdamW)",
+)
