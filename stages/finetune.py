@@ -54,23 +54,39 @@ class FinetuneTrainParams:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Fine-tune; write metrics.json, predictions_finetune.json and the trained params."""
+    """Load the backbone the trunk stage cut, and fine-tune (see `train`)."""
+    bp = ctx.params["backbone"]
+    info = json.loads((Path(ctx.inputs["trunk"]) / "info.json").read_text())
+    if not info.get("enabled"):
+        (Path(ctx.out_dir) / "metrics.json").write_text(json.dumps({"enabled": False}))
+        return {"enabled": False}
+    from pipeline.models import registry
+
+    return train(ctx, registry.load_backbone(info["backbone"], ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise))
+
+
+def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
+    """Fine-tune; write metrics.json, predictions_finetune.json and the trained params.
+
+    Args:
+      ctx: the stage context (``finetune_train`` params; ``inputs["trunk"]``, ``inputs["heads"]``).
+      backbone: the `registry.Backbone` the trunk stage cut.
+
+    Returns:
+      ``{"best_epoch", "<split>_accuracy", "probe_<split>_accuracy", "seconds"}`` (test, else val).
+    """
     from pipeline.finetune.train import TrainConfig, fit, predict
     from pipeline.heads.logreg import full_weights
     from pipeline.heads.metrics import classification_report, softmax
     from pipeline.heads.trained import load_head
-    from pipeline.models import cut, registry
+    from pipeline.models import cut
     from stages.heads import _write_predictions
     from stages.trunk import load_split
 
     p: FinetuneTrainParams = ctx.params["finetune_train"]
-    bp = ctx.params["backbone"]
     out = Path(ctx.out_dir)
     trunk_dir, heads_dir = Path(ctx.inputs["trunk"]), Path(ctx.inputs["heads"])
     info = json.loads((trunk_dir / "info.json").read_text())
-    if not info.get("enabled"):
-        (out / "metrics.json").write_text(json.dumps({"enabled": False}))
-        return {"enabled": False}
     t_start = time.perf_counter()
     classes = json.loads((trunk_dir / "classes.json").read_text())
     K = len(classes)
@@ -83,11 +99,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if list(probe.classes) != classes:
         raise UserError(f"finetune: the heads stage's classes ({len(probe.classes)}) differ from the trunk's "
                         f"({K}); both read the same data stage, so rerun with --force heads.")
-    W, b = full_weights(np.asarray(probe.params["W"]), np.asarray(probe.params["b"]))
+    c = cut.split(backbone, info["cut"])
+    W, b = np.asarray(probe.params["W"]), np.asarray(probe.params["b"])
+    refit = _probe_refit(heads_dir, c, data["train"], W, b, K, ctx.log) if p.init == "logreg" else None
+    W, b = full_weights(*(refit or (W, b)))
     if p.init == "zeros":
         W, b = np.zeros_like(W), np.zeros_like(b)
-    backbone = registry.load_backbone(info["backbone"], ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise)
-    c = cut.split(backbone, info["cut"])
     cfg = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr_head=p.lr_head, lr_backbone=p.lr_backbone,
                       warmup_epochs=p.warmup_epochs, weight_decay=p.weight_decay, l2sp=p.l2sp,
                       label_smoothing=p.label_smoothing, patience=p.patience, seed=p.seed)
@@ -125,6 +142,31 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.log(f"finetune: best epoch {result['best_epoch']}, {split} accuracy {summary[f'{split}_accuracy']} "
             f"(probe {summary[f'probe_{split}_accuracy']})")
     return summary
+
+
+def _probe_refit(heads_dir: Path, c: Any, train: tuple, W: np.ndarray, b: np.ndarray, K: int,
+                 log: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The probe refit on train alone at the heads stage's C, when that stage refit it on train+val.
+
+    Early stopping needs a val split the starting head has not seen; the heads stage's final probe
+    (CLIP protocol) was refit on train+val, so its val accuracy is optimistic (1.0 on pets-tune).
+    Fit on the centre views' features (top of the cut = the features stage's features), warm-started
+    from the saved probe. Returns None when the probe never saw val.
+    """
+    from pipeline.heads import logreg
+
+    path = heads_dir / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    hyper = ((metrics.get("heads") or {}).get("logreg") or {}).get("hyperparameters") or {}
+    if hyper.get("refit_on_train_val") is False or "C" not in hyper:
+        return None
+    if metrics.get("standardize"):
+        log("probe: the heads stage standardised features; its C is refit on raw features here")
+    acts, y = train[0], train[1]
+    feats = np.concatenate([np.asarray(c.top(c.backbone.params, acts[s:s + 64, 0])) for s in range(0, len(y), 64)])
+    fitted = logreg.path(feats, np.asarray(y), [float(hyper["C"])], K, init=(W, b))
+    log(f"probe: refit on train alone at C={float(hyper['C']):.3g} (the heads stage refit it on train+val)")
+    return np.asarray(fitted.W[0]), np.asarray(fitted.b[0])
 
 
 def _leaves(tree: Any) -> list:

@@ -97,25 +97,40 @@ def check_cut(backbone_name: str, unfreeze: str) -> list[str]:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Compute this process's activation shards (centre + augmented views), skipping finished ones."""
+    """Load the backbone and compute this process's activation shards (see `extract`)."""
     fp: FinetuneParams = ctx.params["finetune"]
     bp = ctx.params["backbone"]
-    out = Path(ctx.out_dir)
     if not fp.enabled:
         return {"enabled": False}
     check_cut(bp.name, fp.unfreeze)
+    from pipeline.models import registry
+
+    return extract(ctx, registry.load_backbone(bp.name, ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise))
+
+
+def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:
+    """Compute and checkpoint this process's shards (centre + augmented views), skipping finished ones.
+
+    Args:
+      ctx: the stage context (``finetune`` params, ``inputs["data"]``, ``out_dir``).
+      backbone: a loaded `registry.Backbone` whose module can be cut (`pipeline.models.cut`).
+
+    Returns:
+      This process's counts and timings (also written to ``stats/p<index>.json`` for `finalize`).
+    """
     from pipeline.featurize import BatchEmbedder, decoded_views, default_workers
     from pipeline.finetune.views import ViewPlan, image_views
-    from pipeline.models import cut, registry
+    from pipeline.models import cut
 
-    backbone = registry.load_backbone(bp.name, ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise)
+    fp: FinetuneParams = ctx.params["finetune"]
+    out = Path(ctx.out_dir)
     c = cut.split(backbone, fp.unfreeze)
     flat = int(np.prod(c.activation_shape))
     shim = _TrunkAsBackbone(dataclasses.replace(backbone.spec, feature_dim=flat), backbone.params, c.trunk)
     embedder = BatchEmbedder(shim, fp.batch_size, 1, "rows", fp.dtype)
     data = load_data(ctx.inputs["data"])
     workers = fp.workers or default_workers()
-    stats = {"backbone": bp.name, "cut": fp.unfreeze, "activation_shape": list(c.activation_shape),
+    stats = {"backbone": backbone.spec.name, "cut": fp.unfreeze, "activation_shape": list(c.activation_shape),
              "computed_rows": 0, "resumed_shards": 0, "seconds": 0.0}
     for split in SPLITS:
         rec = data.splits[split]

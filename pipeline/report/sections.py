@@ -313,7 +313,7 @@ def timing_section(manifests: Mapping[str, Any]) -> Section:
 
 # --- the page ------------------------------------------------------------------------------------
 
-STAGE_ORDER = ("data", "features", "heads", "ideal", "adversarial")
+STAGE_ORDER = ("data", "features", "heads", "trunk", "finetune", "ideal", "adversarial")
 
 
 def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Mapping[str, type],
@@ -334,7 +334,7 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
     params = readers.run_params(manifests, own_params)
     data_dir, feat_dir = inputs.get("data"), inputs.get("features")
     heads_dir = inputs.get("heads")
-    heads = readers.read_heads_metrics(heads_dir)
+    heads = readers.read_heads_metrics(heads_dir, inputs.get("finetune"))
     classes = readers.read_classes(data_dir, feat_dir) or (heads or {}).get("classes")
     sizes = readers.split_sizes(data_dir, feat_dir)
     primary = choose_primary(heads, opts.primary_head, log)
@@ -352,7 +352,8 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
             sections.append(confusion_section(heads, primary, classes, opts))
             sections.append(per_class_section(heads, primary, classes, opts))
             finder = readers.ImageFinder(data_dir, params.get("data"))
-            sections.append(mistakes_section(heads_dir, heads, primary, classes, finder, opts))
+            preds_dir = inputs.get("finetune") if primary == "finetune" else heads_dir
+            sections.append(mistakes_section(preds_dir, heads, primary, classes, finder, opts))
     else:
         for id_, title in (("metrics", "Heads: metrics"), ("confusion", "Confusion matrix"),
                            ("per-class", "Per-class accuracy"), ("mistakes", "Most confident mistakes")):
