@@ -78,6 +78,30 @@ def _loss_fn(top_fn: Callable, cfg: TrainConfig, num_classes: int):
     return logits_of, loss
 
 
+def make_step(top_fn: Callable, opt: Any, cfg: TrainConfig, num_classes: int, ref_top: Any) -> Callable:
+    """The jitted training step ``step(params, opt_state, x, y) -> (params, opt_state, ce)``.
+
+    Args:
+      top_fn: the cut's un-jitted top (`Cut.top_fn`).
+      opt: `make_optimizer`'s transformation.
+      cfg: the settings (label smoothing, l2sp).
+      num_classes: K.
+      ref_top: the pretrained top params (the L2-SP anchor).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    _, loss = _loss_fn(top_fn, cfg, num_classes)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        (_, ce), g = jax.value_and_grad(loss, has_aux=True)(params, ref_top, x, y, jnp.ones(y.shape, jnp.float32))
+        updates, opt_state = opt.update(g, opt_state, params)
+        return jax.tree.map(lambda p, u: p + u, params, updates), opt_state, ce
+
+    return step
+
+
 def fit(cut: Any, head_W: np.ndarray, head_b: np.ndarray, train: tuple[np.ndarray, np.ndarray],
         val: tuple[np.ndarray, np.ndarray], cfg: TrainConfig, log: Callable[[str], None] = lambda m: None,
         ) -> dict[str, Any]:
@@ -115,13 +139,8 @@ def fit(cut: Any, head_W: np.ndarray, head_b: np.ndarray, train: tuple[np.ndarra
     steps = max(1, (n * r) // bs)
     opt = make_optimizer(cfg, steps)
     opt_state = jax.device_put(opt.init(params), rep)
-    logits_of, loss = _loss_fn(cut.top_fn, cfg, K)
-
-    @jax.jit
-    def step(params, opt_state, x, y):
-        (_, ce), g = jax.value_and_grad(loss, has_aux=True)(params, ref_top, x, y, jnp.ones(y.shape, jnp.float32))
-        updates, opt_state = opt.update(g, opt_state, params)
-        return jax.tree.map(lambda p, u: p + u, params, updates), opt_state, ce
+    logits_of, _ = _loss_fn(cut.top_fn, cfg, K)
+    step = make_step(cut.top_fn, opt, cfg, K, ref_top)
 
     @jax.jit
     def evaluate(params, x, y, w):  # sums over the batch; padding rows carry w = 0
