@@ -58,6 +58,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     bp = ctx.params["backbone"]
     info = json.loads((Path(ctx.inputs["trunk"]) / "info.json").read_text())
     if not info.get("enabled"):
+        ctx.log("finetune.enabled is false: no fine-tuning (set it true, e.g. -S finetune.enabled=true)")
         (Path(ctx.out_dir) / "metrics.json").write_text(json.dumps({"enabled": False}))
         return {"enabled": False}
     from pipeline.models import registry

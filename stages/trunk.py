@@ -101,6 +101,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     fp: FinetuneParams = ctx.params["finetune"]
     bp = ctx.params["backbone"]
     if not fp.enabled:
+        ctx.log("finetune.enabled is false: nothing to cache (set it true to fine-tune)")
         return {"enabled": False}
     check_cut(bp.name, fp.unfreeze)
     from pipeline.models import registry

@@ -127,7 +127,7 @@ def _probe(trunk_dir, out: Path) -> None:
     save_head(out, "logreg", "linear", {"W": lr.coef_.T, "b": lr.intercept_}, {}, classes)
 
 
-def test_finetune_beats_its_probe_on_train_loss_and_keeps_the_best_val_epoch(trunk_dir, tmp_path):
+def test_finetune_beats_its_probe_on_train_loss_and_keeps_the_best_val_epoch(data_dir, trunk_dir, tmp_path):
     _probe(trunk_dir, tmp_path / "heads")
     params = {"backbone": section(_backbone_cls(), "backbone"),
               "finetune_train": section(finetune.FinetuneTrainParams, "finetune_train", epochs=6, batch_size=8,
@@ -147,6 +147,29 @@ def test_finetune_beats_its_probe_on_train_loss_and_keeps_the_best_val_epoch(tru
     assert summary["best_epoch"] == head["hyperparameters"]["best_epoch"] == best[2]
     assert head["val"]["accuracy"] == pytest.approx(best[0], abs=1e-4)  # history rounds to 5 digits
     assert (tmp_path / "ft" / "predictions_finetune.json").exists() and (tmp_path / "ft" / "finetune.npz").exists()
+    _check_pixel_model(data_dir, trunk_dir, tmp_path / "ft")
+
+
+def _check_pixel_model(data_dir: Path, trunk_dir: Path, ft_dir: Path) -> None:
+    """The gradient stages' view of the fine-tuned classifier (backbone with the trained top merged
+    in, on pixels) gives the logits the stage computed from the cached activations."""
+    from pipeline import images
+    from pipeline.finetune import model as finetuned
+    from pipeline.gradients import model as model_lib
+    from pipeline.sources import load_data
+
+    bb = tiny_backbone.make_cuttable()
+    merged, head = finetuned.load_finetuned(ft_dir, bb)
+    preds = json.loads((ft_dir / "predictions_finetune.json").read_text())["predictions"]
+    acts, _, ids = trunk.load_split(trunk_dir, "test")
+    model, seg = model_lib.multi_head_model(bb, {"imagenet": "imagenet", "finetune": head}, {"finetune": merged})
+    src = next(load_data(data_dir).sources("test"))
+    img = images.decode_image(src, min_size=max(bb.spec.resize_size, bb.spec.input_size))
+    pixels = images.resize_and_crop(img, bb.spec)[None].astype(np.float32)
+    logits = np.asarray(model.apply(model.params, pixels))[0, slice(*seg["finetune"])]
+    assert head.classes[int(np.argmax(logits))] == preds[0]["pred"] and preds[0]["id"] == ids[0]
+    p = np.exp(logits - logits.max())
+    assert float(p.max() / p.sum()) == pytest.approx(preds[0]["p_pred"], abs=1e-3)  # float16 cache rounding
 
 
 def test_bad_cut_names_the_key_and_near_layers():
