@@ -50,6 +50,8 @@ class FinetuneTrainParams:
     label_smoothing: float = spec(0.0, min=0, max=0.5, help="label smoothing of the cross-entropy")
     patience: int = spec(3, min=1, help="stop after this many epochs without a better val accuracy")
     init: Literal["logreg", "zeros"] = spec("logreg", help="head start: the heads stage's probe (LP-FT) or zeros")
+    refit: bool = spec(False, help="after val picks the epoch count, retrain on train+val (val views tiled) "
+                                   "from the heads stage's train+val probe, as the probe itself is refit")
     seed: int = spec(0, min=0, help="seed of the batch order")
     top_k: int = spec(5, min=1, help="class probabilities kept per test image in predictions_finetune.json")
 
@@ -115,10 +117,14 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
             f"on {len(data['train'][1])} images x {data['train'][0].shape[1]} views")
     result = fit(c, W, b, data["train"][:2], data["val"][:2], cfg, ctx.log)
     best = result["params"]
+    refit_info = None
+    if p.refit:
+        best, refit_info = _refit(c, probe, data, result["best_epoch"], cfg, full_weights, fit, ctx.log)
     t_eval = time.perf_counter()
     head_metrics: dict[str, Any] = {"hyperparameters": {
         **dataclasses.asdict(p), "cut": info["cut"], "views": info["views"], "best_epoch": result["best_epoch"],
-        "seconds": result["seconds"], "batch_size": result["batch_size"]}}
+        "seconds": result["seconds"], "batch_size": result["batch_size"],
+        "refit": refit_info}}
     probe_metrics: dict[str, Any] = {}
     for s, (acts, y, ids) in data.items():
         logits = predict(c, best, acts, result["batch_size"])
@@ -176,6 +182,29 @@ def _probe_refit(heads_dir: Path, c: Any, train: tuple, K: int, log: Any) -> tup
     fitted = logreg.path(feats, np.asarray(y), [float(hyper["C"])], K)
     log(f"probe: refit on train alone at C={float(hyper['C']):.3g} (the heads stage refit it on train+val)")
     return np.asarray(fitted.W[0]), np.asarray(fitted.b[0])
+
+
+def _refit(c: Any, probe: Any, data: dict, epochs: int, cfg: Any, full_weights: Any, fit: Any,
+           log: Any) -> tuple[Any, dict]:
+    """Retrain on train+val for the `epochs` val chose, from the heads stage's (train+val) probe.
+
+    Val has only centre views; each is tiled to the train split's views per image, so every image
+    weighs the same. With ``epochs == 0`` the result is that probe on the pretrained top. Val
+    metrics afterwards are optimistic (val was trained on), as for the heads stage's refit probe.
+    """
+    import dataclasses as dc
+
+    W, b = full_weights(np.asarray(probe.params["W"]), np.asarray(probe.params["b"]))
+    if epochs == 0:
+        log("refit: val chose epoch 0, so the result is the heads stage's probe on the pretrained top")
+        return {"top": c.top_params(c.backbone.params), "head": {"W": W, "b": b}}, {"epochs": 0}
+    (xt, yt, _), (xv, yv, _) = data["train"], data["val"]
+    r = xt.shape[1]
+    x = np.concatenate([np.asarray(xt), np.repeat(np.asarray(xv), r, axis=1)])  # (N + M, r, h, w, c)
+    y = np.concatenate([yt, yv])
+    log(f"refit: {epochs} epoch(s) on train+val ({len(y)} images x {r} rows)")
+    res = fit(c, W, b, (x, y), None, dc.replace(cfg, epochs=epochs), log)
+    return res["params"], {"epochs": epochs, "images": int(len(y)), "seconds": res["seconds"]}
 
 
 def _best_probe(heads_dir: Path, split: str) -> dict | None:

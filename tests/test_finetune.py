@@ -192,3 +192,17 @@ def test_learning_rate_reruns_only_finetune_and_views_rerun_the_trunk(tmp_path):
     assert {n for n in base if base[n] != lr[n]} == {"finetune", "ideal", "adversarial", "report"}
     views = keys("finetune.views=8")
     assert {n for n in base if base[n] != views[n]} == {"trunk", "finetune", "ideal", "adversarial", "report"}
+
+
+def test_refit_on_train_val_for_the_chosen_epochs(trunk_dir, tmp_path):
+    _probe(trunk_dir, tmp_path / "heads")
+    params = {"backbone": section(_backbone_cls(), "backbone"),
+              "finetune_train": section(finetune.FinetuneTrainParams, "finetune_train", epochs=2, batch_size=8,
+                                        lr_head=3e-3, lr_backbone=3e-3, patience=2, refit=True)}
+    ctx = make_ctx(finetune.STAGE, params, tmp_path / "ft", inputs={"trunk": trunk_dir, "heads": tmp_path / "heads"})
+    summary = finetune.train(ctx, tiny_backbone.make_cuttable())
+    hyper = json.loads((tmp_path / "ft" / "metrics.json").read_text())["heads"]["finetune"]["hyperparameters"]
+    assert hyper["refit"]["epochs"] == hyper["best_epoch"] == summary["best_epoch"]
+    if hyper["best_epoch"]:
+        n = sum(len(trunk.load_split(trunk_dir, s)[1]) for s in ("train", "val"))
+        assert hyper["refit"]["images"] == n

@@ -103,7 +103,7 @@ def make_step(top_fn: Callable, opt: Any, cfg: TrainConfig, num_classes: int, re
 
 
 def fit(cut: Any, head_W: np.ndarray, head_b: np.ndarray, train: tuple[np.ndarray, np.ndarray],
-        val: tuple[np.ndarray, np.ndarray], cfg: TrainConfig, log: Callable[[str], None] = lambda m: None,
+        val: tuple[np.ndarray, np.ndarray] | None, cfg: TrainConfig, log: Callable[[str], None] = lambda m: None,
         ) -> dict[str, Any]:
     """Train; return the best epoch's params and the per-epoch history.
 
@@ -112,7 +112,8 @@ def fit(cut: Any, head_W: np.ndarray, head_b: np.ndarray, train: tuple[np.ndarra
       head_W, head_b: (D, K), (K,) starting head (the probe's, or zeros).
       train: (activations (N, r, h, w, c) any float dtype, may be memory-mapped; labels (N,)).
         Every one of the r rows of an image is a training example, so an epoch sees N * r rows.
-      val: (activations (M, 1, h, w, c), labels (M,)).
+      val: (activations (M, 1, h, w, c), labels (M,)); None trains all ``cfg.epochs`` and keeps
+        the last (the refit on train+val, once val has chosen the epoch count).
       cfg: the settings.
       log: progress lines.
 
@@ -162,7 +163,7 @@ def fit(cut: Any, head_W: np.ndarray, head_b: np.ndarray, train: tuple[np.ndarra
     t0 = time.perf_counter()
     train_centre = (acts[:, :1], labels)
     start_train_loss, start_train_acc = score(params, *train_centre)
-    best_loss, best_acc = score(params, *val)
+    best_loss, best_acc = score(params, *val) if val is not None else (float("nan"), float("nan"))
     start = {"train_loss": round(start_train_loss, 5), "train_accuracy": round(start_train_acc, 5),
              "val_loss": round(best_loss, 5), "val_accuracy": round(best_acc, 5)}
     log(f"epoch 0 (start): train loss {start_train_loss:.4f}, val loss {best_loss:.4f}, "
@@ -182,12 +183,12 @@ def fit(cut: Any, head_W: np.ndarray, head_b: np.ndarray, train: tuple[np.ndarra
             losses.append(ce)
         train_loss = float(np.mean(jax.device_get(losses)))
         train_s = time.perf_counter() - t
-        vl, va = score(params, *val)
+        vl, va = score(params, *val) if val is not None else (float("nan"), float("nan"))
         row = {"epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(vl, 5),
                "val_accuracy": round(va, 5), "seconds": round(time.perf_counter() - t, 2),
                "images_per_s": round(steps * bs / train_s, 1)}
         history.append(row)
-        improved = (va, -vl) > (best_acc, -best_loss)
+        improved = val is None or (va, -vl) > (best_acc, -best_loss)
         log(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {vl:.4f}, val acc {va:.4f}, "
             f"{row['images_per_s']} img/s{' *' if improved else ''}")
         if improved:
