@@ -20,7 +20,7 @@ import collections
 import concurrent.futures
 import os
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,7 +29,8 @@ from pipeline.errors import UserError
 
 
 def decoded_views(sources: Iterable[Any], names: Sequence[str], spec: Any, crops: Sequence[str],
-                  flip: bool, workers: int, depth: int) -> Iterator[np.ndarray]:
+                  flip: bool, workers: int, depth: int,
+                  view_fn: Callable[[Any, int], np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """Decode, resize and crop images in parallel threads, yielding results in input order.
 
     Args:
@@ -39,6 +40,8 @@ def decoded_views(sources: Iterable[Any], names: Sequence[str], spec: Any, crops
       crops, flip: the views of each image (see `pipeline.images.views`).
       workers: decoding threads.
       depth: how many images may be decoded ahead of the consumer.
+      view_fn: optional ``view_fn(pil_image, position in this stream) -> uint8 (V, S, S, 3)`` in
+        place of `crops`/`flip` (the trunk stage's random training views).
 
     Yields:
       uint8 (V, S, S, 3) per image.
@@ -46,19 +49,19 @@ def decoded_views(sources: Iterable[Any], names: Sequence[str], spec: Any, crops
     Raises:
       UserError: an image the data stage verified can no longer be decoded.
     """
-    def work(src: Any, name: str) -> np.ndarray:
+    def work(src: Any, name: str, pos: int) -> np.ndarray:
         try:
             img = images.decode_image(src, name=name, min_size=max(spec.resize_size, spec.input_size))
         except images.ImageDecodeError as e:
             raise UserError(f"features: image {name} can no longer be decoded ({e.reason}); it "
                             "changed after the data stage verified it. Rerun: the data stage sees "
                             "the change and lists the file as skipped.") from None
-        return images.views(img, spec, crops, flip)
+        return view_fn(img, pos) if view_fn else images.views(img, spec, crops, flip)
 
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         pending: collections.deque = collections.deque()
-        for src, name in zip(sources, names, strict=True):
-            pending.append(pool.submit(work, src, name))
+        for pos, (src, name) in enumerate(zip(sources, names, strict=True)):
+            pending.append(pool.submit(work, src, name, pos))
             if len(pending) >= depth:
                 yield pending.popleft().result()
         while pending:

@@ -19,7 +19,7 @@ from pipeline import cache, storage
 from pipeline.errors import UserError
 from pipeline.report import readers
 
-STAGES = ("data", "features", "heads", "ideal", "adversarial", "report")
+STAGES = ("data", "features", "heads", "trunk", "finetune", "ideal", "adversarial", "report")
 HEAD_METRICS = ("accuracy", "mean_per_class_accuracy", "log_loss")
 ADV_METRICS = ("success_rate", "mean_target_prob", "mean_linf", "mean_l2", "mean_psnr")
 IDEAL_METRICS = ("mean_prob", "min_prob", "mean_tv")
@@ -115,7 +115,7 @@ def chain_from_heads(cache_dir: Path, heads_key: str) -> dict[str, str]:
         fm = _manifest(cache_dir, "features", feats) or {}
         if (data := (fm.get("upstream") or {}).get("data")):
             keys["data"] = data
-    for stage in ("ideal", "adversarial"):
+    for stage in ("finetune", "ideal", "adversarial"):
         for dm in cache.iter_manifests(cache_dir, stage):  # newest first
             if (dm.get("upstream") or {}).get("heads") == heads_key:
                 keys[stage] = dm["key"]
@@ -133,7 +133,8 @@ def run_metrics(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
     """Flat metrics of a run: ``heads/<head>/<split>/<metric>``, ``adversarial/<method>/<metric>``,
     ``adversarial/transfer/<backbone>/<method>``, ``ideal/<recipe>/<metric>``."""
     out: dict[str, Any] = {}
-    heads = readers.read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")))
+    heads = readers.read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")),
+                                       _out(cache_dir, "finetune", keys.get("finetune")))
     for name, h in (heads or {}).get("heads", {}).items():
         for split, m in h["splits"].items():
             for metric in HEAD_METRICS:
@@ -211,7 +212,8 @@ def show_latest(cache_dir: Path) -> str:
     lines += [text_table(["stage", "key", "state", "time"], rows, right=[3]), ""]
 
     keys = {n: s.get("key") for n, s in stages.items()}
-    heads = readers.read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")))
+    heads = readers.read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")),
+                                       _out(cache_dir, "finetune", keys.get("finetune")))
     if heads and heads["heads"]:
         rows = []
         for name, h in heads["heads"].items():

@@ -82,7 +82,7 @@ class AdversarialParams:
         if len(set(self.methods)) != len(self.methods):
             raise ParamsError(f"methods: {list(self.methods)!r} lists a method twice.")
         if self.head == targets_lib.IMAGENET or not re.fullmatch(r"[A-Za-z0-9_]+", self.head):
-            raise ParamsError(f"head: {self.head!r} is not a trained head; use logreg or mlp "
+            raise ParamsError(f"head: {self.head!r} is not a trained head; use logreg, mlp or finetune "
                               "(write the target as imagenet:<name> to attack the ImageNet head).")
         registry.check_names(self.transfer, "transfer")
 
@@ -140,16 +140,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # What to attack (dataset labels) and what the classifier should say.
     source = targets_lib.resolve_source(p.source, data_classes, "adversarial.source")
+    from pipeline.finetune import model as finetuned
+
+    ft_dir = Path(ctx.inputs["finetune"]) if "finetune" in ctx.inputs else None
     head_names = available(heads_dir)
-    if targets_lib.split_spec(p.target)[0] != targets_lib.IMAGENET and p.head not in head_names:
+    if targets_lib.split_spec(p.target)[0] != targets_lib.IMAGENET and p.head not in head_names + [finetuned.NAME]:
         raise targets_lib.TargetError(f"adversarial.head: no trained head {p.head!r} in the heads stage's "
-                                      f"output; available: {', '.join(head_names) or 'none'}.")
+                                      f"output; available: {', '.join(head_names) or 'none'}, finetune.")
     head_classes = {n: json.loads((heads_dir / "heads.json").read_text())["classes"] for n in head_names}
+    if finetuned.available(ft_dir):
+        head_classes[finetuned.NAME] = finetuned.classes(ft_dir)
     target = targets_lib.resolve(p.target, p.head, head_classes, "adversarial.target")
 
     backbone = registry.load_backbone(bp.name, ctx.cache_dir, bp.dtype, bp.depthwise)
     if target.head == targets_lib.IMAGENET:
         model = model_lib.imagenet_model(backbone)
+    elif target.head == finetuned.NAME:  # the fine-tuned network: backbone with the trained top merged in
+        import dataclasses
+
+        merged, head = finetuned.load_finetuned(ft_dir, backbone)
+        model = model_lib.head_model(dataclasses.replace(backbone, params=merged), head, target.head)
     else:
         head = load_head(heads_dir, target.head)
         model = model_lib.head_model(backbone, head, target.head)
@@ -317,7 +327,8 @@ def _save_examples(out: Path, p: AdversarialParams, model, ids, originals, clean
 STAGE = Stage(
     name="adversarial",
     run=run,
-    deps=("data", "heads"),
+    deps=("data", "heads", "finetune"),
+    reads_part=("finetune",),  # the fine-tuned head only, none while finetune is disabled
     sections=("backbone", "adversarial"),
     version="1",
     schemas={"adversarial": AdversarialParams},

@@ -166,13 +166,24 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if head_names:
         index = json.loads((heads_dir / "heads.json").read_text())
         head_classes = {n: list(index["classes"]) for n in head_names}
+    from pipeline.finetune import model as finetuned
+
+    ft_dir = Path(ctx.inputs["finetune"]) if "finetune" in ctx.inputs else None
+    if finetuned.available(ft_dir):
+        head_classes[finetuned.NAME] = finetuned.classes(ft_dir)
     targets = [targets_lib.resolve(t, p.head, head_classes, f"ideal.targets[{i}]")
                for i, t in enumerate(p.targets)]
 
     backbone = registry.load_backbone(bp.name, ctx.cache_dir, bp.dtype, bp.depthwise)
     used = list(dict.fromkeys(t.head for t in targets))
-    heads = {n: ("imagenet" if n == targets_lib.IMAGENET else load_head(heads_dir, n)) for n in used}
-    model, segments = model_lib.multi_head_model(backbone, heads)
+    own: dict[str, Any] = {}  # heads with their own backbone params: the fine-tuned network
+    heads = {}
+    for n in used:
+        if n == finetuned.NAME:
+            own[n], heads[n] = finetuned.load_finetuned(ft_dir, backbone)
+        else:
+            heads[n] = "imagenet" if n == targets_lib.IMAGENET else load_head(heads_dir, n)
+    model, segments = model_lib.multi_head_model(backbone, heads, own)
     n_classes = len(model.classes)
     masks = model_lib.class_mask([[segments[t.head][0] + i for i in t.indices] for t in targets], n_classes)
     domains = model_lib.class_mask([range(*segments[t.head]) for t in targets], n_classes)
@@ -279,7 +290,8 @@ def _transfer_check(ctx: StageContext, backbones: list[str], targets: list, imag
 STAGE = Stage(
     name="ideal",
     run=run,
-    deps=("heads",),
+    deps=("heads", "finetune"),
+    reads_part=("finetune",),  # the fine-tuned head only, none while finetune is disabled
     sections=("backbone", "ideal"),
     version="2",
     schemas={"ideal": IdealParams},

@@ -71,7 +71,8 @@ def test_run_all_then_rerun_only_what_changed(tmp_path):
     first = cli("run", "all", *base, cache=cache)
     assert first.returncode == 0, first.stderr[-3000:]
     assert actions(first.stdout) == {s: "ran" for s in
-                                     ("data", "features", "doctor", "heads", "ideal", "adversarial", "report")}
+                                     ("data", "features", "doctor", "heads", "trunk", "finetune", "ideal",
+                                      "adversarial", "report")}
     status = json.loads(cli("status", "--json", *base, cache=cache).stdout)
     assert all(s["up_to_date"] for s in status["stages"])
     report = Path(next(s["out"] for s in status["stages"] if s["name"] == "report")) / "report.html"
@@ -84,6 +85,7 @@ def test_run_all_then_rerun_only_what_changed(tmp_path):
     second = cli("run", "all", *changed, cache=cache)
     assert second.returncode == 0, second.stderr[-3000:]
     assert actions(second.stdout) == {"data": "reused", "features": "reused", "doctor": "reused", "heads": "ran",
+                                      "trunk": "reused", "finetune": "ran",  # a stub: enabled: false
                                       "ideal": "ran", "adversarial": "ran", "report": "ran"}
 
     # A doctor param while the doctor only reports: the doctor and the report rerun, the heads
@@ -92,7 +94,15 @@ def test_run_all_then_rerun_only_what_changed(tmp_path):
     fourth = cli("run", "all", *doctor, cache=cache)
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     assert actions(fourth.stdout) == {"data": "reused", "features": "reused", "doctor": "ran", "heads": "reused",
-                                      "ideal": "reused", "adversarial": "reused", "report": "ran"}
+                                      "trunk": "reused", "finetune": "reused", "ideal": "reused",
+                                      "adversarial": "reused", "report": "ran"}
+
+    # A fine-tuning param while fine-tuning is disabled: its stub and the report rerun; the
+    # gradient stages, which could use a fine-tuned head, do not (there is none).
+    tune = [*base, "-S", "finetune_train.lr_head=0.001"]
+    fifth = cli("run", "all", *tune, cache=cache)
+    assert fifth.returncode == 0, fifth.stderr[-3000:]
+    assert {k for k, v in actions(fifth.stdout).items() if v == "ran"} == {"finetune", "report"}
 
     # Setting it back reuses every earlier output: nothing runs.
     third = cli("run", "all", *base, cache=cache)

@@ -66,7 +66,8 @@ def head_model(backbone: Any, head: Any, head_name: str) -> PixelModel:
                       tuple(head.classes), backbone.spec.input_size)
 
 
-def multi_head_model(backbone: Any, heads: Mapping[str, Any]) -> tuple[PixelModel, dict[str, tuple[int, int]]]:
+def multi_head_model(backbone: Any, heads: Mapping[str, Any], own_backbone: Mapping[str, Any] | None = None,
+                     ) -> tuple[PixelModel, dict[str, tuple[int, int]]]:
     """Backbone + several heads at once, logits concatenated: one backbone pass serves targets of
     every head, so a batch can mix ImageNet and trained-head targets.
 
@@ -74,6 +75,8 @@ def multi_head_model(backbone: Any, heads: Mapping[str, Any]) -> tuple[PixelMode
       backbone: the backbone.
       heads: head name -> head; the name ``imagenet`` means the backbone's own ImageNet head, any
         other value must be a `TrainedHead`.
+      own_backbone: head name -> backbone params of its own (the fine-tuned classifier's merged
+        params, `pipeline.finetune.model`): that head gets a second backbone pass.
 
     Returns:
       (model, segments) where segments[name] = (start, stop) of that head's logits. Softmaxes are
@@ -89,14 +92,23 @@ def multi_head_model(backbone: Any, heads: Mapping[str, Any]) -> tuple[PixelMode
         segments[name] = (len(classes), len(classes) + len(cls))
         classes += [f"{name}:{c}" for c in cls]
 
+    own = dict(own_backbone or {})
+
     def apply(params: Any, pixels: jax.Array) -> jax.Array:
         bb_params, head_params = params
-        feats = backbone.embed(bb_params, pixels)  # (B, D)
-        outs = [backbone.imagenet_logits(bb_params, feats) if name == "imagenet"
-                else heads[name].logits(head_params[name], feats) for name in names]
+        feats = backbone.embed(bb_params, pixels) if any(n not in own for n in names) else None  # (B, D)
+        outs = []
+        for name in names:
+            if name in own:
+                own_params, hp = head_params[name]
+                outs.append(heads[name].logits(hp, backbone.embed(own_params, pixels)))
+            else:
+                outs.append(backbone.imagenet_logits(bb_params, feats) if name == "imagenet"
+                            else heads[name].logits(head_params[name], feats))
         return jnp.concatenate(outs, axis=-1)  # (B, sum C)
 
-    head_params = {n: (None if n == "imagenet" else heads[n].params) for n in names}
+    head_params = {n: ((own[n], heads[n].params) if n in own else None if n == "imagenet" else heads[n].params)
+                   for n in names}
     model = PixelModel(f"{backbone.spec.name}+{'+'.join(names)}", apply, (backbone.params, head_params),
                        tuple(classes), backbone.spec.input_size)
     return model, segments

@@ -241,8 +241,8 @@ def _split_reports(head: Mapping) -> dict[str, dict]:
     return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], 99)))
 
 
-def read_heads_metrics(heads_dir: Path | None) -> dict | None:
-    """The heads stage's metrics.json in one shape.
+def read_heads_metrics(heads_dir: Path | None, finetune_dir: Path | None = None) -> dict | None:
+    """The heads stage's metrics.json in one shape (plus the finetune stage's head, when given).
 
     Returns:
       ``{"classes": [...] | None, "heads": {name: {"splits": {split: metrics}, "hyper": {...},
@@ -253,6 +253,14 @@ def read_heads_metrics(heads_dir: Path | None) -> dict | None:
     """
     if heads_dir is None:
         return None
+    out = _read_heads(heads_dir)
+    extra = _read_heads(finetune_dir) if finetune_dir is not None else None
+    if out is not None and extra is not None:
+        out["heads"].update(extra["heads"])  # the fine-tuned classifier is one more head
+    return out
+
+
+def _read_heads(heads_dir: Path) -> dict | None:
     raw = load_json(Path(heads_dir) / "metrics.json")
     if not isinstance(raw, Mapping):
         return None

@@ -332,7 +332,7 @@ def timing_section(manifests: Mapping[str, Any], report_started: float | None = 
 
 # --- the page ------------------------------------------------------------------------------------
 
-STAGE_ORDER = ("data", "features", "doctor", "heads", "ideal", "adversarial")
+STAGE_ORDER = ("data", "features", "doctor", "heads", "trunk", "finetune", "ideal", "adversarial")
 
 
 def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Mapping[str, type],
@@ -354,7 +354,7 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
     params = readers.run_params(manifests, own_params)
     data_dir, feat_dir = inputs.get("data"), inputs.get("features")
     heads_dir = inputs.get("heads")
-    heads = readers.read_heads_metrics(heads_dir)
+    heads = readers.read_heads_metrics(heads_dir, inputs.get("finetune"))
     classes = readers.read_classes(data_dir, feat_dir) or (heads or {}).get("classes")
     sizes = readers.split_sizes(data_dir, feat_dir)
     primary = choose_primary(heads, opts.primary_head, log)
@@ -377,7 +377,8 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
         if classes:
             sections.append(confusion_section(heads, primary, classes, opts))
             sections.append(per_class_section(heads, primary, classes, opts))
-            sections.append(mistakes_section(heads_dir, heads, primary, classes, finder, opts))
+            preds_dir = inputs.get("finetune") if primary == "finetune" else heads_dir
+            sections.append(mistakes_section(preds_dir, heads, primary, classes, finder, opts))
     else:
         for id_, title in (("metrics", "Heads: metrics"), ("confusion", "Confusion matrix"),
                            ("per-class", "Per-class accuracy"), ("mistakes", "Most confident mistakes")):

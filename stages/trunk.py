@@ -1,0 +1,247 @@
+"""Stage `trunk`: run the frozen part of the backbone once; cache its activations at the cut.
+
+The backbone is cut at ``finetune.unfreeze`` (`pipeline.models.cut`): everything before that layer
+is the frozen trunk, run here once over every image; the layers from it on are what the `finetune`
+stage trains, on these cached activations. Every image gets its centre view (the backbone's own
+preprocessing); training images also get ``finetune.views`` augmented views, decoded from the
+original photo each (`pipeline.finetune.views`; seeded by image index, so a resumed pass is
+bit-identical). The key is the backbone and the ``finetune`` section (cut, views, augmentation,
+storage dtype); the optimiser's settings live in ``finetune_train``, so changing a learning rate
+reruns only the training stage.
+
+Shards, resume and the multi-process split are the features stage's (`pipeline.shards`,
+`pipeline.featurize.BatchEmbedder` over a trunk-shaped backbone): a killed pass resumes from its
+last finished shard. With ``finetune.enabled: false`` the stage writes only ``info.json``.
+
+Outputs (the contract with `finetune`):
+  info.json                  {"enabled", "backbone", "cut", "activation_shape": [h, w, c], "dtype",
+                              "rows_per_image": {split: r}, "images": {split: n}, ...}
+  classes.json               class names
+  <split>/activations.npy    (N * r, h * w * c) float16/float32, rows image-major (r = 1 + views for
+                             train, 1 otherwise); `load_split` memory-maps and reshapes it
+  <split>/labels.npy         (N,) int32, one per image
+  <split>/ids.json           N image ids
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline import shards
+from pipeline.params import ParamsError, spec
+from pipeline.sources import SPLITS, load_data
+from pipeline.stage import Stage, StageContext
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneParams:
+    """params.yaml section ``finetune``: where to cut and what to cache (the trunk stage's key)."""
+
+    enabled: bool = spec(False, help="run the trunk pass and fine-tuning (off: both stages write a stub)")
+    unfreeze: str = spec("block15", help="first trainable layer; it and all after it are fine-tuned "
+                                          "(lite0: stem, block0..block15, head_conv; a typo lists them all)")
+    views: int = spec(4, min=0, max=64, help="augmented views per training image, besides its centre view")
+    flip: bool = spec(True, help="augmented views are mirrored with probability 1/2")
+    crop: bool = spec(True, help="augmented views are random resized crops of the original photo")
+    min_scale: float = spec(0.35, min=0.05, max=1.0, help="smallest random crop, as a fraction of the photo's area")
+    color_jitter: float = spec(0.0, min=0.0, max=0.9, help="brightness/contrast/saturation factors in [1-s, 1+s]")
+    seed: int = spec(0, min=0, help="seed of the augmented views")
+    dtype: Literal["float16", "float32"] = spec("float16", help="storage dtype of the cached activations")
+    batch_size: int = spec(32, min=1, help="views per trunk call")
+    shard_size: int = spec(256, min=1, help="images per checkpointed shard; a multiple of batch_size")
+    workers: int = spec(0, min=0, affects_output=False, help="decoding threads; 0 = one per CPU core")
+
+    def validate(self) -> None:
+        if not self.unfreeze.strip():
+            raise ParamsError("unfreeze: must name a layer of the backbone, e.g. block15 or head_conv.")
+        if self.shard_size % self.batch_size:
+            raise ParamsError(f"shard_size: {self.shard_size} is not a multiple of batch_size {self.batch_size}; "
+                              "shards must hold whole batches so that a resumed run computes the same batches.")
+
+
+def rows_per_image(fp: FinetuneParams, split: str) -> int:
+    return 1 + fp.views if split == "train" else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrunkAsBackbone:
+    """What `BatchEmbedder` needs of a backbone, with the cut's trunk as ``embed`` (flat rows)."""
+
+    spec: Any
+    params: Any
+    trunk: Any
+
+    def embed(self, params: Any, pixels: Any) -> Any:
+        return self.trunk(params, pixels).reshape(pixels.shape[0], -1)  # (B, h*w*c)
+
+
+def check_cut(backbone_name: str, unfreeze: str) -> list[str]:
+    """The backbone's layer names, after checking ``finetune.unfreeze`` is one of them (imports jax)."""
+    from pipeline.errors import UserError
+    from pipeline.models import cut, registry
+
+    names = cut.layer_names(registry.get_spec(backbone_name))
+    try:
+        cut.check_layer(names, unfreeze, "finetune.unfreeze", backbone_name)
+    except UserError as e:
+        raise ParamsError(str(e)) from None
+    return names
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Load the backbone and compute this process's activation shards (see `extract`)."""
+    fp: FinetuneParams = ctx.params["finetune"]
+    bp = ctx.params["backbone"]
+    if not fp.enabled:
+        ctx.log("finetune.enabled is false: nothing to cache (set it true to fine-tune)")
+        return {"enabled": False}
+    check_cut(bp.name, fp.unfreeze)
+    from pipeline.models import registry
+
+    return extract(ctx, registry.load_backbone(bp.name, ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise))
+
+
+def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:
+    """Compute and checkpoint this process's shards (centre + augmented views), skipping finished ones.
+
+    Args:
+      ctx: the stage context (``finetune`` params, ``inputs["data"]``, ``out_dir``).
+      backbone: a loaded `registry.Backbone` whose module can be cut (`pipeline.models.cut`).
+
+    Returns:
+      This process's counts and timings (also written to ``stats/p<index>.json`` for `finalize`).
+    """
+    from pipeline.featurize import BatchEmbedder, decoded_views, default_workers
+    from pipeline.finetune.views import ViewPlan, image_views
+    from pipeline.models import cut
+
+    fp: FinetuneParams = ctx.params["finetune"]
+    out = Path(ctx.out_dir)
+    c = cut.split(backbone, fp.unfreeze)
+    flat = int(np.prod(c.activation_shape))
+    shim = _TrunkAsBackbone(dataclasses.replace(backbone.spec, feature_dim=flat), backbone.params, c.trunk)
+    embedder = BatchEmbedder(shim, fp.batch_size, 1, "rows", fp.dtype)
+    data = load_data(ctx.inputs["data"])
+    workers = fp.workers or default_workers()
+    stats = {"backbone": backbone.spec.name, "cut": fp.unfreeze, "activation_shape": list(c.activation_shape),
+             "computed_rows": 0, "resumed_shards": 0, "seconds": 0.0}
+    for split in SPLITS:
+        rec = data.splits[split]
+        r = rows_per_image(fp, split)
+        plan = ViewPlan(views=r - 1, flip=fp.flip, crop=fp.crop, min_scale=fp.min_scale,
+                        color_jitter=fp.color_jitter, seed=fp.seed)
+        folder = out / split / "shards"
+        folder.mkdir(parents=True, exist_ok=True)
+        shards.clean_temporaries(folder)
+        mine = shards.process_block(shards.shard_ranges(len(rec), fp.shard_size), ctx.process_index,
+                                    ctx.process_count)
+        todo = [g for g in mine if not shards.is_done(folder, g, r)]
+        stats["resumed_shards"] += len(mine) - len(todo)
+        task = ctx.reporter.task(f"trunk {split}", total=sum(b - a for a, b in mine) * r, unit="view")
+        task.advance((sum(b - a for a, b in mine) - sum(b - a for a, b in todo)) * r)
+        t0 = time.perf_counter()
+        try:
+            for group in shards.contiguous(todo):
+                lo, hi = group[0][0], group[-1][1]
+                fn = functools.partial(_views_at, spec=backbone.spec, plan=plan, offset=lo, fn=image_views)
+                stream = decoded_views(data.sources(split, lo, hi), rec.ids[lo:hi], backbone.spec, ("center",),
+                                       False, workers, depth=2 * fp.batch_size + workers, view_fn=fn)
+                singles = (v[None] for vs in stream for v in vs)  # one "image" per view: (1, S, S, 3)
+                try:
+                    for g in group:
+                        rows = embedder.embed(singles, (g[1] - g[0]) * r)  # (images * r, h*w*c)
+                        shards.write_durable(shards.shard_path(folder, g), rows)
+                        stats["computed_rows"] += len(rows)
+                        task.advance(len(rows))
+                finally:
+                    stream.close()
+        finally:
+            task.close()
+        stats["seconds"] += time.perf_counter() - t0
+    stats["seconds"] = round(stats["seconds"], 3)
+    stats["compile_seconds"] = round(embedder.compile_seconds, 3)
+    (out / "stats").mkdir(exist_ok=True)
+    shards.write_durable_json(out / "stats" / f"p{ctx.process_index}.json", stats)
+    return stats
+
+
+def _views_at(img: Any, pos: int, *, spec: Any, plan: Any, offset: int, fn: Any) -> np.ndarray:
+    return fn(img, spec, plan, offset + pos)  # seeded by the image's index in its split
+
+
+def finalize(ctx: StageContext) -> dict[str, Any]:
+    """Assemble the shards into one ``activations.npy`` per split; the stage's summary."""
+    fp: FinetuneParams = ctx.params["finetune"]
+    out = Path(ctx.out_dir)
+    if not fp.enabled:
+        shards.write_durable_json(out / "info.json", {"enabled": False})
+        return {"enabled": False}
+    data = load_data(ctx.inputs["data"])
+    stats = [json.loads(p.read_text()) for p in sorted((out / "stats").glob("p*.json"))]
+    shape = stats[0]["activation_shape"]
+    flat = int(np.prod(shape))
+    for split in SPLITS:
+        rec = data.splits[split]
+        r = rows_per_image(fp, split)
+        folder = out / split / "shards"
+        if (out / split / "ids.json").exists() and not folder.exists():
+            continue  # assembled by an earlier finalize that was killed later on
+        ranges = shards.shard_ranges(len(rec), fp.shard_size)
+        missing = [g for g in ranges if not shards.is_done(folder, g, r)]
+        if missing:
+            raise RuntimeError(f"trunk: {len(missing)} shard(s) of split {split} are missing (first: images "
+                               f"{missing[0][0]}..{missing[0][1] - 1}); a process did not finish. Rerun.")
+        shards.assemble(out / split / "activations.npy", [shards.shard_path(folder, g) for g in ranges],
+                        (len(rec) * r, flat), np.dtype(fp.dtype))
+        shards.write_durable(out / split / "labels.npy", np.asarray(rec.labels, np.int32))
+        shards.write_durable_json(out / split / "ids.json", list(rec.ids))  # last: marks the split done
+        shutil.rmtree(folder)
+    shards.write_durable_json(out / "classes.json", data.classes)
+    info = {"enabled": True, "backbone": stats[0]["backbone"], "cut": fp.unfreeze, "activation_shape": shape,
+            "dtype": fp.dtype, "views": fp.views, "images": {s: len(data.splits[s]) for s in SPLITS},
+            "rows_per_image": {s: rows_per_image(fp, s) for s in SPLITS}}
+    shards.write_durable_json(out / "info.json", info)
+    shutil.rmtree(out / "stats", ignore_errors=True)
+    rows = sum(s["computed_rows"] for s in stats)
+    seconds = max(s["seconds"] for s in stats)
+    summary = {"backbone": info["backbone"], "cut": fp.unfreeze, "activation_shape": shape,
+               "computed_views": rows, "resumed_shards": sum(s["resumed_shards"] for s in stats),
+               "seconds": seconds, "views_per_s": round(rows / seconds, 2) if seconds else None,
+               "compile_seconds": max(s["compile_seconds"] for s in stats),
+               "megabytes": round(sum((out / s / "activations.npy").stat().st_size for s in SPLITS) / 1e6, 1)}
+    ctx.log(f"trunk of {info['backbone']} up to {fp.unfreeze}: {rows} views -> {shape} {fp.dtype} in "
+            f"{seconds:.1f} s ({summary['views_per_s']} views/s, compile {summary['compile_seconds']} s), "
+            f"{summary['resumed_shards']} shard(s) resumed, {summary['megabytes']} MB")
+    return summary
+
+
+def load_split(trunk_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(activations (N, r, h, w, c) memory-mapped read-only, labels (N,), ids) of one split."""
+    info = json.loads((Path(trunk_dir) / "info.json").read_text())
+    d = Path(trunk_dir) / split
+    labels = np.load(d / "labels.npy")
+    acts = np.load(d / "activations.npy", mmap_mode="r")
+    r = info["rows_per_image"][split]
+    return acts.reshape(len(labels), r, *info["activation_shape"]), labels, json.loads((d / "ids.json").read_text())
+
+
+STAGE = Stage(
+    name="trunk",
+    run=run,
+    finalize=finalize,
+    deps=("data",),
+    sections=("backbone", "finetune"),
+    version="1",
+    schemas={"finetune": FinetuneParams},
+    resumable=True,
+    all_processes=True,
+    description="frozen trunk (layers before finetune.unfreeze) over every image + augmented views; cached",
+)
