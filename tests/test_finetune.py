@@ -188,10 +188,16 @@ def test_learning_rate_reruns_only_finetune_and_views_rerun_the_trunk(tmp_path):
 
     base = keys()
     lr = keys("finetune_train.lr_backbone=0.00001")
-    # the gradient stages read the fine-tuned head (adversarial.head: finetune), so they follow it
-    assert {n for n in base if base[n] != lr[n]} == {"finetune", "ideal", "adversarial", "report"}
+    # Disabled (the default): no fine-tuned head exists, so the gradient stages stay put.
+    assert {n for n in base if base[n] != lr[n]} == {"finetune", "report"}
     views = keys("finetune.views=8")
-    assert {n for n in base if base[n] != views[n]} == {"trunk", "finetune", "ideal", "adversarial", "report"}
+    assert {n for n in base if base[n] != views[n]} == {"trunk", "finetune", "report"}
+    # Enabled: the gradient stages read the fine-tuned head (adversarial.head: finetune), so they follow it.
+    on = keys("finetune.enabled=true")
+    on_lr = keys("finetune.enabled=true", "finetune_train.lr_backbone=0.00001")
+    assert {n for n in on if on[n] != on_lr[n]} == {"finetune", "ideal", "adversarial", "report"}
+    on_views = keys("finetune.enabled=true", "finetune.views=8")
+    assert {n for n in on if on[n] != on_views[n]} == {"trunk", "finetune", "ideal", "adversarial", "report"}
 
 
 def test_refit_on_train_val_for_the_chosen_epochs(trunk_dir, tmp_path):
