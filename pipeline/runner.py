@@ -105,7 +105,8 @@ def plan(graph: Graph, params: Mapping[str, Any], root: Any) -> dict[str, StageP
             plans[name] = parts[0]
         else:
             first = parts[0]
-            reasons = [f"{_part_label(p)}: {r}" for p in parts for r in p.reasons]
+            labels = _part_labels(parts)
+            reasons = [f"{label}: {r}" for label, p in zip(labels, parts) for r in p.reasons]
             plans[name] = StagePlan(name, first.key, first.params, upstream, first.fingerprint,
                                     all(p.up_to_date for p in parts), first.out, reasons, parts)
     return plans
@@ -120,11 +121,15 @@ def _plan_one(root: Any, name: str, stage: Any, sections: dict[str, Any],
     return StagePlan(name, key, sections, upstream, fp, done, cache.output_dir(root, name, key), reasons)
 
 
-def _part_label(p: StagePlan) -> str:
-    """A part by its key prefix and the first string param that tells parts apart (a backbone)."""
-    flat: dict[str, Any] = {}
-    _flatten("", to_plain(dict(p.params)), flat)
-    return f"{flat.get('backbone.name', p.key[:8])}"
+def _part_labels(parts: Sequence[StagePlan]) -> list[str]:
+    """Each part named by the param values that tell the parts apart (a backbone's name)."""
+    flats = []
+    for p in parts:
+        flat: dict[str, Any] = {}
+        _flatten("", to_plain(dict(p.params)), flat)
+        flats.append(flat)
+    differ = [k for k in flats[0] if len({repr(f.get(k)) for f in flats}) > 1]
+    return [",".join(str(f[k]) for k in differ) or p.key for f, p in zip(flats, parts)]
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
