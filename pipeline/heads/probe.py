@@ -91,7 +91,7 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
         train_only = logreg.path(z["train"], ytr, [C], K, sample_weight=class_weights(ytr, K, p.class_weight), **kw)
         W, b = train_only.W[0], train_only.b[0]
         log(f"logreg: C={C:.3g}, standardize={std} ({lp.cv_folds}-fold CV accuracy "
-            f"{chosen['cv_accuracy_at_C']:.4f}) from {len(chosen['sweep'])} (C, standardize) points")
+            f"{chosen['cv_accuracy_at_C']:.4f}) from {len(chosen['cv_table'])} (C, standardize) points")
     else:
         best = None
         for std in standardize_options(p):
@@ -132,8 +132,11 @@ def _choose_by_cv(p: HeadsParams, data: dict, K: int) -> tuple[bool, float, dict
     rows = cv.cv_sweep(x, y, K, c_grid(lp), standardize_options(p), folds,
                        balanced=p.class_weight == "balanced", max_iter=lp.max_iter, tol=lp.tol)
     best = cv.best(rows)
+    # "sweep": the chosen scaling's C path (what the report plots); "cv_table": every point.
+    sweep = [{"C": r["C"], "cv_accuracy": r["cv_accuracy"], "cv_log_loss": r["cv_log_loss"],
+              "n_iter": r["n_iter"]} for r in rows if r["standardize"] == best["standardize"]]
     chosen = {"C": best["C"], "select": "cv", "cv_folds": lp.cv_folds,
-              "cv_accuracy_at_C": best["cv_accuracy"], "sweep": rows}
+              "cv_accuracy_at_C": best["cv_accuracy"], "sweep": sweep, "cv_table": rows}
     return best["standardize"], best["C"], chosen
 
 

@@ -152,16 +152,19 @@ def metrics_section(heads: dict | None, primary: str | None, opts: Options, log:
     for name, h in heads["heads"].items():
         for split, m in h["splits"].items():
             hl = readers.headline(m)
-            rows.append([name, split, num(hl.get("n", "–")), pct(hl.get("accuracy")),
-                         pct(hl.get("mean_per_class_accuracy")), num(hl.get("log_loss", "–"))])
+            ci = m.get("ci95") if isinstance(m.get("ci95"), Mapping) else {}
+            rows.append([name, split, num(hl.get("n", "–")), pct(hl.get("accuracy")) + _ci(ci.get("accuracy")),
+                         pct(hl.get("mean_per_class_accuracy")) + _ci(ci.get("mean_per_class_accuracy")),
+                         num(hl.get("log_loss", "–"))])
             classes_.append("")
             if split == opts.split and (best is None or hl.get("accuracy", -1) > best[1]):
                 best = (len(rows) - 1, hl.get("accuracy", -1))
     if best is not None:
         classes_[best[0]] = "best"
-    blocks.append(Table(["head", "split", "images", "accuracy", "mean per-class acc.", "log loss"], rows,
-                        row_classes=classes_,
-                        caption=f"Highlighted: the best {opts.split} accuracy. Plots below use head "
+    blocks.append(Table(["head", "split", "images", "accuracy [95% CI]", "mean per-class acc. [95% CI]",
+                         "log loss"], rows, row_classes=classes_,
+                        caption=f"Brackets: 95% bootstrap interval over the split's images. "
+                                f"Highlighted: the best {opts.split} accuracy. Plots below use head "
                                 f"{primary!r} (report.primary_head)."))
     hyper_rows = [[name, ", ".join(f"{k}={value(v)}" for k, v in readers.flatten(h["hyper"]).items()
                                    if isinstance(v, (int, float, str, bool)) and k != "seconds") or "–"]
@@ -186,6 +189,13 @@ def metrics_section(heads: dict | None, primary: str | None, opts: Options, log:
                              caption="Accuracy on the test split against the number of training images "
                                      "(mean over seeded draws; band: ±1 std).", max_width=900))
     return Section("metrics", "Heads: metrics", blocks)
+
+
+def _ci(interval: Any) -> str:
+    """`` [lo–hi]`` in percent for a bootstrap interval, or nothing."""
+    if not (isinstance(interval, (list, tuple)) and len(interval) == 2):
+        return ""
+    return f" [{pct(interval[0])}–{pct(interval[1])}]"
 
 
 def _training_panels(name: str, hyper: Mapping[str, Any]) -> list[dict]:
