@@ -192,14 +192,19 @@ def main() -> None:
 
     load = os.getloadavg()
     photos = (args.photos or photo_folder(args.cache_dir)).resolve()  # the data key hashes the path
-    rows = []
+    print(f"mean per-class accuracy on the held-out half of pets-tune+dev (491 photos, 37 breeds), "
+          f"mean ± std over seeds {args.seeds}; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    head = (f"{'configuration':<24} {'dim':>5} {'rows/img':>8} {'ours logreg':>14} {'ours mlp':>14} "
+            f"{'sklearn CV':>14} {'ours - sk':>10} {'s':>5}  chosen C / scaling (r raw, s std)")
+    print(head)
+    print("-" * len(head), flush=True)
+    from pipeline.heads.inputs import normalize_block
+
     for name in args.configs:
         backbones, augment, reduce = CONFIGS[name]
         parts = [features(args.cache_dir, photos, b, augment) for b in backbones]
         y, views = parts[0][1], parts[0][3]
         assert all(p[2] == parts[0][2] for p in parts), "backbones saw different images"
-        from pipeline.heads.inputs import normalize_block
-
         fuse = "none" if ("raw" in name or len(parts) == 1) else "l2"
         x = np.concatenate([normalize_block(p[0], fuse) for p in parts], axis=1)
         K = int(y.max()) + 1
@@ -217,22 +222,17 @@ def main() -> None:
                 res["ours mlp"].append(o["mlp"])
             if not args.no_sklearn:
                 res["sklearn CV probe"].append(run_sklearn(xi[fit], y[fit], xi[test], y[test], K, seed, vr))
-        rows.append((name, x.shape[1], views if reduce == "rows" else 1, res, time.perf_counter() - t0))
-        print(f"  {name}: done in {rows[-1][-1]:.0f} s", flush=True)
-    print(f"\nmean per-class accuracy on the held-out half of pets-tune+dev (491 photos, 37 breeds), "
-          f"mean ± std over seeds {args.seeds}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
-    head = f"{'configuration':<24} {'dim':>5} {'rows/img':>8} {'ours logreg':>14} {'ours mlp':>14} {'sklearn CV':>14} {'ours - sk':>10}  chosen C / std"
-    print(head)
-    print("-" * len(head))
-    for name, dim, vr, res, _ in rows:
+
         def f(v):
             return f"{np.mean(v):.4f}±{np.std(v):.4f}" if v else "-"
+
         diff = (f"{np.mean(res['ours logreg']) - np.mean(res['sklearn CV probe']):+.4f}"
                 if res["sklearn CV probe"] else "-")
         chosen = ", ".join(f"{c:.3g}/{'s' if s else 'r'}" for c, s in zip(res["C"], res["std"]))
-        print(f"{name:<24} {dim:>5} {vr:>8} {f(res['ours logreg']):>14} {f(res['ours mlp']):>14} "
-              f"{f(res['sklearn CV probe']):>14} {diff:>10}  {chosen}")
-
+        print(f"{name:<24} {x.shape[1]:>5} {vr:>8} {f(res['ours logreg']):>14} {f(res['ours mlp']):>14} "
+              f"{f(res['sklearn CV probe']):>14} {diff:>10} {time.perf_counter() - t0:>5.0f}  {chosen}", flush=True)
+    load = os.getloadavg()
+    print(f"\nload average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -249,8 +249,12 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
                "computed_per_process": [s["computed"] for s in stats],
                "resumed_shards": sum(s["resumed_shards"] for s in stats),
                "seconds": seconds, "images_per_s": round(computed / seconds, 2) if seconds else None,
+               # Test-time augmentation multiplies the backbone's work: say by how much.
+               "views": info["views"], "augment": fp.augment, "reduce": fp.reduce,
+               "backbone_passes": computed * info["views"],
                "compile_seconds": max((s["compile_seconds"] for s in stats), default=None)}
-    ctx.log(f"{summary['images']} images -> {dim}-d {fp.dtype} features with {spec['backbone']}: computed "
+    views = f" x {info['views']} views ({fp.augment}, {fp.reduce})" if info["views"] > 1 else ""
+    ctx.log(f"{summary['images']} images{views} -> {dim}-d {fp.dtype} features with {spec['backbone']}: computed "
             f"{computed} in {seconds:.1f} s ({summary['images_per_s']} img/s, compile "
             f"{summary['compile_seconds']} s), {summary['resumed_shards']} shard(s) resumed")
     return summary
