@@ -151,7 +151,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if target.head == targets_lib.IMAGENET:
         model = model_lib.imagenet_model(backbone)
     else:
-        head = load_head(heads_dir, target.head)
+        head = load_head(heads_dir, target.head, backbone=bp.primary)
         model = model_lib.head_model(backbone, head, target.head)
     mask = np.zeros(len(model.classes), bool)
     mask[list(target.indices)] = True

@@ -171,7 +171,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     backbone = registry.load_backbone(bp.primary, ctx.cache_dir, bp.dtype, bp.depthwise)
     used = list(dict.fromkeys(t.head for t in targets))
-    heads = {n: ("imagenet" if n == targets_lib.IMAGENET else load_head(heads_dir, n)) for n in used}
+    heads = {n: ("imagenet" if n == targets_lib.IMAGENET else load_head(heads_dir, n, backbone=bp.primary))
+             for n in used}
     model, segments = model_lib.multi_head_model(backbone, heads)
     n_classes = len(model.classes)
     masks = model_lib.class_mask([[segments[t.head][0] + i for i in t.indices] for t in targets], n_classes)

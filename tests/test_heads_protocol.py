@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.errors import UserError
 from pipeline.heads import cv, logreg, metrics
 from pipeline.params import ParamsError
 from stages import heads
@@ -132,6 +133,9 @@ def test_fused_heads_have_the_right_width_order_and_inputs(fused):
         np.testing.assert_allclose(metrics.softmax(logits).max(1), [r["p_pred"] for r in stored], atol=1e-5)
     W = heads.load_head(out2, "logreg").params["W"]
     assert W.shape == (16, 4)
+    # A stage that runs one backbone (ideal, adversarial) cannot feed a fused head: it says so.
+    with pytest.raises(UserError, match="fused features of net_a, net_b"):
+        heads.load_head(out2, "logreg", backbone="net_a")
     assert m["learning_curve"][-1]["shots"] == "all"
 
 

@@ -86,12 +86,14 @@ def available(heads_dir: Path) -> list[str]:
     return list(json.loads(path.read_text())["heads"]) if path.exists() else []
 
 
-def load_head(heads_dir: Path, name: str) -> TrainedHead:
+def load_head(heads_dir: Path, name: str, backbone: str | None = None) -> TrainedHead:
     """Load a fitted head as a pure JAX function of (params, features).
 
     Args:
       heads_dir: the heads stage's output folder.
       name: ``logreg`` or ``mlp`` (see ``heads.json``).
+      backbone: the one backbone whose features the caller will feed (the gradient stages);
+        a head fitted on several backbones' fused features is then an error that says so.
 
     Returns:
       A `TrainedHead`; ``head.logits(head.params, features)`` gives (B, C) logits from raw
@@ -112,6 +114,14 @@ def load_head(heads_dir: Path, name: str) -> TrainedHead:
     if name not in index["heads"]:
         raise KeyError(f"no head {name!r} in {heads_dir}; available: {', '.join(index['heads'])}")
     entry = index["heads"][name]
+    blocks = entry["config"].get("blocks", ())
+    if backbone is not None and len(blocks) > 1:
+        from pipeline.errors import UserError
+
+        raise UserError(f"head {name!r} in {heads_dir} was fitted on the fused features of "
+                        f"{', '.join(b['backbone'] for b in blocks)}; a stage that runs one backbone "
+                        f"({backbone}) cannot feed it. Use an imagenet target, or run with one "
+                        f"backbone.name for this stage.")
     with np.load(heads_dir / entry["file"]) as f:
         params = jax.tree.map(jnp.asarray, unflatten_params({k: f[k] for k in f.files}))
     config = entry["config"]
