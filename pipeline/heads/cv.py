@@ -3,8 +3,16 @@
 With a couple of val images per class, one val split picks C by noise. Here the train and val
 images are pooled and split into k stratified folds, as scikit-learn's `LogisticRegressionCV`
 does; every (standardise option, fold) problem is fitted along the whole C path in one jitted
-call: `vmap` over the problems, `lax.scan` over increasing C with each fit warm-started from the
-previous one. A fold's held-out rows stay in the arrays with sample weight 0, so every problem
+call: `vmap` over the problems, `lax.scan` over C.
+
+Every fit starts from zero, as scikit-learn's do, not from the previous C's solution. With fewer
+images than dimensions the classes are separable, the weak-penalty optimum is far away along a
+flat valley, and L-BFGS stops (max |gradient| <= tol) wherever the valley gets flat enough: from
+zero that is a short, well-regularised solution; warm-started from a smaller C it is that C's
+solution again, after one or two steps. Measured on pets-tune+dev (lite0, 245 fitting images,
+seed 0): at C = 100 / 1000, cold starts give 0.857 / 0.857 test mean per-class accuracy (as
+scikit-learn), warm starts 0.820 / 0.834; over three seeds the warm-started CV lost 1.9 points
+to scikit-learn's `LogisticRegressionCV`. A fold's held-out rows stay in the arrays with sample weight 0, so every problem
 has the same shape and the folds batch together; standardisation statistics come from each
 fold's training rows only.
 
@@ -136,14 +144,15 @@ def _cv_fn(num_classes: int, max_iter: int, tol: float):
 
     def run(Xs, y, sws, Cs):
         def one(X, sw):
-            def step(carry, C):
-                W, b, it = fit(X, y, sw, C, *carry)
-                return (W, b), (logreg.linear_logits(W, b, X), it)
+            zero = (jnp.zeros((X.shape[1], k_out), X.dtype), jnp.zeros((k_out,), X.dtype))
 
-            init = (jnp.zeros((X.shape[1], k_out), X.dtype), jnp.zeros((k_out,), X.dtype))
-            _, out = jax.lax.scan(step, init, Cs)
+            def step(carry, C):
+                W, b, it = fit(X, y, sw, C, *zero)  # cold start: see the module docstring
+                return carry, (logreg.linear_logits(W, b, X), it)
+
+            _, out = jax.lax.scan(step, 0, Cs)
             return out
 
         return jax.vmap(one)(Xs, sws)
 
-    return persistent_jit(run, name="heads.cv.path", config=(num_classes, max_iter, tol))
+    return persistent_jit(run, name="heads.cv.path", config=(num_classes, max_iter, tol, "cold"))

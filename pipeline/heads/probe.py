@@ -113,7 +113,9 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
     if lp.refit:
         x = np.concatenate([z["train"], z["val"]])
         y = np.concatenate([ytr, yva])
-        refit = logreg.path(x, y, [C], K, sample_weight=class_weights(y, K, p.class_weight), init=(W, b), **kw)
+        # CV scored cold-started fits (see pipeline.heads.cv): the final fit starts cold too.
+        init = None if chosen["select"] == "cv" else (W, b)
+        refit = logreg.path(x, y, [C], K, sample_weight=class_weights(y, K, p.class_weight), init=init, **kw)
         W, b = refit.W[0], refit.b[0]
         chosen["refit_n_iter"] = int(refit.n_iter[0])
     return {"W": W, "b": b, "chosen": chosen, "train_only": train_only, "standardize": std,
