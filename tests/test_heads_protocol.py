@@ -186,12 +186,12 @@ def test_each_backbone_of_a_list_keeps_its_own_features_key(tmp_path):
     assert params["backbone"].primary == "efficientnet_lite2"   # what ideal / adversarial run
 
 
-def test_accurate_overlay_parses_and_fans_out_over_three_backbones(tmp_path):
+def test_accurate_overlay_parses(tmp_path):
     from pipeline import runner
     from pipeline.graph import load_graph
 
     root = Path(__file__).resolve().parents[1]
     graph = load_graph()
     params = runner.resolve_params(graph, [root / "params.yaml", root / "params.accurate.yaml"], [])
-    assert params["backbone"].names == ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-    assert len(runner.plan(graph, params, tmp_path)["features"].parts) == 3
+    assert params["backbone"].names == ("efficientnet_lite2",)
+    assert params["heads"].standardize == "auto" and params["heads"].logreg.select == "auto"
