@@ -170,12 +170,15 @@ feats, solver, cc = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 if cc:
     jax.config.update("jax_compilation_cache_dir", cc)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-data = {s: tuple(np.asarray(a) if i < 2 else a for i, a in enumerate(heads._load_features(feats)[s]))
+from pipeline.heads import inputs, probe
+data = {s: tuple(np.asarray(a) if i < 2 else a for i, a in enumerate(inputs.load_features(feats)[s]))
         for s in ("train", "val", "test")}
 z = {s: data[s][0] for s in data}
-p = parse_section(heads.HeadsParams, {"logreg": {"solver": solver}}, "heads")
+# One scaling, chosen on val: the same fits on both sides (the stage's default, standardize auto,
+# runs this sweep twice).
+p = parse_section(heads.HeadsParams, {"standardize": False, "logreg": {"solver": solver, "select": "val"}}, "heads")
 t = time.perf_counter()
-r = heads.fit_logreg(p, z, data, 37)
+r = probe.fit_logreg(p, data, 37)
 sweep_s = time.perf_counter() - t
 from pipeline.heads.logreg import linear_logits
 acc = float(np.mean(linear_logits(r["W"], r["b"], z["test"]).argmax(1) == data["test"][1]))

@@ -39,6 +39,13 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Seq
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
+def _ci(interval: Any) -> str:
+    """`` [lo, hi]`` of a bootstrap 95% interval, or nothing where the metrics have none."""
+    if not (isinstance(interval, (list, tuple)) and len(interval) == 2):
+        return ""
+    return f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
 def _fmt(name: str, v: Any) -> str:
     if v is None:
         return "-"
@@ -218,9 +225,13 @@ def show_latest(cache_dir: Path) -> str:
         rows = []
         for name, h in heads["heads"].items():
             for split, m in h["splits"].items():
-                rows.append([name, split, _fmt("n", m.get("n")), _fmt("accuracy", m.get("accuracy")),
-                             _fmt("mpca", m.get("mean_per_class_accuracy")), _fmt("log_loss", m.get("log_loss"))])
-        lines += [text_table(["head", "split", "n", "accuracy", "mean per-class acc.", "log loss"], rows,
+                ci = m.get("ci95") or {}
+                rows.append([name, split, _fmt("n", m.get("n")),
+                             _fmt("accuracy", m.get("accuracy")) + _ci(ci.get("accuracy")),
+                             _fmt("mpca", m.get("mean_per_class_accuracy")) + _ci(ci.get("mean_per_class_accuracy")),
+                             _fmt("log_loss", m.get("log_loss"))])
+        lines += [text_table(["head", "split", "n", "accuracy [95% CI]", "mean per-class acc. [95% CI]",
+                              "log loss"], rows,
                              right=[2, 3, 4, 5]), ""]
     else:
         lines += ["heads: not run in the latest run; no metrics yet.", ""]

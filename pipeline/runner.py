@@ -58,7 +58,12 @@ def _deep_update(dst: dict, src: dict) -> None:
 
 @dataclasses.dataclass
 class StagePlan:
-    """One stage's key and state for the resolved params."""
+    """One stage's key and state for the resolved params.
+
+    A fanned-out stage (`Stage.fan_out`) has one plan per part in `parts`, each with its own key
+    and output folder; the stage's own `key`, `out` and `params` are its first part's, and it is
+    up to date when every part is.
+    """
 
     name: str
     key: str
@@ -68,12 +73,24 @@ class StagePlan:
     up_to_date: bool
     out: Any                        # output folder (Path, or epath.Path on a remote root)
     reasons: list[str]              # why it is stale or missing; empty when up to date
+    parts: list["StagePlan"] = dataclasses.field(default_factory=list)
 
     @property
     def state(self) -> str:
         if self.up_to_date:
             return "up to date"
-        return "missing" if self.reasons == ["missing: never run"] else "stale"
+        return "missing" if all(r.endswith("missing: never run") for r in self.reasons) else "stale"
+
+    @property
+    def dep_key(self) -> str:
+        """What downstream keys hash: the key, or for several parts a hash of all their keys."""
+        if len(self.parts) < 2:
+            return self.key
+        return cache.stage_key(self.name, "parts", {}, {str(i): p.key for i, p in enumerate(self.parts)})
+
+    def each(self) -> list["StagePlan"]:
+        """The plans that run: the parts, or the stage itself."""
+        return self.parts or [self]
 
 
 def plan(graph: Graph, params: Mapping[str, Any], root: Any, local_dir: Path | None = None
@@ -91,19 +108,44 @@ def plan(graph: Graph, params: Mapping[str, Any], root: Any, local_dir: Path | N
     for name, stage in graph.stages.items():
         sections = {s: params[s] for s in stage.sections}
         upstream = {d: _dep_key(graph.stages[d], plans[d], d in stage.reads_part) for d in stage.deps}
-        fp = stage.fingerprint(sections, scratch) if stage.fingerprint else None
-        key = cache.stage_key(name, stage.version, sections, upstream, fp)
-        done = cache.is_complete(root, name, key)
-        reasons = [] if done else _why_stale(root, name, stage.version, sections, upstream, fp)
-        plans[name] = StagePlan(name, key, sections, upstream, fp, done,
-                                cache.output_dir(root, name, key), reasons)
+        variants = stage.fan_out(sections) if stage.fan_out else [sections]
+        parts = [_plan_one(root, name, stage, dict(v), upstream, scratch) for v in variants]
+        if len(parts) == 1:
+            plans[name] = parts[0]
+        else:
+            first = parts[0]
+            labels = _part_labels(parts)
+            reasons = [f"{label}: {r}" for label, p in zip(labels, parts) for r in p.reasons]
+            plans[name] = StagePlan(name, first.key, first.params, upstream, first.fingerprint,
+                                    all(p.up_to_date for p in parts), first.out, reasons, parts)
     return plans
 
 
+def _plan_one(root: Any, name: str, stage: Any, sections: dict[str, Any],
+              upstream: dict[str, str], scratch: Path) -> StagePlan:
+    fp = stage.fingerprint(sections, scratch) if stage.fingerprint else None
+    key = cache.stage_key(name, stage.version, sections, upstream, fp)
+    done = cache.is_complete(root, name, key)
+    reasons = [] if done else _why_stale(root, name, stage.version, sections, upstream, fp)
+    return StagePlan(name, key, sections, upstream, fp, done, cache.output_dir(root, name, key), reasons)
+
+
+def _part_labels(parts: Sequence[StagePlan]) -> list[str]:
+    """Each part named by the param values that tell the parts apart (a backbone's name)."""
+    flats = []
+    for p in parts:
+        flat: dict[str, Any] = {}
+        _flatten("", to_plain(dict(p.params)), flat)
+        flats.append(flat)
+    differ = [k for k in flats[0] if len({repr(f.get(k)) for f in flats}) > 1]
+    return [",".join(str(f[k]) for k in differ) or p.key for f, p in zip(flats, parts)]
+
+
 def _dep_key(dep: Any, p: StagePlan, part: bool) -> str:
-    """What a downstream key hashes for upstream `dep`: its key, or the key of the part it reads."""
+    """What a downstream key hashes for upstream `dep`: its key (all parts' keys for a fanned-out
+    stage), or the key of the part of its output that the downstream stage reads."""
     token = dep.downstream_key(p.params) if part and dep.downstream_key else None
-    return p.key if token is None else cache.stage_key(dep.name, dep.version, {}, {}, token)
+    return p.dep_key if token is None else cache.stage_key(dep.name, dep.version, {}, {}, token)
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -193,85 +235,89 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
     names = graph.upstream_closure(targets)
     plans = plan(graph, params, root, local_dir)
     # Process 0's view of the cache is the one that counts; every process must agree on keys.
-    decided = coord.broadcast("plan", {n: [plans[n].key, plans[n].up_to_date and n not in force]
+    decided = coord.broadcast("plan", {n: [plans[n].dep_key, [q.up_to_date and n not in force
+                                                              for q in plans[n].each()]]
                                        for n in names})
     for n in names:
-        if decided[n][0] != plans[n].key:
-            raise UserError(f"process {coord.process_index} computed key {plans[n].key} for stage "
+        if decided[n][0] != plans[n].dep_key:
+            raise UserError(f"process {coord.process_index} computed key {plans[n].dep_key} for stage "
                             f"{n}, process 0 computed {decided[n][0]}: params files, overrides or "
                             f"code differ between hosts. Launch every host with the same command "
                             f"and checkout.")
     results: list[StageResult] = []
     for name in names:
-        p = plans[name]
         stage = graph.stages[name]
-        if decided[name][1]:
-            summary = cache.read_manifest(p.out).get("summary") if coord.is_leader else None
-            results.append(StageResult(name, p.key, "reused", 0.0, summary))
-            continue
-        runs_here = stage.all_processes or coord.is_leader
-        # With several processes on a remote root, each one shares its files through the
-        # remote partial folder, and process 0 gathers them before `finalize`.
-        exchange = remote and coord.process_count > 1 and stage.all_processes
-        if coord.is_leader:
-            why = "; ".join(p.reasons) if p.reasons else "forced"
-            reporter.log(f"▶ {name} [{p.key}] ({why})")
-        if remote:
-            work = cache.staging_dir(local_root, name, p.key, coord.process_index,
-                                     coord.process_count)
-            if runs_here:
-                cache.prepare_staging(work, stage.resumable)
-            if coord.is_leader and exchange:
-                cache.discard_partial(root, name, p.key)   # last attempt's shares are stale
-        elif coord.is_leader:
-            work = cache.prepare_partial(root, name, p.key, stage.resumable)
-        else:
-            work = cache.partial_dir(root, name, p.key)
-        coord.sync(f"{name}/prepared")
-        started = time.time()
-        try:
-            summary = None
-            if runs_here:
-                inputs = {d: cache.local_copy(root, d, plans[d].key, local_root) for d in stage.deps}
-                ctx = StageContext(name=name, key=p.key, params=p.params, inputs=inputs,
-                                   out_dir=work, cache_dir=local_root, reporter=reporter,
-                                   process_index=coord.process_index,
-                                   process_count=coord.process_count)
-                summary = stage.run(ctx)
-                if exchange and not coord.is_leader:
-                    cache.share_partial(root, name, p.key, work)
-            coord.sync(f"{name}/ran")
+        for i, p in enumerate(plans[name].each()):
+            if decided[name][1][i]:
+                summary = cache.read_manifest(p.out).get("summary") if coord.is_leader else None
+                results.append(StageResult(name, p.key, "reused", 0.0, summary))
+                continue
+            runs_here = stage.all_processes or coord.is_leader
+            tag = name if not plans[name].parts else f"{name}.{i}"   # barrier names are unique
+            # With several processes on a remote root, each one shares its files through the
+            # remote partial folder, and process 0 gathers them before `finalize`.
+            exchange = remote and coord.process_count > 1 and stage.all_processes
             if coord.is_leader:
-                if exchange:
-                    cache.gather_partial(root, name, p.key, work)
-                if stage.finalize is not None:
-                    summary = stage.finalize(ctx)
-                ended = time.time()
-                cache.publish(root, name, p.key, {
-                    "stage": name, "key": p.key, "version": stage.version,
-                    "params": to_plain(p.params), "upstream": p.upstream,
-                    "fingerprint": p.fingerprint, "versions": library_versions(),
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                    "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)),
-                    "seconds": round(ended - started, 3), "summary": summary,
-                    "host": platform.node(), "process_count": coord.process_count,
-                }, staging=work if remote else None, local_root=local_root if remote else None)
-            coord.sync(f"{name}/published")
-            if remote and runs_here and not coord.is_leader:
-                shutil.rmtree(work, ignore_errors=True)   # uploaded and published by process 0
-        except BaseException as exc:
-            if coord.process_count > 1 and not isinstance(exc, RemoteFailure):
-                coord.fail(f"{type(exc).__name__}: {exc}")
+                why = "; ".join(p.reasons) if p.reasons else "forced"
+                reporter.log(f"▶ {name} [{p.key}] ({why})")
             if remote:
-                if runs_here and not stage.resumable:
-                    shutil.rmtree(work, ignore_errors=True)
+                work = cache.staging_dir(local_root, name, p.key, coord.process_index,
+                                         coord.process_count)
+                if runs_here:
+                    cache.prepare_staging(work, stage.resumable)
                 if coord.is_leader and exchange:
+                    cache.discard_partial(root, name, p.key)   # last attempt's shares are stale
+            elif coord.is_leader:
+                work = cache.prepare_partial(root, name, p.key, stage.resumable)
+            else:
+                work = cache.partial_dir(root, name, p.key)
+            coord.sync(f"{tag}/prepared")
+            started = time.time()
+            try:
+                summary = None
+                if runs_here:
+                    parts = {d: tuple(cache.local_copy(root, d, q.key, local_root) for q in plans[d].each())
+                             for d in stage.deps}
+                    inputs = {d: folders[0] for d, folders in parts.items()}
+                    ctx = StageContext(name=name, key=p.key, params=p.params, inputs=inputs,
+                                       out_dir=work, cache_dir=local_root, reporter=reporter,
+                                       process_index=coord.process_index,
+                                       process_count=coord.process_count, input_parts=parts)
+                    summary = stage.run(ctx)
+                    if exchange and not coord.is_leader:
+                        cache.share_partial(root, name, p.key, work)
+                coord.sync(f"{tag}/ran")
+                if coord.is_leader:
+                    if exchange:
+                        cache.gather_partial(root, name, p.key, work)
+                    if stage.finalize is not None:
+                        summary = stage.finalize(ctx)
+                    ended = time.time()
+                    cache.publish(root, name, p.key, {
+                        "stage": name, "key": p.key, "version": stage.version,
+                        "params": to_plain(p.params), "upstream": p.upstream,
+                        "fingerprint": p.fingerprint, "versions": library_versions(),
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                        "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)),
+                        "seconds": round(ended - started, 3), "summary": summary,
+                        "host": platform.node(), "process_count": coord.process_count,
+                    }, staging=work if remote else None, local_root=local_root if remote else None)
+                coord.sync(f"{tag}/published")
+                if remote and runs_here and not coord.is_leader:
+                    shutil.rmtree(work, ignore_errors=True)   # uploaded and published by process 0
+            except BaseException as exc:
+                if coord.process_count > 1 and not isinstance(exc, RemoteFailure):
+                    coord.fail(f"{type(exc).__name__}: {exc}")
+                if remote:
+                    if runs_here and not stage.resumable:
+                        shutil.rmtree(work, ignore_errors=True)
+                    if coord.is_leader and exchange:
+                        cache.discard_partial(root, name, p.key)
+                elif coord.is_leader and not stage.resumable:
                     cache.discard_partial(root, name, p.key)
-            elif coord.is_leader and not stage.resumable:
-                cache.discard_partial(root, name, p.key)
-            results.append(StageResult(name, p.key, "failed", time.time() - started))
-            raise
-        results.append(StageResult(name, p.key, "ran", time.time() - started, summary))
+                results.append(StageResult(name, p.key, "failed", time.time() - started))
+                raise
+            results.append(StageResult(name, p.key, "ran", time.time() - started, summary))
     return results
 
 
@@ -281,7 +327,8 @@ def record_latest(root: Any, plans: Mapping[str, StagePlan], params_files: Seque
     cache.write_json_atomic(storage.join(root, "runs", "latest.json"), {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "params_files": [str(p) for p in params_files], "overrides": list(overrides),
-        "stages": {n: {"key": p.key, "complete": cache.is_complete(root, n, p.key)}
+        "stages": {n: {"key": p.key, "complete": all(cache.is_complete(root, n, q.key) for q in p.each()),
+                       **({"parts": [q.key for q in p.parts]} if p.parts else {})}
                    for n, p in plans.items()},
     })
 

@@ -42,6 +42,10 @@ class StageContext:
       cache_dir: the cache root, for caches shared across stages (converted weights).
       reporter: progress bars and log lines.
       process_index, process_count: this process's place in a multi-host run (0 and 1 alone).
+      input_parts: upstream stage name -> all its output folders. One folder for an ordinary
+        stage (the same as `inputs`); one per part for a fanned-out stage (the features of each
+        backbone of a ``backbone.name`` list), in the order the list gives; `inputs` holds the
+        first.
     """
 
     name: str
@@ -53,6 +57,7 @@ class StageContext:
     reporter: Reporter
     process_index: int = 0
     process_count: int = 1
+    input_parts: Mapping[str, tuple[Path, ...]] = dataclasses.field(default_factory=dict)
 
     def log(self, message: str) -> None:
         self.reporter.log(f"[{self.name}] {message}")
@@ -89,6 +94,11 @@ class Stage:
       reads_part: deps of which this stage reads only the part their `downstream_key` covers;
         its key hashes that part's key instead of theirs (heads reads the doctor's drop list
         alone, which is empty, whatever the doctor's params, while the doctor only reports).
+      fan_out: optional ``fan_out(sections) -> [sections, ...]``: the stage runs once per entry
+        (a "part"), each keyed and cached on its own as if the params had been that entry; the
+        features stage uses it to run one backbone per part of a ``backbone.name`` list, so
+        adding a backbone costs one pass and removing one costs nothing. Downstream stages see
+        the first part in `StageContext.inputs` and every part in `StageContext.input_parts`.
     """
 
     name: str
@@ -104,3 +114,4 @@ class Stage:
     description: str = ""
     downstream_key: Callable[[Mapping[str, Any]], str | None] | None = None
     reads_part: tuple[str, ...] = ()
+    fan_out: Callable[[Mapping[str, Any]], list[Mapping[str, Any]]] | None = None

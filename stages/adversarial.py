@@ -152,7 +152,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         head_classes[finetuned.NAME] = finetuned.classes(ft_dir)
     target = targets_lib.resolve(p.target, p.head, head_classes, "adversarial.target")
 
-    backbone = registry.load_backbone(bp.name, ctx.cache_dir, bp.dtype, bp.depthwise)
+    backbone = registry.load_backbone(bp.primary, ctx.cache_dir, bp.dtype, bp.depthwise)
     if target.head == targets_lib.IMAGENET:
         model = model_lib.imagenet_model(backbone)
     elif target.head == finetuned.NAME:  # the fine-tuned network: backbone with the trained top merged in
@@ -161,7 +161,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         merged, head = finetuned.load_finetuned(ft_dir, backbone)
         model = model_lib.head_model(dataclasses.replace(backbone, params=merged), head, target.head)
     else:
-        head = load_head(heads_dir, target.head)
+        head = load_head(heads_dir, target.head, backbone=bp.primary)
         model = model_lib.head_model(backbone, head, target.head)
     mask = np.zeros(len(model.classes), bool)
     mask[list(target.indices)] = True
@@ -178,7 +178,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     clean_hit = attacks.success(clean_logits, mask)
     clean_prob = attacks.target_prob(clean_logits, mask)
     metrics: dict[str, Any] = {
-        "backbone": bp.name, "classifier": model.name, "source": source.label, "target": target.label,
+        "backbone": bp.primary, "classifier": model.name, "source": source.label, "target": target.label,
         "split": p.split, "images": len(ids), "epsilon": p.epsilon,
         "clean_target_rate": round(float(clean_hit.mean()), 4),
         "clean_mean_target_prob": round(float(clean_prob.mean()), 6), "methods": {}}
@@ -259,7 +259,7 @@ def _transfer(ctx: StageContext, p: AdversarialParams, bp: Any, target: Any, ori
 
     if target.head == targets_lib.IMAGENET:
         group = list(target.indices)
-        names = [b for b in p.transfer if b != bp.name]  # same backbone, same head: not a transfer
+        names = [b for b in p.transfer if b != bp.primary]  # same backbone, same head: not a transfer
     elif target.species is not None:
         group = list(imagenet.CAT_IDS if target.species == "cat" else imagenet.DOG_IDS)
         names = list(p.transfer)  # the attacked backbone's own ImageNet head is a different classifier

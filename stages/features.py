@@ -33,7 +33,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Union
 
 import numpy as np
 
@@ -49,17 +49,45 @@ CROPS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
 class BackboneParams:
     """params.yaml section ``backbone`` (read by features, ideal and adversarial)."""
 
-    name: str = spec("efficientnet_lite0", help="registered backbone (see `python -m pipeline backbones`)")
+    name: Union[str, tuple[str, ...]] = spec(
+        "efficientnet_lite0", min_len=1,
+        help="registered backbone (see `python -m pipeline backbones`), or a list of them: each one's "
+             "features are cached on their own and the heads concatenate them")
     dtype: Literal["float32", "bfloat16"] = spec("float32", help="compute dtype of the backbone")
     depthwise: Literal["auto", "xla", "shifted"] = spec(
         "auto", help="depthwise conv implementation: auto picks shifted on CPU, xla on GPU/TPU")
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every backbone named, in order (one for a plain name)."""
+        return (self.name,) if isinstance(self.name, str) else tuple(self.name)
+
+    @property
+    def primary(self) -> str:
+        """The one backbone of stages that run a single network (ideal, adversarial): the first."""
+        return self.names[0]
+
     def validate(self) -> None:
         from pipeline.models import registry  # cheap: specs only, no jax
 
-        if self.name not in registry.names():
-            raise ParamsError(f"name: {self.name!r} is not a registered backbone; choose one of "
-                              f"{', '.join(registry.names())}.")
+        known = registry.names()
+        for i, name in enumerate(self.names):
+            if name not in known:
+                where = "name" if isinstance(self.name, str) else f"name[{i}]"
+                raise ParamsError(f"{where}: {name!r} is not a registered backbone; choose one of "
+                                  f"{', '.join(known)}.")
+        if len(set(self.names)) != len(self.names):
+            raise ParamsError(f"name: {list(self.names)!r} lists a backbone twice; list each once.")
+
+
+def fan_out(sections: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One features pass per backbone of ``backbone.name``, each with a plain name.
+
+    A part's params are exactly those of a run with that one backbone, so its key (and cache
+    folder) is the same as that run's: adding a backbone to the list costs one pass.
+    """
+    bp: BackboneParams = sections["backbone"]
+    return [{**sections, "backbone": dataclasses.replace(bp, name=n)} for n in bp.names]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,8 +249,12 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
                "computed_per_process": [s["computed"] for s in stats],
                "resumed_shards": sum(s["resumed_shards"] for s in stats),
                "seconds": seconds, "images_per_s": round(computed / seconds, 2) if seconds else None,
+               # Test-time augmentation multiplies the backbone's work: say by how much.
+               "views": info["views"], "augment": fp.augment, "reduce": fp.reduce,
+               "backbone_passes": computed * info["views"],
                "compile_seconds": max((s["compile_seconds"] for s in stats), default=None)}
-    ctx.log(f"{summary['images']} images -> {dim}-d {fp.dtype} features with {spec['backbone']}: computed "
+    views = f" x {info['views']} views ({fp.augment}, {fp.reduce})" if info["views"] > 1 else ""
+    ctx.log(f"{summary['images']} images{views} -> {dim}-d {fp.dtype} features with {spec['backbone']}: computed "
             f"{computed} in {seconds:.1f} s ({summary['images_per_s']} img/s, compile "
             f"{summary['compile_seconds']} s), {summary['resumed_shards']} shard(s) resumed")
     return summary
@@ -256,4 +288,5 @@ STAGE = Stage(
     resumable=True,
     all_processes=True,
     description="frozen backbone over every image once; features cached per split, resumable shards",
+    fan_out=fan_out,
 )

@@ -174,7 +174,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     targets = [targets_lib.resolve(t, p.head, head_classes, f"ideal.targets[{i}]")
                for i, t in enumerate(p.targets)]
 
-    backbone = registry.load_backbone(bp.name, ctx.cache_dir, bp.dtype, bp.depthwise)
+    backbone = registry.load_backbone(bp.primary, ctx.cache_dir, bp.dtype, bp.depthwise)
     used = list(dict.fromkeys(t.head for t in targets))
     own: dict[str, Any] = {}  # heads with their own backbone params: the fine-tuned network
     heads = {}
@@ -182,7 +182,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if n == finetuned.NAME:
             own[n], heads[n] = finetuned.load_finetuned(ft_dir, backbone)
         else:
-            heads[n] = "imagenet" if n == targets_lib.IMAGENET else load_head(heads_dir, n)
+            heads[n] = "imagenet" if n == targets_lib.IMAGENET else load_head(heads_dir, n, backbone=bp.primary)
     model, segments = model_lib.multi_head_model(backbone, heads, own)
     n_classes = len(model.classes)
     masks = model_lib.class_mask([[segments[t.head][0] + i for i in t.indices] for t in targets], n_classes)
@@ -227,14 +227,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.log(f"{name}: target probability min {probs.min():.4f} mean {probs.mean():.4f}, "
                 f"TV {res.tv.mean():.4f}, {seconds:.1f}s")
 
-    transfer = [b for b in p.transfer if b != bp.name]
+    transfer = [b for b in p.transfer if b != bp.primary]
     _transfer_check(ctx, transfer, targets, images_by_recipe, records, record_at, results, bp)
 
     grid = pictures.grid([list(images_by_recipe[n]) for n in images_by_recipe], row_labels=list(images_by_recipe),
                          col_labels=[t.label for t in targets])
     pictures.save_png(out / "grid.png", grid)
     main = results["main"]
-    doc = {"backbone": bp.name, "head": p.head, "targets": [t.label for t in targets],
+    doc = {"backbone": bp.primary, "head": p.head, "targets": [t.label for t in targets],
            "main_min_prob": main["min_prob"], "main_mean_prob": main["mean_prob"],
            "main_mean_tv": main["mean_tv"], "recipes": results, "images": records}
     (out / "ideal.json").write_text(json.dumps(doc, indent=1))

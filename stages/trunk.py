@@ -103,10 +103,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not fp.enabled:
         ctx.log("finetune.enabled is false: nothing to cache (set it true to fine-tune)")
         return {"enabled": False}
-    check_cut(bp.name, fp.unfreeze)
+    check_cut(bp.primary, fp.unfreeze)
     from pipeline.models import registry
 
-    return extract(ctx, registry.load_backbone(bp.name, ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise))
+    return extract(ctx, registry.load_backbone(bp.primary, ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise))
 
 
 def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:

@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Union
 
 import pytest
 
 from pipeline import cache, runner
 from pipeline.graph import load_graph
-from pipeline.params import ParamsError
+from pipeline.params import ParamsError, spec
 from pipeline.progress import QuietReporter
 from tests.stage_helpers import wait_for
 
@@ -301,3 +302,72 @@ def test_noop_commands_do_not_import_heavy_libraries(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
+
+
+# --- fan-out: one part per entry of a list param (the features of each backbone) -----------------
+
+@dataclasses.dataclass(frozen=True)
+class Pick:
+    name: Union[str, tuple[str, ...]] = spec("a", min_len=1)  # as backbone.name
+
+
+def _fan_graph(log: Path):
+    from pipeline.graph import Graph
+    from pipeline.stage import Stage
+
+    def parts_run(ctx):
+        name = ctx.params["pick"].name
+        with log.open("a") as f:
+            f.write(f"part {name}\n")
+        (ctx.out_dir / "value.json").write_text(json.dumps(name))
+        return {"name": name}
+
+    def join_run(ctx):
+        names = [json.loads((d / "value.json").read_text()) for d in ctx.input_parts["part"]]
+        first = json.loads((ctx.inputs["part"] / "value.json").read_text())
+        (ctx.out_dir / "joined.json").write_text(json.dumps({"parts": names, "first": first}))
+        return None
+
+    def fan_out(sections):
+        name = sections["pick"].name
+        return [{"pick": dataclasses.replace(sections["pick"], name=n)}
+                for n in ((name,) if isinstance(name, str) else name)]
+
+    return Graph([Stage("part", parts_run, sections=("pick",), schemas={"pick": Pick}, fan_out=fan_out),
+                  Stage("join", join_run, deps=("part",))])
+
+
+def test_fan_out_caches_each_part_by_its_own_key(tmp_path):
+    log = tmp_path / "runs.log"
+    graph = _fan_graph(log)
+    root = tmp_path / "cache"
+
+    def run(*overrides):
+        params = runner.resolve_params(graph, [], overrides)
+        results = runner.execute(graph, params, root, ["join"], QuietReporter())
+        plans = runner.plan(graph, params, root)
+        joined = json.loads((plans["join"].out / "joined.json").read_text())
+        return [(r.name, r.action) for r in results], joined, plans
+
+    single, joined, plans = run()
+    assert single == [("part", "ran"), ("join", "ran")] and joined == {"parts": ["a"], "first": "a"}
+    key_a, join_a = plans["part"].key, plans["join"].key
+    # A one-entry list is the plain value: same keys all the way down, nothing reruns.
+    again, _, plans = run("pick.name=[a]")
+    assert again == [("part", "reused"), ("join", "reused")] and plans["join"].key == join_a
+    # Adding an entry costs one part; the old part is reused by its own key.
+    added, joined, plans = run("pick.name=[a,b]")
+    assert added == [("part", "reused"), ("part", "ran"), ("join", "ran")]
+    assert joined == {"parts": ["a", "b"], "first": "a"}
+    assert [p.key for p in plans["part"].parts][0] == key_a and plans["part"].up_to_date
+    # Order matters downstream (column order) but not for the parts' caches.
+    swapped, joined, plans = run("pick.name=[b,a]")
+    assert swapped == [("part", "reused"), ("part", "reused"), ("join", "ran")]
+    assert joined == {"parts": ["b", "a"], "first": "b"}
+    # Removing one costs nothing upstream.
+    removed, _, _ = run("pick.name=a")
+    assert removed == [("part", "reused"), ("join", "reused")]
+    assert log.read_text().splitlines() == ["part a", "part b"]
+    status = runner.plan(graph, runner.resolve_params(graph, [], ["pick.name=[a,c]"]), root)["part"]
+    assert not status.up_to_date and status.parts[0].up_to_date and not status.parts[1].up_to_date
+    assert any(r.startswith("c: ") for r in status.reasons)

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.heads import logreg, metrics, mlp
+from pipeline.heads import logreg, metrics, mlp, probe
 from pipeline.params import ParamsError
 from stages import heads
 from tests.stage_helpers import SHARED_DATA, run_stage, section
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["ant", "bee", "cat", "dog"]
-SMALL = dict(standardize=True, shots=[1, 2, "all"], shot_draws=2, mlp={"max_epochs": 15, "patience": 3, "hidden": [32]})
+SMALL = dict(standardize=True, logreg={"select": "val"}, shots=[1, 2, "all"], shot_draws=2, mlp={"max_epochs": 15, "patience": 3, "hidden": [32]})
 
 
 def separable(n_per_class: int, seed: int, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -142,9 +142,9 @@ def test_balanced_class_weights_match_sklearn(feats):
     keep = np.r_[np.flatnonzero(y != 3), np.flatnonzero(y == 3)[:3]]  # class 3 rare: 3 of 39
     noisy = x + np.random.default_rng(4).normal(scale=1.0, size=x.shape).astype(np.float32)
     x, y = noisy[keep], y[keep]
-    w = heads._class_weights(y, 4, "balanced")
+    w = probe.class_weights(y, 4, "balanced")
     np.testing.assert_allclose(w, compute_class_weight("balanced", classes=np.arange(4), y=y)[y], rtol=1e-6)
-    assert heads._class_weights(y, 4, "none") is None
+    assert probe.class_weights(y, 4, "none") is None
     ours = logreg.path(x, y, [0.1], 4, sample_weight=w, solver="jax")
     ref = LogisticRegression(C=0.1, class_weight="balanced").fit(x, y)
     xt = np.load(feats / "test" / "features.npy")

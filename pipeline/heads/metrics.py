@@ -36,6 +36,31 @@ def mean_per_class_accuracy(labels: np.ndarray, preds: np.ndarray, num_classes: 
     return float(np.mean(np.diag(cm)[present] / support[present]))
 
 
+def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, num_classes: int, n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals over the images of accuracy and mean per-class accuracy.
+
+    Each of `n_boot` resamples draws N images with replacement; a class a resample misses is
+    left out of that resample's mean per-class accuracy (as `mean_per_class_accuracy` does).
+
+    Returns:
+      ``{"accuracy": [lo, hi], "mean_per_class_accuracy": [lo, hi]}`` at `level`.
+    """
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    n = len(labels)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # (B, N)
+    correct = (labels == preds)[idx]
+    acc = correct.mean(axis=1)
+    flat = (np.arange(n_boot)[:, None] * num_classes + labels[idx]).ravel()  # (b, class) cells
+    support = np.bincount(flat, minlength=n_boot * num_classes).reshape(n_boot, num_classes)
+    hits = np.bincount(flat, weights=correct.ravel(), minlength=n_boot * num_classes).reshape(n_boot, num_classes)
+    recall = np.divide(hits, support, out=np.zeros_like(hits), where=support > 0)
+    mpca = recall.sum(axis=1) / np.maximum((support > 0).sum(axis=1), 1)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {"accuracy": [float(v) for v in np.percentile(acc, q)],
+            "mean_per_class_accuracy": [float(v) for v in np.percentile(mpca, q)]}
+
+
 def classification_report(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict:
     """Everything metrics.json records for one head on one split.
 
@@ -45,8 +70,9 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: Sequen
       classes: K class names (index = label).
 
     Returns:
-      ``{"n", "accuracy", "mean_per_class_accuracy", "log_loss", "per_class": {name: {precision,
-      recall, f1, support}}, "confusion_matrix": K x K list}``. Precision of a class never
+      ``{"n", "accuracy", "mean_per_class_accuracy", "log_loss", "ci95": {"accuracy": [lo, hi],
+      "mean_per_class_accuracy": [lo, hi]} (bootstrap over the images, `bootstrap_ci`),
+      "per_class": {name: {precision, recall, f1, support}}, "confusion_matrix": K x K list}``. Precision of a class never
       predicted is 0, as is recall of a class absent from `labels` (support 0 says which).
     """
     k = len(classes)
@@ -65,6 +91,7 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, classes: Sequen
         "accuracy": float(np.mean(preds == labels)),
         "mean_per_class_accuracy": mean_per_class_accuracy(labels, preds, k),
         "log_loss": log_loss(probs, labels),
+        "ci95": bootstrap_ci(labels, preds, k),
         "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]),
                           "f1": float(f1[i]), "support": int(support[i])}
                       for i, c in enumerate(classes)},

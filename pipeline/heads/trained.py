@@ -4,6 +4,10 @@ A heads folder holds ``heads.json`` (class names, and per head its kind and arch
 ``<name>.npz`` of parameters per head, flattened with ``/``-joined keys. Feature standardisation is
 folded into the first layer before saving, so a loaded head takes raw backbone features:
 ``(x - mu) / sigma @ W + b == x @ (W / sigma) + (b - (mu / sigma) @ W)``.
+
+A head fitted on several backbones' features (``backbone.name`` a list) takes their raw features
+concatenated in list order; its config's ``blocks`` (``[{"backbone", "dim"}, ...]``) and
+``fuse`` (``l2``: each block scaled to unit norm first) say how, and `load_head` applies them.
 """
 
 from __future__ import annotations
@@ -82,12 +86,14 @@ def available(heads_dir: Path) -> list[str]:
     return list(json.loads(path.read_text())["heads"]) if path.exists() else []
 
 
-def load_head(heads_dir: Path, name: str) -> TrainedHead:
+def load_head(heads_dir: Path, name: str, backbone: str | None = None) -> TrainedHead:
     """Load a fitted head as a pure JAX function of (params, features).
 
     Args:
       heads_dir: the heads stage's output folder.
       name: ``logreg`` or ``mlp`` (see ``heads.json``).
+      backbone: the one backbone whose features the caller will feed (the gradient stages);
+        a head fitted on several backbones' fused features is then an error that says so.
 
     Returns:
       A `TrainedHead`; ``head.logits(head.params, features)`` gives (B, C) logits from raw
@@ -108,6 +114,14 @@ def load_head(heads_dir: Path, name: str) -> TrainedHead:
     if name not in index["heads"]:
         raise KeyError(f"no head {name!r} in {heads_dir}; available: {', '.join(index['heads'])}")
     entry = index["heads"][name]
+    blocks = entry["config"].get("blocks", ())
+    if backbone is not None and len(blocks) > 1:
+        from pipeline.errors import UserError
+
+        raise UserError(f"head {name!r} in {heads_dir} was fitted on the fused features of "
+                        f"{', '.join(b['backbone'] for b in blocks)}; a stage that runs one backbone "
+                        f"({backbone}) cannot feed it. Use an imagenet target, or run with one "
+                        f"backbone.name for this stage.")
     with np.load(heads_dir / entry["file"]) as f:
         params = jax.tree.map(jnp.asarray, unflatten_params({k: f[k] for k in f.files}))
     config = entry["config"]
@@ -126,4 +140,20 @@ def load_head(heads_dir: Path, name: str) -> TrainedHead:
             return module.apply({"params": p}, x)
     else:
         raise ValueError(f"{index_path}: head {name!r} has unknown kind {entry['kind']!r}")
+    if len(config.get("blocks", ())) > 1 and config.get("fuse") == "l2":
+        apply_fn = _with_block_norm(apply_fn, [int(b["dim"]) for b in config["blocks"]])
     return TrainedHead(name, entry["kind"], list(index["classes"]), params, config, apply_fn)
+
+
+def _with_block_norm(apply_fn: Callable, dims: Sequence[int]) -> Callable:
+    """apply_fn on raw concatenated features, each backbone's block first scaled to unit L2 norm."""
+    import jax.numpy as jnp
+
+    bounds = np.cumsum([0, *dims])
+
+    def fused(p, x):
+        blocks = [x[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        normed = [v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), 1e-12) for v in blocks]
+        return apply_fn(p, jnp.concatenate(normed, axis=1))
+
+    return fused

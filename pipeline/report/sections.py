@@ -154,16 +154,19 @@ def metrics_section(heads: dict | None, primary: str | None, opts: Options, log:
     for name, h in heads["heads"].items():
         for split, m in h["splits"].items():
             hl = readers.headline(m)
-            rows.append([name, split, num(hl.get("n", "–")), pct(hl.get("accuracy")),
-                         pct(hl.get("mean_per_class_accuracy")), num(hl.get("log_loss", "–"))])
+            ci = m.get("ci95") if isinstance(m.get("ci95"), Mapping) else {}
+            rows.append([name, split, num(hl.get("n", "–")), pct(hl.get("accuracy")) + _ci(ci.get("accuracy")),
+                         pct(hl.get("mean_per_class_accuracy")) + _ci(ci.get("mean_per_class_accuracy")),
+                         num(hl.get("log_loss", "–"))])
             # Highlight the head chosen without looking at test; the best test row would be a
             # choice made on the test split, and its figure an optimistic one.
             classes_.append("best" if name == primary and split == opts.split else "")
     how = ("the best on val" if opts.primary_head == "auto" or opts.primary_head not in heads["heads"]
            else "named by report.primary_head")
-    blocks.append(Table(["head", "split", "images", "accuracy", "mean per-class acc.", "log loss"], rows,
-                        row_classes=classes_,
-                        caption=f"Highlighted: head {primary!r} on {opts.split}, the head chosen {how} "
+    blocks.append(Table(["head", "split", "images", "accuracy [95% CI]", "mean per-class acc. [95% CI]",
+                         "log loss"], rows, row_classes=classes_,
+                        caption=f"Brackets: 95% bootstrap interval over the split's images. "
+                                f"Highlighted: head {primary!r} on {opts.split}, the head chosen {how} "
                                 f"(report.primary_head), not the best {opts.split} row: a head picked on "
                                 f"the {opts.split} split would make its {opts.split} figure optimistic. "
                                 "The plots below use it."))
@@ -190,6 +193,13 @@ def metrics_section(heads: dict | None, primary: str | None, opts: Options, log:
                              caption="Accuracy on the test split against the number of training images "
                                      "(mean over seeded draws; band: ±1 std).", max_width=900))
     return Section("metrics", "Heads: metrics", blocks)
+
+
+def _ci(interval: Any) -> str:
+    """`` [lo–hi]`` in percent for a bootstrap interval, or nothing."""
+    if not (isinstance(interval, (list, tuple)) and len(interval) == 2):
+        return ""
+    return f" [{pct(interval[0])}–{pct(interval[1])}]"
 
 
 def _training_panels(name: str, hyper: Mapping[str, Any]) -> list[dict]:

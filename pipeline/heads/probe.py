@@ -1,0 +1,183 @@
+"""The linear probe's protocol: choose C (and whether to standardise), then refit on train+val.
+
+Two ways to choose, `heads.logreg.select`:
+
+- ``val`` (the CLIP paper's protocol): a C path fitted on train, scored on val, the two
+  half-steps around the best grid C tried too;
+- ``cv``: stratified k-fold cross-validation over train+val (`pipeline.heads.cv`), the way
+  scikit-learn's `LogisticRegressionCV` chooses; with a couple of val images per class, one val
+  split picks C by noise;
+- ``auto`` picks ``cv`` when val holds fewer than ``cv_below`` images per class.
+
+``heads.standardize: auto`` tries both with and without standardisation in the same selection.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from pipeline.heads.params import HeadsParams, LogregParams
+
+
+def class_weights(y: np.ndarray, K: int, mode: str) -> np.ndarray | None:
+    """Per-sample weights N / (K_present n_c) for 'balanced' (scikit-learn's rule), else None."""
+    if mode == "none":
+        return None
+    counts = np.bincount(y, minlength=K).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(K)
+    w[present] = len(y) / (present.sum() * counts[present])
+    return w[y].astype(np.float32)
+
+
+def c_grid(lp: LogregParams) -> np.ndarray:
+    """The C grid: c_per_decade points per decade from c_min to c_max."""
+    lo, hi = np.log10(lp.c_min), np.log10(lp.c_max)
+    n = int(round((hi - lo) * lp.c_per_decade)) + 1
+    return np.logspace(lo, hi, max(n, 1))
+
+
+def standardize_options(p: HeadsParams) -> list[bool]:
+    return [False, True] if p.standardize == "auto" else [bool(p.standardize)]
+
+
+def uses_cv(p: HeadsParams, y_val: np.ndarray) -> bool:
+    """Whether C is chosen by cross-validation: `select`, or for auto, val images per class."""
+    if p.logreg.select != "auto":
+        return p.logreg.select == "cv"
+    per_class = len(y_val) / max(len(np.unique(y_val)), 1)
+    return per_class < p.logreg.cv_below
+
+
+def stats(x: np.ndarray, standardize: bool):
+    """(mean, scale) of x's rows, or (None, None) when features are used raw."""
+    if not standardize:
+        return None, None
+    from pipeline.heads.fewshot import standardizer
+
+    return standardizer(x)
+
+
+def apply_stats(x: np.ndarray, mean, scale) -> np.ndarray:
+    return x if mean is None else ((x - mean) / scale).astype(np.float32)
+
+
+def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = lambda msg: None) -> dict:
+    """Choose C and standardisation, refit, and return the head and the features as it sees them.
+
+    Args:
+      p: the heads params (``p.logreg``, ``p.standardize``, ``p.class_weight``, ``p.seed``).
+      data: split name -> (features, labels, ids); train and val are required.
+      K: number of classes.
+      log: progress line sink.
+
+    Returns:
+      ``{"W", "b"}`` the final head in z's space; ``"standardize"`` (bool chosen), ``"mean"``,
+      ``"scale"`` (train statistics, or None), ``"z"`` (split -> features as the heads see
+      them); ``"chosen"`` (C, how it was chosen, the sweep table); ``"train_only"``: (W, b) fit
+      on train alone at the chosen C.
+    """
+    from pipeline.heads import logreg
+
+    lp = p.logreg
+    (xtr, ytr, _), (xva, yva, _) = data["train"], data["val"]
+    kw = dict(solver=lp.solver, tol=lp.tol, max_iter=lp.max_iter)
+    if uses_cv(p, yva):
+        std, C, chosen = _choose_by_cv(p, data, K)
+        mean, scale = stats(xtr, std)
+        z = {s: apply_stats(v[0], mean, scale) for s, v in data.items() if s != "classes"}
+        train_only = logreg.path(z["train"], ytr, [C], K, sample_weight=class_weights(ytr, K, p.class_weight), **kw)
+        W, b = train_only.W[0], train_only.b[0]
+        log(f"logreg: C={C:.3g}, standardize={std} ({lp.cv_folds}-fold CV accuracy "
+            f"{chosen['cv_accuracy_at_C']:.4f}) from {len(chosen['cv_table'])} (C, standardize) points")
+    else:
+        best = None
+        for std in standardize_options(p):
+            mean, scale = stats(xtr, std)
+            z = {s: apply_stats(v[0], mean, scale) for s, v in data.items() if s != "classes"}
+            found = _choose_on_val(p, z, ytr, yva, K)
+            key = (found["best"]["val_accuracy"], -found["best"]["val_log_loss"])
+            if best is None or key > best[0]:
+                best = (key, std, mean, scale, z, found)
+        _, std, mean, scale, z, found = best
+        C = found["best"]["C"]
+        W, b = found["solutions"][C]
+        chosen = {"C": C, "select": "val", "val_accuracy_at_C": found["best"]["val_accuracy"],
+                  "sweep": found["sweep"]}
+        log(f"logreg: C={C:.3g}, standardize={std} (val accuracy {found['best']['val_accuracy']:.4f}) "
+            f"from {len(found['sweep'])} fits")
+    chosen.update({"solver": lp.solver, "refit_on_train_val": lp.refit, "standardize": std})
+    train_only = (W, b)
+    if lp.refit:
+        x = np.concatenate([z["train"], z["val"]])
+        y = np.concatenate([ytr, yva])
+        # CV scored cold-started fits (see pipeline.heads.cv): the final fit starts cold too.
+        init = None if chosen["select"] == "cv" else (W, b)
+        refit = logreg.path(x, y, [C], K, sample_weight=class_weights(y, K, p.class_weight), init=init, **kw)
+        W, b = refit.W[0], refit.b[0]
+        chosen["refit_n_iter"] = int(refit.n_iter[0])
+    return {"W": W, "b": b, "chosen": chosen, "train_only": train_only, "standardize": std,
+            "mean": mean, "scale": scale, "z": z}
+
+
+def _choose_by_cv(p: HeadsParams, data: dict, K: int) -> tuple[bool, float, dict]:
+    from pipeline.heads import cv
+
+    lp = p.logreg
+    x = np.concatenate([data["train"][0], data["val"][0]])
+    y = np.concatenate([data["train"][1], data["val"][1]])
+    # Fewer folds than the smallest class leaves that class out of some training folds: fine
+    # (its column is pushed down there), as in scikit-learn's StratifiedKFold with a warning.
+    folds = cv.stratified_folds(y, lp.cv_folds, p.seed)
+    rows = cv.cv_sweep(x, y, K, c_grid(lp), standardize_options(p), folds,
+                       balanced=p.class_weight == "balanced", max_iter=lp.max_iter, tol=lp.tol)
+    best = cv.best(rows)
+    # "sweep": the chosen scaling's C path (what the report plots); "cv_table": every point.
+    sweep = [{"C": r["C"], "cv_accuracy": r["cv_accuracy"], "cv_log_loss": r["cv_log_loss"],
+              "n_iter": r["n_iter"]} for r in rows if r["standardize"] == best["standardize"]]
+    chosen = {"C": best["C"], "select": "cv", "cv_folds": lp.cv_folds,
+              "cv_accuracy_at_C": best["cv_accuracy"], "sweep": sweep, "cv_table": rows}
+    return best["standardize"], best["C"], chosen
+
+
+def _choose_on_val(p: HeadsParams, z: dict, ytr: np.ndarray, yva: np.ndarray, K: int) -> dict:
+    """The CLIP sweep on one standardisation: path on train, scored on val, half-step refinement."""
+    from pipeline.heads import logreg
+    from pipeline.heads.metrics import log_loss, softmax
+
+    lp = p.logreg
+    sw = class_weights(ytr, K, p.class_weight)
+    kw = dict(solver=lp.solver, tol=lp.tol, max_iter=lp.max_iter)
+
+    def score(path):
+        rows = []
+        for i, C in enumerate(path.Cs):
+            prob = softmax(logreg.linear_logits(path.W[i], path.b[i], z["val"]))
+            rows.append({"C": float(C), "val_accuracy": float(np.mean(prob.argmax(1) == yva)),
+                         "val_log_loss": log_loss(prob, yva), "n_iter": int(path.n_iter[i])})
+        return rows
+
+    path = logreg.path(z["train"], ytr, c_grid(lp), K, sample_weight=sw, **kw)
+    sweep = score(path)
+    sols = {r["C"]: (path.W[i], path.b[i]) for i, r in enumerate(sweep)}
+    best = best_on_val(sweep)
+    h = 10 ** (0.5 / lp.c_per_decade)
+    halves = [c for c in (best["C"] / h, best["C"] * h) if lp.c_min <= c <= lp.c_max]
+    if lp.refine and len(sweep) > 1 and halves:
+        # The half-steps around the best grid C, warm-started from the grid point below.
+        i = [r["C"] for r in sweep].index(best["C"])
+        start = sols[sweep[max(i - 1, 0)]["C"]]
+        fine = logreg.path(z["train"], ytr, halves, K, sample_weight=sw, init=start, **kw)
+        extra = score(fine)
+        sols.update({r["C"]: (fine.W[j], fine.b[j]) for j, r in enumerate(extra)})
+        sweep = sorted(sweep + extra, key=lambda r: r["C"])
+        best = best_on_val(sweep)
+    return {"best": best, "sweep": sweep, "solutions": sols}
+
+
+def best_on_val(sweep: list[dict]) -> dict:
+    """Highest val accuracy; ties go to the lower val log loss (accuracy is coarse on small val)."""
+    return max(sweep, key=lambda r: (r["val_accuracy"], -r["val_log_loss"]))
+

@@ -1,0 +1,197 @@
+"""The linear probe's protocol: C and standardisation by k-fold CV, fused backbones, bootstrap CIs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.heads import cv, logreg, metrics
+from pipeline.params import ParamsError
+from stages import heads
+from tests.stage_helpers import make_ctx, section
+
+CLASSES = ["ant", "bee", "cat", "dog"]
+
+
+def blobs(n_per_class: int, seed: int, dim: int = 16, spread: float = 1.6, scales=None):
+    """Four overlapping Gaussian classes (C matters) with uneven feature scales (standardising matters)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(4), n_per_class).astype(np.int32)
+    means = 2.0 * np.eye(4, dim)
+    x = means[y] + spread * rng.normal(size=(len(y), dim))
+    if scales is not None:
+        x = x * scales
+    return x.astype(np.float32), y
+
+
+def test_cv_sweep_matches_sklearn_fold_by_fold():
+    """Every (standardize, C) point equals scikit-learn fitted on that fold's training rows alone."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    # The shapes of every CV call in this module (48 rows, 16 dims, 5 folds, 13 Cs): one compilation.
+    scales = np.geomspace(0.1, 10, 16).astype(np.float32)
+    x, y = blobs(12, 0, scales=scales)
+    folds = cv.stratified_folds(y, 5, seed=0)
+    assert sorted(np.bincount(folds).tolist()) == [9, 9, 10, 10, 10]
+    assert all(np.bincount(y[folds == f], minlength=4).max() <= 3 for f in range(5))
+    rows = cv.cv_sweep(x, y, 4, np.logspace(-3, 3, 13), [False, True], folds)
+    for r in (r for r in rows if r["C"] in (0.01, 0.1, 1.0, 10.0)):  # the reference fits are slow
+        pred = np.empty(len(y), np.int64)
+        for f in range(5):
+            tr, te = folds != f, folds == f
+            xt, xe = x[tr], x[te]
+            if r["standardize"]:
+                sc = StandardScaler().fit(xt)
+                xt, xe = sc.transform(xt), sc.transform(xe)
+            model = LogisticRegression(C=r["C"], tol=1e-5, max_iter=1000).fit(xt, y[tr])
+            pred[te] = model.predict(xe)
+        # Both stop at a gradient tolerance, not at the exact optimum: one row may flip.
+        assert abs(r["cv_accuracy"] - np.mean(pred == y)) <= 1 / len(y) + 1e-9, r
+
+
+def test_cv_picks_the_known_best_c_and_standardisation():
+    """Where the answer is known: the C (and scaling) that a large held-out sample says is best."""
+    # One informative direction hidden among high-variance noise dimensions: unstandardised,
+    # the noise dominates the penalty; standardised, a mid-range C wins.
+    scales = np.ones(16, np.float32)
+    scales[4:] = 30.0
+    x, y = blobs(12, 1, scales=scales)
+    xt, yt = blobs(1500, 2, scales=scales)
+    grid = np.logspace(-3, 3, 13)
+    folds = cv.stratified_folds(y, 5, seed=0)
+    rows = cv.cv_sweep(x, y, 4, grid, [False, True], folds)
+    chosen = cv.best(rows)
+    oracle = {}
+    from pipeline.heads.fewshot import standardizer
+
+    for std in (False, True):
+        mean, scale = standardizer(x) if std else (0.0, 1.0)
+        path = logreg.path((x - mean) / scale, y, grid, 4)
+        for i, C in enumerate(grid):
+            pred = logreg.linear_logits(path.W[i], path.b[i], ((xt - mean) / scale).astype(np.float32)).argmax(1)
+            oracle[(std, float(C))] = float(np.mean(pred == yt))
+    best_acc = max(oracle.values())
+    assert chosen["standardize"] is True
+    # CV's pick is within 2 points of the best test accuracy any grid point reaches...
+    assert oracle[(chosen["standardize"], chosen["C"])] >= best_acc - 0.02, (chosen, best_acc)
+    # ...and far from the worst choices (the grid's ends are much worse here).
+    assert best_acc - min(oracle.values()) > 0.15
+
+
+def write_features(root: Path, splits: dict, backbone: str) -> Path:
+    root.mkdir(parents=True)
+    (root / "classes.json").write_text(json.dumps(CLASSES))
+    for split, (x, y) in splits.items():
+        (root / split).mkdir()
+        np.save(root / split / "features.npy", x)
+        np.save(root / split / "labels.npy", y)
+        (root / split / "ids.json").write_text(json.dumps([f"{split}/{i}.jpg" for i in range(len(y))]))
+    dim = next(iter(splits.values()))[0].shape[1]
+    (root / "info.json").write_text(json.dumps({"backbone": backbone, "feature_dim": dim}))
+    return root
+
+
+SMALL = dict(shots=[2, "all"], shot_draws=1, mlp={"max_epochs": 6, "patience": 2, "hidden": [16]})
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    """Two 'backbones' of widths 6 and 10 over the same images, fused by the heads stage."""
+    tmp = tmp_path_factory.mktemp("fused")
+    splits = {s: blobs(n, seed, dim=16) for s, n, seed in (("train", 10, 3), ("val", 2, 4), ("test", 8, 5))}
+    a = write_features(tmp / "a", {s: (x[:, :6] * 5.0, y) for s, (x, y) in splits.items()}, "net_a")
+    b = write_features(tmp / "b", {s: (x[:, 6:], y) for s, (x, y) in splits.items()}, "net_b")
+    out2 = tmp / "heads_fused"
+    ctx = make_ctx(heads.STAGE, {"heads": section(heads.HeadsParams, "heads", **SMALL)}, out2,
+                   cache_dir=tmp / "cache", inputs={"features": a})
+    # What the runner hands heads for backbone.name: [net_a, net_b].
+    fused_summary = heads.STAGE.run(dataclasses.replace(ctx, input_parts={"features": (a, b)}))
+    return splits, out2, fused_summary
+
+
+def test_fused_heads_have_the_right_width_order_and_inputs(fused):
+    import jax.numpy as jnp
+
+    splits, out2, fsum = fused
+    m = json.loads((out2 / "metrics.json").read_text())
+    assert m["backbones"] == [{"backbone": "net_a", "dim": 6}, {"backbone": "net_b", "dim": 10}]
+    assert fsum["backbones"] == ["net_a", "net_b"]
+    # CV chose C: val holds 2 images per class.
+    assert m["heads"]["logreg"]["hyperparameters"]["select"] == "cv"
+    for name in ("logreg", "mlp"):
+        head = heads.load_head(out2, name)
+        x = np.concatenate([splits["test"][0][:, :6] * 5.0, splits["test"][0][:, 6:]], axis=1)
+        logits = np.asarray(head.logits(head.params, jnp.asarray(x)))   # raw features, a then b
+        stored = json.loads((out2 / f"predictions_{name}.json").read_text())["predictions"]
+        assert [CLASSES[i] for i in logits.argmax(1)] == [r["pred"] for r in stored]
+        np.testing.assert_allclose(metrics.softmax(logits).max(1), [r["p_pred"] for r in stored], atol=1e-5)
+    W = heads.load_head(out2, "logreg").params["W"]
+    assert W.shape == (16, 4)
+    # A stage that runs one backbone (ideal, adversarial) cannot feed a fused head: it says so.
+    with pytest.raises(UserError, match="fused features of net_a, net_b"):
+        heads.load_head(out2, "logreg", backbone="net_a")
+    assert m["learning_curve"][-1]["shots"] == "all"
+
+
+def test_metrics_carry_bootstrap_intervals(fused):
+    _, out, _ = fused
+    r = json.loads((out / "metrics.json").read_text())["heads"]["logreg"]["test"]
+    for k in ("accuracy", "mean_per_class_accuracy"):
+        lo, hi = r["ci95"][k]
+        assert lo <= r[k] <= hi and hi - lo > 0
+    # Exact on a known case: all right -> [1, 1]; the interval narrows with more images.
+    y = np.repeat(np.arange(4), 25)
+    assert metrics.bootstrap_ci(y, y, 4)["accuracy"] == [1.0, 1.0]
+    wrong = y.copy()
+    wrong[::5] = (wrong[::5] + 1) % 4
+    small = metrics.bootstrap_ci(wrong[::4], y[::4], 4)["accuracy"]
+    big = metrics.bootstrap_ci(wrong, y, 4)["accuracy"]
+    assert small[0] < 0.8 < small[1] and big[0] < 0.8 < big[1] and big[1] - big[0] < small[1] - small[0]
+
+
+def test_backbone_list_validation_names_the_bad_entry():
+    from pipeline import runner
+    from pipeline.graph import load_graph
+
+    graph = load_graph()
+    with pytest.raises(ParamsError, match=r"backbone\.name\[1\]: 'efficientnet_lite9' is not a registered backbone"):
+        runner.resolve_params(graph, [], ["backbone.name=[efficientnet_lite0,efficientnet_lite9]"])
+    with pytest.raises(ParamsError, match="twice"):
+        runner.resolve_params(graph, [], ["backbone.name=[efficientnet_lite0,efficientnet_lite0]"])
+
+
+def test_each_backbone_of_a_list_keeps_its_own_features_key(tmp_path):
+    """The real graph: [lite0, lite2]'s features parts are exactly lite0's and lite2's runs."""
+    from pipeline import runner
+    from pipeline.graph import load_graph
+
+    graph = load_graph()
+
+    def plan(*o):
+        return runner.plan(graph, runner.resolve_params(graph, [], list(o)), tmp_path)
+
+    lite0, lite2 = plan("backbone.name=efficientnet_lite0"), plan("backbone.name=efficientnet_lite2")
+    both = plan("backbone.name=[efficientnet_lite0,efficientnet_lite2]")
+    assert [p.key for p in both["features"].parts] == [lite0["features"].key, lite2["features"].key]
+    assert both["features"].key == lite0["features"].key        # ctx.inputs["features"]: the first
+    assert both["heads"].key not in (lite0["heads"].key, lite2["heads"].key)
+    assert plan("backbone.name=[efficientnet_lite0]")["heads"].key == lite0["heads"].key
+    params = runner.resolve_params(graph, [], ["backbone.name=[efficientnet_lite2,efficientnet_lite0]"])
+    assert params["backbone"].primary == "efficientnet_lite2"   # what ideal / adversarial run
+
+
+def test_accurate_overlay_parses(tmp_path):
+    from pipeline import runner
+    from pipeline.graph import load_graph
+
+    root = Path(__file__).resolve().parents[1]
+    graph = load_graph()
+    params = runner.resolve_params(graph, [root / "params.yaml", root / "params.accurate.yaml"], [])
+    assert params["backbone"].names == ("efficientnet_lite2",)
+    assert params["heads"].standardize == "auto" and params["heads"].logreg.select == "auto"
