@@ -9,6 +9,11 @@ for a class c with logit y_c and the chosen layer's activation A (h, w, K),
 then each map is scaled to [0, 1] (minus its min, over its max) and upsampled bilinearly to the
 image. The score is the class *logit*, not its probability, as in the paper and that package.
 
+``centre=True`` scores the logit minus the mean logit instead. Softmax logits are defined only up
+to a constant per image, and a binary logistic head fixes class 0's logit at 0 (its gradient, and
+so its map, would be empty): centred, class 0 scores -z/2 and class 1 +z/2, the two sides of the
+one decision. The stage centres only 2-class heads; with more classes it is the package's score.
+
 The model is given as two pure functions, so any backbone that can be split at a layer works:
 
     trunk(params, pixels (B, S, S, 3) float 0..255) -> activation (B, h, w, K)
@@ -53,8 +58,13 @@ def normalise(cams: jax.Array) -> jax.Array:
 
 
 @functools.cache
-def make_gradcam(trunk: Trunk, top: Top) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+def make_gradcam(trunk: Trunk, top: Top, centre: bool = False
+                 ) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     """One jitted Grad-CAM function for a (trunk, top) pair (cached by the pair's identity).
+
+    Args:
+      trunk, top: the split model.
+      centre: score logit - mean logit (see the module docstring) instead of the raw logit.
 
     Returns:
       ``fn(params, pixels (B, S, S, 3), classes (B, T) int) -> (cams (B, T, h, w), logits (B, C))``;
@@ -63,9 +73,13 @@ def make_gradcam(trunk: Trunk, top: Top) -> Callable[[Any, jax.Array, jax.Array]
 
     def fn(params: Any, pixels: jax.Array, classes: jax.Array) -> tuple[jax.Array, jax.Array]:
         act = trunk(params, pixels).astype(jnp.float32)  # (B, h, w, K)
-        logits, vjp = jax.vjp(lambda a: top(params, a).astype(jnp.float32), act)  # (B, C)
+        def scores(a):
+            z = top(params, a).astype(jnp.float32)  # (B, C)
+            return (z - jnp.mean(z, axis=-1, keepdims=True) if centre else z), z
+
+        s, vjp, logits = jax.vjp(scores, act, has_aux=True)  # (B, C) each
         # One cotangent per requested class: (T, B, C) one-hots; vmap the VJP over T.
-        cot = jax.nn.one_hot(classes.T, logits.shape[-1], dtype=logits.dtype)
+        cot = jax.nn.one_hot(classes.T, s.shape[-1], dtype=s.dtype)
         (grads,) = jax.vmap(vjp)(cot)  # (T, B, h, w, K)
         cams = cam_from_gradients(act[None], grads)  # (T, B, h, w)
         return jnp.swapaxes(cams, 0, 1), logits
@@ -88,7 +102,7 @@ def upsample(cams: np.ndarray | jax.Array, size: int) -> np.ndarray:
 
 
 def gradcam(trunk: Trunk, top: Top, params: Any, pixels: np.ndarray, classes: np.ndarray,
-            batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+            batch_size: int = 16, centre: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps for many images, in fixed-size batches (one compile for any count).
 
     Args:
@@ -97,11 +111,12 @@ def gradcam(trunk: Trunk, top: Top, params: Any, pixels: np.ndarray, classes: np
       pixels: (N, S, S, 3) float32 0..255.
       classes: (N, T) int class indices per image (e.g. [predicted, true]).
       batch_size: images per call; the last batch is padded (padded rows are dropped).
+      centre: see `make_gradcam`.
 
     Returns:
       (cams (N, T, h, w) float32 raw maps, logits (N, C) float32).
     """
-    fn = make_gradcam(trunk, top)
+    fn = make_gradcam(trunk, top, centre)
     n = len(pixels)
     classes = np.asarray(classes, np.int32).reshape(n, -1)
     cams, logits = [], []

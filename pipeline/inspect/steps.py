@@ -143,7 +143,8 @@ def gradcam_examples(backbone: Any, head: Any, layer: str, examples: Sequence[di
     index = {c: i for i, c in enumerate(classes)}
     x = np.stack([pixels[r["id"]] for r in examples]).astype(np.float32)
     cls = np.array([[index[r["pred"]], index[r["true"]]] for r in examples], np.int32)
-    cams, logits = gc.gradcam(trunk, top, params, x, cls, batch_size=batch_size)
+    # A 2-class head scores one decision: centred logits give both classes a map (gradcam docstring).
+    cams, logits = gc.gradcam(trunk, top, params, x, cls, batch_size=batch_size, centre=len(classes) == 2)
     up = gc.upsample(cams, x.shape[1])  # (N, 2, S, S)
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
