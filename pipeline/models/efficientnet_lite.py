@@ -119,26 +119,56 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """Normalised image (B, S, S, 3) -> pooled features (B, 1280)."""
+    """Normalised image (B, S, S, 3) -> pooled features (B, 1280).
+
+    Attributes:
+      blocks: per-block configs (`block_configs`).
+      depthwise: depthwise-conv implementation.
+      dtype: computation dtype (parameters stay float32).
+      start, stop: run only ``layer_names()[start:stop]`` (by name; None = from the input / to the
+        pooled output); the input is then the activation entering `start`, the output the one
+        leaving the layer before `stop` (see `pipeline.models.cut`).
+    """
 
     blocks: tuple[BlockCfg, ...]
     depthwise: str = "auto"
     dtype: Any = jnp.float32
+    start: str | None = None
+    stop: str | None = None
+
+    def layer_names(self) -> list[str]:
+        """Top-level layers in order: stem, block0..blockN, head_conv (the 1x1 to 1280), pool."""
+        return ["stem", *(f"block{i}" for i in range(len(self.blocks))), "head_conv", "pool"]
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        run = layers.layer_span(self.layer_names(), self.start, self.stop, "efficientnet_lite")
         x = x.astype(self.dtype)
-        x = relu6(layers.Conv(STEM, 3, stride=2, dtype=self.dtype, name="stem")(x))  # (B, S/2, S/2, 32)
+        if "stem" in run:
+            x = relu6(layers.Conv(STEM, 3, stride=2, dtype=self.dtype, name="stem")(x))  # (B, S/2, S/2, 32)
         for i, cfg in enumerate(self.blocks):
-            x = MBConv(cfg, self.depthwise, self.dtype, name=f"block{i}")(x)
-        x = relu6(layers.Conv(HEAD, 1, dtype=self.dtype, name="head")(x))  # (B, S/32, S/32, 1280)
+            if f"block{i}" in run:
+                x = MBConv(cfg, self.depthwise, self.dtype, name=f"block{i}")(x)
+        if "head_conv" in run:  # param name "head" predates the layer list; kept for the converted caches
+            x = relu6(layers.Conv(HEAD, 1, dtype=self.dtype, name="head")(x))  # (B, S/32, S/32, 1280)
+        if "pool" not in run:
+            return x
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # pool in float32 even for bf16
 
 
-def build(spec: BackboneSpec, dtype: str = "float32", depthwise: str = "auto") -> EfficientNetLite:
-    """Flax module for a Lite spec: ``module.apply({"params": p}, normalised_images) -> (B, 1280)``."""
+def build(spec: BackboneSpec, dtype: str = "float32", depthwise: str = "auto", start: str | None = None,
+          stop: str | None = None) -> EfficientNetLite:
+    """Flax module for a Lite spec: ``module.apply({"params": p}, normalised_images) -> (B, 1280)``.
+
+    `start`/`stop` cut it to a slice of `layer_names` (see `pipeline.models.cut`).
+    """
     return EfficientNetLite(block_configs(spec.config), depthwise=layers.resolve_depthwise(depthwise),
-                            dtype=jnp.dtype(dtype))
+                            dtype=jnp.dtype(dtype), start=start, stop=stop)
+
+
+def layer_names(spec: BackboneSpec) -> list[str]:
+    """The layers a cut can name, in order (see `EfficientNetLite.layer_names`)."""
+    return build(spec, depthwise="xla").layer_names()
 
 
 def convert(state: Mapping[str, np.ndarray], spec: BackboneSpec) -> dict:

@@ -292,3 +292,28 @@ def fold_batchnorm(kernel: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean
     new_kernel = kernel.astype(np.float64) * scale
     new_bias = (b - mean.astype(np.float64)) * scale + beta.astype(np.float64)
     return new_kernel.astype(np.float32), new_bias.astype(np.float32)
+
+
+def layer_span(names: Sequence[str], start: str | None, stop: str | None, where: str) -> frozenset[str]:
+    """The layers a backbone module runs when cut: ``names[start:stop]`` by name, as a set.
+
+    Families give their top-level layers in order (`layer_names`); a module built with
+    ``start``/``stop`` runs only this slice, so trunk = ``stop=cut`` and top = ``start=cut``.
+
+    Args:
+      names: the family's layer names, in order.
+      start: first layer to run (None: the first).
+      stop: first layer NOT run (None: run to the end, pooling included).
+      where: the backbone's name, for the error.
+
+    Raises:
+      ValueError: a name not in `names`, or an empty slice.
+    """
+    for n in (start, stop):
+        if n is not None and n not in names:
+            raise ValueError(f"{where}: no layer named {n!r}; layers are {', '.join(names)}")
+    lo = 0 if start is None else list(names).index(start)
+    hi = len(names) if stop is None else list(names).index(stop)
+    if lo >= hi:
+        raise ValueError(f"{where}: empty layer range start={start!r}, stop={stop!r}")
+    return frozenset(names[lo:hi])

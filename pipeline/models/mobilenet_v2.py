@@ -32,7 +32,7 @@ import numpy as np
 
 from pipeline.models import keras_h5
 from pipeline.models.convert import StateReader
-from pipeline.models.layers import DepthwiseConv, fold_batchnorm, resolve_depthwise
+from pipeline.models.layers import DepthwiseConv, fold_batchnorm, layer_span, resolve_depthwise
 from pipeline.models.spec import BackboneSpec
 
 CONVERT_VERSION = "1"  # bump when the converter's output changes: invalidates converted caches
@@ -95,6 +95,12 @@ class MobileNetV2(nn.Module):
     alpha: float = 1.0
     depthwise: str = "xla"
     dtype: Any = jnp.float32
+    start: str | None = None  # run only layer_names()[start:stop] (see pipeline.models.cut)
+    stop: str | None = None
+
+    def layer_names(self) -> list[str]:
+        """Top-level layers in order: Conv1, expanded_conv, block_1..block_16, Conv_1, pool."""
+        return ["Conv1", *(p.rstrip("_") for p, *_ in blocks(self.alpha)), "Conv_1", "pool"]
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -103,8 +109,13 @@ class MobileNetV2(nn.Module):
             return nn.Conv(features, (k, k), strides=(stride, stride), padding="SAME",
                            dtype=self.dtype, name=name)(y)
 
-        x = nn.relu6(conv(x.astype(self.dtype), make_divisible(32 * self.alpha), 3, 2, "Conv1"))
+        run = layer_span(self.layer_names(), self.start, self.stop, "mobilenet_v2")
+        x = x.astype(self.dtype)
+        if "Conv1" in run:
+            x = nn.relu6(conv(x, make_divisible(32 * self.alpha), 3, 2, "Conv1"))
         for p, t, cin, cout, stride in blocks(self.alpha):  # x: (B, H, W, cin)
+            if p.rstrip("_") not in run:
+                continue
             y = nn.relu6(conv(x, t * cin, 1, 1, f"{p}expand")) if t != 1 else x  # (B, H, W, t*cin)
             pad = correct_pad(y.shape[1:3], 3) if stride == 2 else ((1, 1), (1, 1))
             y = DepthwiseConv(3, stride=stride, padding=pad, use_bias=True, depthwise=self.depthwise,
@@ -112,20 +123,30 @@ class MobileNetV2(nn.Module):
             y = nn.relu6(y)  # (B, H/stride, W/stride, t*cin)
             y = conv(y, cout, 1, 1, f"{p}project")  # linear bottleneck: no activation
             x = x + y if (cin == cout and stride == 1) else y
-        x = nn.relu6(conv(x, last_channels(self.alpha), 1, 1, "Conv_1"))  # out_relu: (B, h, w, 1280)
+        if "Conv_1" in run:
+            x = nn.relu6(conv(x, last_channels(self.alpha), 1, 1, "Conv_1"))  # out_relu: (B, h, w, 1280)
+        if "pool" not in run:
+            return x
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-def build(spec: BackboneSpec, dtype: str = "float32", depthwise: str = "auto") -> MobileNetV2:
+def layer_names(spec: BackboneSpec) -> list[str]:
+    """The layers a cut can name, in order (see `MobileNetV2.layer_names`)."""
+    return build(spec, depthwise="xla").layer_names()
+
+
+def build(spec: BackboneSpec, dtype: str = "float32", depthwise: str = "auto", start: str | None = None,
+          stop: str | None = None) -> MobileNetV2:
     """Flax module for a MobileNetV2 spec: ``apply({"params": p}, normalised_images) -> (B, 1280)``.
 
     Args:
       spec: a ``family="mobilenet_v2"`` spec (``config["alpha"]``).
       dtype: computation dtype name.
       depthwise: ``"auto"``, ``"xla"`` or ``"shifted"`` (``auto``: shifted on CPU, xla elsewhere).
+      start, stop: cut to a slice of `layer_names` (see `pipeline.models.cut`).
     """
     return MobileNetV2(alpha=float(spec.config.get("alpha", 1.0)),
-                       depthwise=resolve_depthwise(depthwise), dtype=jnp.dtype(dtype))
+                       depthwise=resolve_depthwise(depthwise), dtype=jnp.dtype(dtype), start=start, stop=stop)
 
 
 def param_shapes(spec: BackboneSpec) -> dict:

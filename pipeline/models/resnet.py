@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.models import keras_h5
 from pipeline.models.convert import StateReader
-from pipeline.models.layers import fold_batchnorm
+from pipeline.models.layers import fold_batchnorm, layer_span
 from pipeline.models.spec import BackboneSpec
 
 CONVERT_VERSION = "1"  # bump when the converter's output changes: invalidates converted caches
@@ -61,6 +61,12 @@ class ResNetV1(nn.Module):
 
     stages: Sequence[int] = (3, 4, 6, 3)
     dtype: Any = jnp.float32
+    start: str | None = None  # run only layer_names()[start:stop] (see pipeline.models.cut)
+    stop: str | None = None
+
+    def layer_names(self) -> list[str]:
+        """Top-level layers in order: conv1 (with its max-pool), conv2_block1..conv5_blockN, pool."""
+        return ["conv1", *(p for p, *_ in blocks(self.stages)), "pool"]
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -69,30 +75,43 @@ class ResNetV1(nn.Module):
             return nn.Conv(features, (k, k), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                            dtype=self.dtype, name=name)(y)
 
+        run = layer_span(self.layer_names(), self.start, self.stop, "resnet")
         x = x.astype(self.dtype)
-        x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))  # conv1_pad
-        x = nn.relu(conv(x, 64, 7, 2, "conv1_conv"))  # (B, S/2, S/2, 64)
-        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # pool1_pad (zeros; x >= 0 after ReLU)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))  # (B, S/4, S/4, 64)
+        if "conv1" in run:
+            x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))  # conv1_pad
+            x = nn.relu(conv(x, 64, 7, 2, "conv1_conv"))  # (B, S/2, S/2, 64)
+            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # pool1_pad (zeros; x >= 0 after ReLU)
+            x = nn.max_pool(x, (3, 3), strides=(2, 2))  # (B, S/4, S/4, 64)
         for p, width, stride, shortcut in blocks(self.stages):
+            if p not in run:
+                continue
             short = conv(x, EXPANSION * width, 1, stride, f"{p}_0_conv") if shortcut else x
             y = nn.relu(conv(x, width, 1, stride, f"{p}_1_conv"))  # stride on the 1x1 (Caffe v1)
             y = nn.relu(conv(y, width, 3, 1, f"{p}_2_conv", pad=1))
             y = conv(y, EXPANSION * width, 1, 1, f"{p}_3_conv")
             x = nn.relu(short + y)  # {p}_out: (B, h, w, 4 * width)
+        if "pool" not in run:
+            return x
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # avg_pool: (B, 2048), f32 sum
 
 
-def build(spec: BackboneSpec, dtype: str = "float32", depthwise: str = "auto") -> ResNetV1:
+def layer_names(spec: BackboneSpec) -> list[str]:
+    """The layers a cut can name, in order (see `ResNetV1.layer_names`)."""
+    return build(spec).layer_names()
+
+
+def build(spec: BackboneSpec, dtype: str = "float32", depthwise: str = "auto", start: str | None = None,
+          stop: str | None = None) -> ResNetV1:
     """Flax module for a ResNet spec: ``module.apply({"params": p}, normalised_images) -> (B, 2048)``.
 
     Args:
       spec: a ``family="resnet"`` spec (``config["stages"]``).
       dtype: computation dtype name.
       depthwise: unused (no depthwise convs); accepted for the uniform family API.
+      start, stop: cut to a slice of `layer_names` (see `pipeline.models.cut`).
     """
     del depthwise
-    return ResNetV1(stages=tuple(spec.config["stages"]), dtype=jnp.dtype(dtype))
+    return ResNetV1(stages=tuple(spec.config["stages"]), dtype=jnp.dtype(dtype), start=start, stop=stop)
 
 
 def param_shapes(spec: BackboneSpec) -> dict:

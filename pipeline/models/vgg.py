@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline.models import keras_h5
 from pipeline.models.convert import StateReader
+from pipeline.models.layers import layer_span
 from pipeline.models.spec import BackboneSpec
 
 CONVERT_VERSION = "1"  # bump when the converter's output changes: invalidates converted caches
@@ -51,35 +52,59 @@ class VGG(nn.Module):
     blocks: Sequence[int] = (2, 2, 3, 3, 3)
     input_size: int = 224
     dtype: Any = jnp.float32
+    start: str | None = None  # run only layer_names()[start:stop] (see pipeline.models.cut)
+    stop: str | None = None
+
+    def layer_names(self) -> list[str]:
+        """Layers in order: block1_conv1, ..., block1_pool, ..., block5_pool, fc1 (flatten + dense), fc2."""
+        out, convs = [], iter(conv_names(self.blocks))
+        for b, n in enumerate(self.blocks):
+            out += [next(convs) for _ in range(n)] + [f"block{b + 1}_pool"]
+        return out + ["fc1", "fc2"]
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, S, S, 3) caffe-normalised BGR -> (B, 4096) fc2 features."""
+        run = layer_span(self.layer_names(), self.start, self.stop, "vgg")
         x = x.astype(self.dtype)
         names = iter(conv_names(self.blocks))
-        for width, n in zip(WIDTHS, self.blocks):
+        for b, (width, n) in enumerate(zip(WIDTHS, self.blocks)):
             for _ in range(n):
-                x = nn.relu(nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype, name=next(names))(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))  # blockN_pool: (B, H/2, W/2, width)
-        m = self.input_size // 32
-        if x.shape[1:3] != (m, m):
-            raise ValueError(f"VGG needs a {self.input_size}x{self.input_size} input (fc1 reads a "
-                             f"{m}x{m}x512 map); got a {x.shape[1]}x{x.shape[2]} map.")
-        x = x.reshape(x.shape[0], -1)  # (B, m*m*512) in HWC order, as Keras Flatten (channels_last)
-        x = nn.relu(nn.Dense(FC_DIM, dtype=self.dtype, name="fc1")(x))
-        return nn.relu(nn.Dense(FC_DIM, dtype=self.dtype, name="fc2")(x))  # (B, 4096)
+                name = next(names)
+                if name in run:
+                    x = nn.relu(nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype, name=name)(x))
+            if f"block{b + 1}_pool" in run:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))  # blockN_pool: (B, H/2, W/2, width)
+        if "fc1" in run:
+            m = self.input_size // 32
+            if x.shape[1:3] != (m, m):
+                raise ValueError(f"VGG needs a {self.input_size}x{self.input_size} input (fc1 reads a "
+                                 f"{m}x{m}x512 map); got a {x.shape[1]}x{x.shape[2]} map.")
+            x = x.reshape(x.shape[0], -1)  # (B, m*m*512) in HWC order, as Keras Flatten (channels_last)
+            x = nn.relu(nn.Dense(FC_DIM, dtype=self.dtype, name="fc1")(x))
+        if "fc2" in run:
+            x = nn.relu(nn.Dense(FC_DIM, dtype=self.dtype, name="fc2")(x))  # (B, 4096)
+        return x
 
 
-def build(spec: BackboneSpec, dtype: str = "float32", depthwise: str = "auto") -> VGG:
+def layer_names(spec: BackboneSpec) -> list[str]:
+    """The layers a cut can name, in order (see `VGG.layer_names`)."""
+    return build(spec).layer_names()
+
+
+def build(spec: BackboneSpec, dtype: str = "float32", depthwise: str = "auto", start: str | None = None,
+          stop: str | None = None) -> VGG:
     """Flax module for a VGG spec: ``module.apply({"params": p}, normalised_images) -> (B, 4096)``.
 
     Args:
       spec: a ``family="vgg"`` spec (``config["blocks"]``).
       dtype: computation dtype name.
       depthwise: unused (VGG has no depthwise convs); accepted for the uniform family API.
+      start, stop: cut to a slice of `layer_names` (see `pipeline.models.cut`).
     """
     del depthwise
-    return VGG(blocks=tuple(spec.config["blocks"]), input_size=spec.input_size, dtype=jnp.dtype(dtype))
+    return VGG(blocks=tuple(spec.config["blocks"]), input_size=spec.input_size, dtype=jnp.dtype(dtype),
+               start=start, stop=stop)
 
 
 def param_shapes(spec: BackboneSpec) -> dict:
