@@ -34,7 +34,7 @@ from pipeline.params import ParamsError, spec
 from pipeline.stage import Stage, StageContext
 
 _TUNABLE = ("steps", "lr", "optimizer", "param", "decay", "tv_weight", "l2_weight", "jitter", "scale",
-            "rotate", "polish")
+            "rotate", "polish", "objective")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class IdealOption:
     scale: float | None = spec(None, min=0, max=0.5, help="largest random relative zoom")
     rotate: float | None = spec(None, min=0, max=45, help="largest random rotation, degrees")
     polish: float | None = spec(None, min=0, max=1, help="share of the last steps run without transforms")
+    objective: Literal["prob", "logit"] | None = spec(None, help="what is maximised: prob or logit")
 
     def validate(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", self.name or ""):
@@ -99,6 +100,10 @@ class IdealParams:
     polish: float = spec(0.1, min=0, max=1, help="share of the last steps run without transforms, so that the "
                                                  "final image itself (not only its transformed copies) reaches "
                                                  "the target")
+    objective: Literal["prob", "logit"] = spec(
+        "prob", help="what is maximised: the target's log-probability (prob) or its logit (logit; for a group "
+                     "the logsumexp of its logits), which does not saturate and cannot rise by pushing other "
+                     "classes down")
     seed: int = spec(0, help="seed of the initial noise and the transforms")
     compare: tuple[IdealOption, ...] = spec(_DEFAULT_COMPARE, help="variants to run as well, for the report")
     transfer: tuple[str, ...] = spec(("efficientnet_lite1", "efficientnet_lite2"),

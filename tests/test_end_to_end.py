@@ -71,7 +71,7 @@ def test_run_all_then_rerun_only_what_changed(tmp_path):
     first = cli("run", "all", *base, cache=cache)
     assert first.returncode == 0, first.stderr[-3000:]
     assert actions(first.stdout) == {s: "ran" for s in
-                                     ("data", "features", "heads", "ideal", "adversarial", "report")}
+                                     ("data", "features", "heads", "inspect", "ideal", "adversarial", "report")}
     status = json.loads(cli("status", "--json", *base, cache=cache).stdout)
     assert all(s["up_to_date"] for s in status["stages"])
     report = Path(next(s["out"] for s in status["stages"] if s["name"] == "report")) / "report.html"
@@ -84,7 +84,7 @@ def test_run_all_then_rerun_only_what_changed(tmp_path):
     second = cli("run", "all", *changed, cache=cache)
     assert second.returncode == 0, second.stderr[-3000:]
     assert actions(second.stdout) == {"data": "reused", "features": "reused", "heads": "ran",
-                                      "ideal": "ran", "adversarial": "ran", "report": "ran"}
+                                      "inspect": "ran", "ideal": "ran", "adversarial": "ran", "report": "ran"}
 
     # Setting it back reuses every earlier output: nothing runs.
     third = cli("run", "all", *base, cache=cache)

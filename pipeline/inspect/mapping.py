@@ -66,7 +66,13 @@ def embed_2d(features: np.ndarray, method: Method = "opentsne", seed: int = 0, p
 
         y = SkTSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(x)
     elif method == "umap":
-        import umap
+        try:
+            import umap
+        except ImportError:
+            from pipeline.errors import UserError
+
+            raise UserError("inspect.map_method: umap needs umap-learn, an optional extra: "
+                            "pip install '.[umap]' (or use opentsne, the default).") from None
 
         y = umap.UMAP(n_components=2, n_neighbors=int(min(neighbors, n - 1)), random_state=seed,
                       n_jobs=1).fit_transform(x)

@@ -52,8 +52,7 @@ def _gradcam(folder: Path, doc: Mapping, opts: Options) -> Section:
         lines = [f"predicted {r['pred']} ({pct(r.get('p_pred'), 0)})"]
         if bad and r.get("p_true") is not None:
             lines.append(f"p(true class) = {pct(r['p_true'], 0)}")
-        lines.append("panels: " + " | ".join(r.get("panels", [])))
-        cards.append(Card([(file_asset(folder / r["image"], f"gradcam_{i:03d}"), "")],
+        cards.append(Card([(file_asset(folder / r["image"], f"gradcam_{i:03d}"), " | ".join(r.get("panels", [])))],
                           title=f"true: {r['true']}", lines=lines, kind="bad" if bad else "good", foot=r["id"]))
     n_bad = sum(r["kind"] == "mistake" for r in recs)
     return Section("gradcam", title, [
