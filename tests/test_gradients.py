@@ -240,3 +240,24 @@ def test_bad_targets_name_the_key_and_near_matches():
         targets.resolve("cat", "logreg", {"logreg": ["apple", "pear"]}, "k")
     with pytest.raises(targets.TargetError, match="not a class of the dataset"):
         targets.resolve_source("wolf", ["cat", "dog"], "adversarial.source")
+
+
+def test_ideal_logit_objective_ascends_the_logit_where_prob_would_not():
+    """A 2-class model where brightness b raises the target's logit (10 b) but the other class's
+    twice as fast (20 b): the probability objective darkens the image (p(target) falls with b),
+    the logit objective brightens it. Same start, same steps."""
+    import jax.numpy as jnp
+
+    def apply(params, px):
+        b = jnp.mean(px, axis=(1, 2, 3)) / 255.0
+        return jnp.stack([10.0 * b, 20.0 * b], axis=1) * params
+
+    toy = model_lib.PixelModel("toy", apply, jnp.float32(1.0), ("target", "other"), 16)
+    masks = model_lib.class_mask([[0]], 2)
+    common = dict(steps=10, lr=0.02, param="pixel", tv_weight=0.0, seed=1)
+    start = ideal.optimize(toy, masks, ideal.IdealSettings(objective="prob", **{**common, "steps": 1}), chunk=10)
+    mean = {o: ideal.optimize(toy, masks, ideal.IdealSettings(objective=o, **common), chunk=10).images.mean()
+            for o in ("prob", "logit")}
+    assert mean["logit"] > start.images.mean() + 20 > mean["prob"] + 40, (mean, start.images.mean())
+    with pytest.raises(ValueError, match="objective"):
+        ideal.optimize(toy, masks, ideal.IdealSettings(objective="probability", **common))

@@ -59,8 +59,10 @@ def embed_2d(features: np.ndarray, method: Method = "opentsne", seed: int = 0, p
     if method == "opentsne":
         from openTSNE import TSNE
 
+        # Exact neighbours for small maps, Annoy (seeded, C++) beyond: "auto" may pick pynndescent,
+        # whose numba compilation alone costs seconds.
         y = np.asarray(TSNE(n_components=2, perplexity=perp, initialization="pca", random_state=seed,
-                            n_jobs=1, verbose=False).fit(x))
+                            neighbors="exact" if n < 1000 else "annoy", n_jobs=1, verbose=False).fit(x))
     elif method == "tsne":
         from sklearn.manifold import TSNE as SkTSNE
 
