@@ -6,7 +6,8 @@ targets in one batch, `pipeline.gradients.ideal.optimize`), then reports
   p(lite0)     target probability on the network it was made for (the saved uint8 image)
   lite1/lite2  top-1 hits of the target by efficientnet_lite1 / _lite2's ImageNet heads: an image
                another network also reads as the class is one that looks like it
-  saturated    share of channel values at 0 or 255 in the saved image ("blown out")
+  saturated    share of channel values at 0 or 255 in the saved image; near-saturated: <= 5 or
+               >= 250 (a sigmoid-rendered image rarely rounds to 255 exactly, yet looks blown out)
   seconds      wall time of the optimisation
 
 and writes one grid PNG per recipe (columns = targets) to --out, for looking at them.
@@ -74,23 +75,27 @@ def main(argv: list[str] | None = None) -> None:
         res = ideal_lib.optimize(model, masks, settings)
         secs = time.perf_counter() - t0
         row = {"recipe": name, "p_lite0": float(np.exp(res.log_prob).mean()), "seconds": round(secs, 1),
-               "saturated": float(np.mean((res.images == 0) | (res.images == 255)))}
+               "saturated": float(np.mean((res.images == 0) | (res.images == 255))),
+               "near_saturated": float(np.mean((res.images <= 5) | (res.images >= 250)))}
         for jn, jb in judges.items():
             jm = model_lib.imagenet_model(jb)
             logits = attacks.predict_logits(jm, pictures.resize_batch(res.images, jb.spec), batch_size=len(ids))
             row[jn] = int(sum(int(np.argmax(logits[t])) == ids[t] for t in range(len(ids))))
             row[f"{jn}_top1"] = [jm.classes[int(np.argmax(logits[t]))] for t in range(len(ids))]
         rows.append(row)
+        for t, target in enumerate(TARGETS):
+            pictures.save_png(out / name / f"{t:02d}_{target.replace(' ', '_')}.png", res.images[t])
         pictures.save_png(out / f"{name}.png", pictures.grid([list(res.images)], row_labels=[name],
                                                              col_labels=list(TARGETS)))
         print(f"{name}: p {row['p_lite0']:.3f} lite1 {row['efficientnet_lite1']}/10 lite2 "
-              f"{row['efficientnet_lite2']}/10 saturated {row['saturated']:.3f} ({secs:.0f} s, "
+              f"{row['efficientnet_lite2']}/10 saturated {row['saturated']:.3f} near {row['near_saturated']:.3f} ({secs:.0f} s, "
               f"load {os.getloadavg()[0]:.1f})", flush=True)
         (out / "results.json").write_text(json.dumps(rows, indent=1))
-    print("\n| recipe | p(lite0) | lite1 top-1 | lite2 top-1 | saturated | s |\n|---|---:|---:|---:|---:|---:|")
+    print("\n| recipe | p(lite0) | lite1 top-1 | lite2 top-1 | saturated | near-saturated | s |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['recipe']} | {r['p_lite0']:.3f} | {r['efficientnet_lite1']}/10 | {r['efficientnet_lite2']}/10 | "
-              f"{100 * r['saturated']:.1f}% | {r['seconds']:.0f} |")
+              f"{100 * r['saturated']:.1f}% | {100 * r['near_saturated']:.1f}% | {r['seconds']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -75,11 +75,11 @@ def channel_grid(act: np.ndarray, channels: Sequence[int], tile: int = 56, cols:
 
 
 def beside(photo: np.ndarray, grid: np.ndarray, pad: int = 6) -> np.ndarray:
-    """The photo (scaled to the grid's height, at most its own size x2) to the left of the grid."""
+    """The photo (as tall as the grid, at least 116 px so it stays recognisable) left of the grid."""
     from PIL import Image
 
     h = grid.shape[0]
-    side = min(h, 2 * photo.shape[0])
+    side = min(max(h, 116), 2 * photo.shape[0])
     ph = np.asarray(Image.fromarray(photo).resize((side, side), Image.BILINEAR))
     canvas = np.full((max(h, side), side + pad + grid.shape[1], 3), 255, np.uint8)
     canvas[:side, :side] = ph
