@@ -40,6 +40,8 @@ RECIPES = {
     "logit_512": {"objective": "logit", "steps": 512, "polish": 51},
     "logit_512_strong": {"objective": "logit", "steps": 512, "polish": 51, "jitter": 16.0, "scale": 0.2,
                          "rotate": 20.0},
+    "logit_l2_10": {"objective": "logit", "l2_weight": 10.0},
+    "logit_l2_30": {"objective": "logit", "l2_weight": 30.0},
     "logit_512_strong_l2": {"objective": "logit", "steps": 512, "polish": 51, "jitter": 16.0, "scale": 0.2,
                             "rotate": 20.0, "l2_weight": 2.0},
 }

@@ -102,6 +102,20 @@ def _make_optimizer(name: str) -> optax.GradientTransformation:
     raise ValueError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZERS)}")
 
 
+def _group_logit(logits: jax.Array, mask: jax.Array, domain: jax.Array) -> jax.Array:
+    """(T,) logsumexp of each target's logits; centred on a 2-class domain.
+
+    A binary logistic head fixes class 0's logit at 0 (`heads.logreg.linear_logits`), so its raw
+    logit has no gradient; relative to the head's mean logit it is -z/2 (and class 1's +z/2), the
+    two sides of the one decision. Larger domains (ImageNet's 1000) keep the raw logit.
+    """
+    group = jax.nn.logsumexp(jnp.where(mask, logits, -jnp.inf), axis=-1)
+    domain = jnp.broadcast_to(domain, logits.shape)
+    n = jnp.sum(domain, axis=-1)
+    mean = jnp.sum(jnp.where(domain, logits, 0.0), axis=-1) / jnp.maximum(n, 1)
+    return group - jnp.where(n == 2, mean, 0.0)
+
+
 TRACE_COUNT = {"n": 0}  # incremented each time a step function is traced (tests check compile-once)
 
 
@@ -121,7 +135,7 @@ def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float,
                             lambda im: im, images)
         logits = apply(model_params, jnp.transpose(seen, (0, 2, 3, 1))).astype(jnp.float32)  # (T, C)
         logp = group_log_prob(logits, *masks)  # (T,)
-        score = jax.nn.logsumexp(jnp.where(masks[0], logits, -jnp.inf), axis=-1) if objective == "logit" else logp
+        score = _group_logit(logits, *masks) if objective == "logit" else logp
         unit = images / 255.0
         penalty = hyper["tv_weight"] * regularizers.total_variation(unit, axes=(2, 3)) \
             + hyper["l2_weight"] * regularizers.l2_to_grey(unit)
