@@ -64,7 +64,9 @@ class IdealOption:
 _DEFAULT_COMPARE = (
     # The lesson: plain gradient ascent on the pixels, nothing else.
     IdealOption(name="lesson", param="pixel", lr=0.05, tv_weight=0.0, l2_weight=0.0, jitter=0.0, scale=0.0,
-                rotate=0.0, polish=0.0),
+                rotate=0.0, polish=0.0, objective="prob"),
+    # The main recipe before the logit objective (issue 15): probability, no pull to grey.
+    IdealOption(name="prob", objective="prob", l2_weight=0.0),
     # Pixels with TV and transforms: what the Fourier parameterisation adds. Free pixels need a
     # much larger TV weight than the (already smooth) Fourier image to come out smooth.
     IdealOption(name="pixel_tv_transforms", param="pixel", lr=0.02, tv_weight=20.0),
@@ -93,7 +95,8 @@ class IdealParams:
     decay: float = spec(1.5, min=0, help="Fourier spectrum decay power (1 = 1/f); steeper puts more of each "
                                          "step into coarse structure")
     tv_weight: float = spec(0.5, min=0, help="weight of total variation (mean neighbour difference, 0..1 scale)")
-    l2_weight: float = spec(0.0, min=0, help="weight of the mean squared distance to grey")
+    l2_weight: float = spec(10.0, min=0, help="weight of the mean squared distance to grey (0..1 scale); with "
+                                              "the logit objective it keeps the image from blowing out")
     jitter: float = spec(8.0, min=0, help="largest random shift per step, pixels")
     scale: float = spec(0.1, min=0, max=0.5, help="largest random zoom per step (0.1 = 0.9..1.1)")
     rotate: float = spec(10.0, min=0, max=45, help="largest random rotation per step, degrees (at most 45)")
@@ -101,7 +104,7 @@ class IdealParams:
                                                  "final image itself (not only its transformed copies) reaches "
                                                  "the target")
     objective: Literal["prob", "logit"] = spec(
-        "prob", help="what is maximised: the target's log-probability (prob) or its logit (logit; for a group "
+        "logit", help="what is maximised: the target's log-probability (prob) or its logit (logit; for a group "
                      "the logsumexp of its logits), which does not saturate and cannot rise by pushing other "
                      "classes down")
     seed: int = spec(0, help="seed of the initial noise and the transforms")
