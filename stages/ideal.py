@@ -95,7 +95,7 @@ class IdealParams:
     decay: float = spec(1.5, min=0, help="Fourier spectrum decay power (1 = 1/f); steeper puts more of each "
                                          "step into coarse structure")
     tv_weight: float = spec(0.5, min=0, help="weight of total variation (mean neighbour difference, 0..1 scale)")
-    l2_weight: float = spec(10.0, min=0, help="weight of the mean squared distance to grey (0..1 scale); with "
+    l2_weight: float = spec(30.0, min=0, help="weight of the mean squared distance to grey (0..1 scale); with "
                                               "the logit objective it keeps the image from blowing out")
     jitter: float = spec(8.0, min=0, help="largest random shift per step, pixels")
     scale: float = spec(0.1, min=0, max=0.5, help="largest random zoom per step (0.1 = 0.9..1.1)")
