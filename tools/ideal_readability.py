@@ -30,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 TARGETS = ("tabby", "zebra", "goldfish", "golden retriever", "monarch", "flamingo", "pineapple", "daisy",
            "jellyfish", "school bus")
 
-# The stage's main recipe today (params defaults), then what feature-visualisation work changes:
-# the class logit, longer runs, stronger robustness transforms, a pull to grey against blow-out.
+# The stage's main recipe before issue 15 (probability objective, no pull to grey), then what
+# feature-visualisation work changes: the class logit, a pull to grey against blow-out (logit_l2_30
+# is today's main recipe), longer runs and stronger robustness transforms.
 BASE = dict(steps=160, lr=0.25, optimizer="adam", param="fourier", decay=1.5, tv_weight=0.5, l2_weight=0.0,
             jitter=8.0, scale=0.1, rotate=10.0, polish=16, objective="prob", seed=0)
 RECIPES = {
-    "main": {},
+    "prob": {},
     "logit": {"objective": "logit"},
     "logit_512": {"objective": "logit", "steps": 512, "polish": 51},
     "logit_512_strong": {"objective": "logit", "steps": 512, "polish": 51, "jitter": 16.0, "scale": 0.2,
@@ -43,7 +44,7 @@ RECIPES = {
     "logit_l2_10": {"objective": "logit", "l2_weight": 10.0},
     "logit_l2_30": {"objective": "logit", "l2_weight": 30.0},
     "logit_512_strong_l2": {"objective": "logit", "steps": 512, "polish": 51, "jitter": 16.0, "scale": 0.2,
-                            "rotate": 20.0, "l2_weight": 2.0},
+                            "rotate": 20.0, "l2_weight": 30.0},
 }
 
 
