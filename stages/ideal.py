@@ -34,7 +34,7 @@ from pipeline.params import ParamsError, spec
 from pipeline.stage import Stage, StageContext
 
 _TUNABLE = ("steps", "lr", "optimizer", "param", "decay", "tv_weight", "l2_weight", "jitter", "scale",
-            "rotate", "polish")
+            "rotate", "polish", "objective")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class IdealOption:
     scale: float | None = spec(None, min=0, max=0.5, help="largest random relative zoom")
     rotate: float | None = spec(None, min=0, max=45, help="largest random rotation, degrees")
     polish: float | None = spec(None, min=0, max=1, help="share of the last steps run without transforms")
+    objective: Literal["prob", "logit"] | None = spec(None, help="what is maximised: prob or logit")
 
     def validate(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", self.name or ""):
@@ -63,7 +64,9 @@ class IdealOption:
 _DEFAULT_COMPARE = (
     # The lesson: plain gradient ascent on the pixels, nothing else.
     IdealOption(name="lesson", param="pixel", lr=0.05, tv_weight=0.0, l2_weight=0.0, jitter=0.0, scale=0.0,
-                rotate=0.0, polish=0.0),
+                rotate=0.0, polish=0.0, objective="prob"),
+    # The main recipe before the logit objective (issue 15): probability, no pull to grey.
+    IdealOption(name="prob", objective="prob", l2_weight=0.0),
     # Pixels with TV and transforms: what the Fourier parameterisation adds. Free pixels need a
     # much larger TV weight than the (already smooth) Fourier image to come out smooth.
     IdealOption(name="pixel_tv_transforms", param="pixel", lr=0.02, tv_weight=20.0),
@@ -92,13 +95,18 @@ class IdealParams:
     decay: float = spec(1.5, min=0, help="Fourier spectrum decay power (1 = 1/f); steeper puts more of each "
                                          "step into coarse structure")
     tv_weight: float = spec(0.5, min=0, help="weight of total variation (mean neighbour difference, 0..1 scale)")
-    l2_weight: float = spec(0.0, min=0, help="weight of the mean squared distance to grey")
+    l2_weight: float = spec(30.0, min=0, help="weight of the mean squared distance to grey (0..1 scale); with "
+                                              "the logit objective it keeps the image from blowing out")
     jitter: float = spec(8.0, min=0, help="largest random shift per step, pixels")
     scale: float = spec(0.1, min=0, max=0.5, help="largest random zoom per step (0.1 = 0.9..1.1)")
     rotate: float = spec(10.0, min=0, max=45, help="largest random rotation per step, degrees (at most 45)")
     polish: float = spec(0.1, min=0, max=1, help="share of the last steps run without transforms, so that the "
                                                  "final image itself (not only its transformed copies) reaches "
                                                  "the target")
+    objective: Literal["prob", "logit"] = spec(
+        "logit", help="what is maximised: the target's log-probability (prob) or its logit (logit; for a group "
+                     "the logsumexp of its logits), which does not saturate and cannot rise by pushing other "
+                     "classes down")
     seed: int = spec(0, help="seed of the initial noise and the transforms")
     compare: tuple[IdealOption, ...] = spec(_DEFAULT_COMPARE, help="variants to run as well, for the report")
     transfer: tuple[str, ...] = spec(("efficientnet_lite1", "efficientnet_lite2"),

@@ -33,7 +33,7 @@ class ReportParams:
             raise ParamsError("primary_head: must be a head name or 'auto', got ''.")
 
 
-_UPSTREAM = ("data", "features", "doctor", "heads", "trunk", "finetune", "ideal", "adversarial")
+_UPSTREAM = ("data", "features", "doctor", "heads", "trunk", "finetune", "inspect", "ideal", "adversarial")
 
 
 def params_schema() -> dict[str, type]:

@@ -71,8 +71,8 @@ def test_run_all_then_rerun_only_what_changed(tmp_path):
     first = cli("run", "all", *base, cache=cache)
     assert first.returncode == 0, first.stderr[-3000:]
     assert actions(first.stdout) == {s: "ran" for s in
-                                     ("data", "features", "doctor", "heads", "trunk", "finetune", "ideal",
-                                      "adversarial", "report")}
+                                     ("data", "features", "doctor", "heads", "trunk", "finetune", "inspect",
+                                      "ideal", "adversarial", "report")}
     status = json.loads(cli("status", "--json", *base, cache=cache).stdout)
     assert all(s["up_to_date"] for s in status["stages"])
     report = Path(next(s["out"] for s in status["stages"] if s["name"] == "report")) / "report.html"
@@ -86,7 +86,7 @@ def test_run_all_then_rerun_only_what_changed(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert actions(second.stdout) == {"data": "reused", "features": "reused", "doctor": "reused", "heads": "ran",
                                       "trunk": "reused", "finetune": "ran",  # a stub: enabled: false
-                                      "ideal": "ran", "adversarial": "ran", "report": "ran"}
+                                      "inspect": "ran", "ideal": "ran", "adversarial": "ran", "report": "ran"}
 
     # A doctor param while the doctor only reports: the doctor and the report rerun, the heads
     # (and the gradient stages after them) do not, since the drop list they read is still empty.
@@ -94,8 +94,8 @@ def test_run_all_then_rerun_only_what_changed(tmp_path):
     fourth = cli("run", "all", *doctor, cache=cache)
     assert fourth.returncode == 0, fourth.stderr[-3000:]
     assert actions(fourth.stdout) == {"data": "reused", "features": "reused", "doctor": "ran", "heads": "reused",
-                                      "trunk": "reused", "finetune": "reused", "ideal": "reused",
-                                      "adversarial": "reused", "report": "ran"}
+                                      "trunk": "reused", "finetune": "reused", "inspect": "reused",
+                                      "ideal": "reused", "adversarial": "reused", "report": "ran"}
 
     # A fine-tuning param while fine-tuning is disabled: its stub and the report rerun; the
     # gradient stages, which could use a fine-tuned head, do not (there is none).

@@ -240,3 +240,39 @@ def test_bad_targets_name_the_key_and_near_matches():
         targets.resolve("cat", "logreg", {"logreg": ["apple", "pear"]}, "k")
     with pytest.raises(targets.TargetError, match="not a class of the dataset"):
         targets.resolve_source("wolf", ["cat", "dog"], "adversarial.source")
+
+
+def test_ideal_logit_objective_ascends_the_logit_where_prob_would_not():
+    """A 3-class model where brightness b raises the target's logit (10 b) but another class's
+    twice as fast (20 b): the probability objective darkens the image (p(target) falls with b),
+    the logit objective brightens it. Same start, same steps. (3 classes: a 2-class domain would
+    be centred, see the next test.)"""
+    import jax.numpy as jnp
+
+    def apply(params, px):
+        b = jnp.mean(px, axis=(1, 2, 3)) / 255.0
+        return jnp.stack([10.0 * b, 20.0 * b, 0.0 * b], axis=1) * params
+
+    toy = model_lib.PixelModel("toy", apply, jnp.float32(1.0), ("target", "other", "third"), 16)
+    masks = model_lib.class_mask([[0]], 3)
+    common = dict(steps=10, lr=0.02, param="pixel", tv_weight=0.0, seed=1)
+    start = ideal.optimize(toy, masks, ideal.IdealSettings(objective="prob", **{**common, "steps": 1}), chunk=10)
+    mean = {o: ideal.optimize(toy, masks, ideal.IdealSettings(objective=o, **common), chunk=10).images.mean()
+            for o in ("prob", "logit")}
+    assert mean["logit"] > start.images.mean() + 20 > mean["prob"] + 40, (mean, start.images.mean())
+    with pytest.raises(ValueError, match="objective"):
+        ideal.optimize(toy, masks, ideal.IdealSettings(objective="probability", **common))
+
+
+def test_logit_objective_gives_class_0_of_a_binary_head_a_gradient():
+    """Binary logistic heads output [0, z]: the centred logit of class 0 is -z/2, not a constant."""
+    import jax
+    import jax.numpy as jnp
+
+    logits = jnp.array([[0.0, 3.0]])
+    mask, domain = jnp.array([[True, False]]), jnp.array([[True, True]])
+    g = jax.grad(lambda z: ideal._group_logit(z, mask, domain)[0])(logits)
+    np.testing.assert_allclose(np.asarray(g), [[0.5, -0.5]])
+    wide = jnp.ones((1, 1000), bool)  # ImageNet-sized domain: the raw logit
+    g = jax.grad(lambda z: ideal._group_logit(z, jnp.arange(1000)[None] == 7, wide)[0])(jnp.zeros((1, 1000)))
+    assert float(g[0, 7]) == 1.0 and float(jnp.abs(g).sum()) == 1.0

@@ -45,13 +45,15 @@ SMALL = {
     "ideal": {"steps": 4, "compare": [], "transfer": []},
     "adversarial": {"methods": ["pgd"], "steps": 3, "refine_steps": 1, "max_images": 2, "batch_size": 2,
                     "save_examples": 2, "transfer": []},
+    "inspect": {"photos": 2, "max_mistakes": 3, "max_correct": 3, "channels": 8},
     "report": {"max_mistakes": 12},
 }
 
-ALL_SECTIONS = ("overview", "params", "data", "doctor", "metrics", "confusion", "per-class", "mistakes", "ideal",
-                "adversarial", "timing")
+ALL_SECTIONS = ("overview", "params", "data", "doctor", "metrics", "confusion", "per-class", "mistakes",
+                "feature-maps", "gradcam", "map", "ideal", "adversarial", "timing")
 SECTION_STAGE = {"data": "data", "doctor": "doctor", "metrics": "heads", "confusion": "heads", "per-class": "heads",
-                 "mistakes": "heads", "ideal": "ideal", "adversarial": "adversarial"}
+                 "mistakes": "heads", "feature-maps": "inspect", "gradcam": "inspect", "map": "inspect",
+                 "ideal": "ideal", "adversarial": "adversarial"}
 
 
 def _fit(schema_cls: type, values: dict) -> dict:
@@ -228,6 +230,13 @@ def test_report_has_every_section_with_its_images(small_run):
         seconds = json.loads((small_run.plans["doctor"].out / "manifest.json").read_text())["seconds"]
         load = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
         assert seconds < 5 * load, f"doctor took {seconds:.1f} s on pets-dev (load factor {load:.1f})"
+    # Inspect: a feature-map figure per photo and layer, a Grad-CAM card per explained example, the map.
+    if "inspect" in graph.stages:
+        ins = json.loads((small_run.plans["inspect"].out / "inspect.json").read_text())
+        fmaps = [a for a in sizes if a.startswith("feature maps of ")]
+        assert len(fmaps) == len(ins["feature_maps"]) == SMALL["inspect"]["photos"] * len(ins["layers"])
+        assert len(ins["gradcam"]) >= 1 and all(f"CAM of {r['pred']}" in page for r in ins["gradcam"])
+        assert page.count('id="feature-map-data"') == 1 and "2-D map of the cached features" in sizes
 
     # Params: the smoke profile's changes are listed as differences from the defaults.
     assert "data.path" in page and "heads.logreg.c_per_decade" in page
@@ -298,6 +307,113 @@ def test_report_opens_in_headless_chromium(small_run, tmp_path):
     res = _chromium([f"--screenshot={shot}", "--window-size=1280,4000", page.as_uri()], tmp_path / "profile-shot")
     assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 50_000, res.stderr[-2000:]
     shutil.copy(page, ARTIFACTS / "report.html")
+
+
+def _devtools_hover(page: Path, tmp: Path) -> dict:
+    """Open `page` in headless Chromium over the DevTools protocol, move the mouse onto one point
+    of the 2-D map, and return what the page shows plus every console message / exception."""
+    import asyncio
+
+    import aiohttp
+
+    proc = subprocess.Popen([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             "--remote-debugging-port=0", f"--user-data-dir={tmp}", "--window-size=1280,1600",
+                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = tmp / "DevToolsActivePort"
+        deadline = time.time() + 60
+        while not (port_file.is_file() and len(port_file.read_text().split()) >= 2):
+            assert time.time() < deadline and proc.poll() is None, "chromium did not open its DevTools port"
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+
+        async def drive() -> dict:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                    target = next(t for t in await r.json() if t["type"] == "page")
+                async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                    ids, events = iter(range(1, 10_000)), []
+
+                    async def call(method: str, **params) -> dict:
+                        i = next(ids)
+                        await ws.send_json({"id": i, "method": method, "params": params})
+                        while True:
+                            msg = await asyncio.wait_for(ws.receive_json(), 60)
+                            if msg.get("id") == i:
+                                assert "error" not in msg, msg
+                                return msg["result"]
+                            events.append(msg)
+
+                    async def value(expr: str):
+                        res = await call("Runtime.evaluate", expression=expr, returnByValue=True)
+                        assert "exceptionDetails" not in res, res
+                        return res["result"].get("value")
+
+                    for domain in ("Page", "Runtime", "Log"):
+                        await call(f"{domain}.enable")
+                    await call("Page.navigate", url=page.as_uri())
+                    while not await value("document.body && document.body.dataset.checked === 'true'"):
+                        await asyncio.sleep(0.1)
+                    # The test point farthest from its neighbours, scrolled into view, in CSS pixels.
+                    point = await value("""(() => {
+                        const fig = document.getElementById('feature-map'); fig.scrollIntoView();
+                        const d = JSON.parse(document.getElementById('feature-map-data').textContent);
+                        const img = fig.querySelector('img'), r = img.getBoundingClientRect();
+                        let best = 0, bestD = -1;
+                        for (let i = 0; i < d.pos.length; i++) {
+                          if (!d.labels[i].includes('(test)')) continue;
+                          let m = 1e9;
+                          for (let j = 0; j < d.pos.length; j++) if (j !== i)
+                            m = Math.min(m, Math.hypot((d.pos[i][0] - d.pos[j][0]) * r.width, (d.pos[i][1] - d.pos[j][1]) * r.height));
+                          if (m > bestD) { bestD = m; best = i; }
+                        }
+                        return {x: r.left + d.pos[best][0] * r.width, y: r.top + d.pos[best][1] * r.height,
+                                label: d.labels[best]};
+                    })()""")
+                    await call("Input.dispatchMouseEvent", type="mouseMoved", x=point["x"], y=point["y"])
+                    shown = await value("""(() => { const t = document.querySelector('#feature-map .pm-tip');
+                        return {text: t.textContent, display: getComputedStyle(t).display,
+                                hover: document.getElementById('feature-map').dataset.hover || ''}; })()""")
+                    await call("Input.dispatchMouseEvent", type="mouseMoved", x=5, y=5)
+                    hidden = await value("getComputedStyle(document.querySelector('#feature-map .pm-tip')).display")
+                    body = await value("JSON.stringify(document.body.dataset)")
+                    await asyncio.sleep(0.2)
+                    while True:  # drain what arrived meanwhile
+                        try:
+                            events.append(await asyncio.wait_for(ws.receive_json(), 0.2))
+                        except asyncio.TimeoutError:
+                            break
+            problems = [e for e in events if e.get("method") == "Runtime.exceptionThrown"
+                        or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "warning"))
+                        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] in ("error", "warning"))]
+            return {"point": point, "shown": shown, "hidden": hidden, "body": json.loads(body), "problems": problems}
+
+        return asyncio.run(drive())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_map_hover_names_the_photo_in_headless_chromium(small_run, tmp_path):
+    """A scripted mouse-over (DevTools Input.dispatchMouseEvent) on a point of the 2-D map shows the
+    photo's id, true class and prediction; moving away hides it; nothing logs an error."""
+    if not CHROMIUM.is_file():
+        pytest.skip("no /usr/bin/chromium (Debian package `chromium`; .ci/run installs it)")
+    if "inspect" not in small_run.graph.stages:
+        pytest.skip("the inspect stage is not in this checkout")
+    page = tmp_path / "report.html"
+    shutil.copy(small_run.out / "report.html", page)
+    got = _devtools_hover(page, tmp_path / "profile-cdp")
+    m = json.loads(next((small_run.plans["inspect"].out).glob("map.json")).read_text())
+    label = got["point"]["label"]
+    i = next(k for k, pid in enumerate(m["ids"]) if label.startswith(f"{pid} ("))
+    assert got["shown"]["display"] == "block" and got["shown"]["text"] == label == got["shown"]["hover"]
+    assert f"true {m['classes'][m['true'][i]]}" in label and f"predicted {m['classes'][m['pred'][i]]}" in label
+    assert got["hidden"] == "none"
+    assert got["body"].get("checked") == "true" and got["body"].get("imagesOk") == "true"
+    assert json.loads(got["body"]["errors"]) == [] and got["problems"] == [], got["problems"]
 
 
 # --- show and compare ----------------------------------------------------------------------------

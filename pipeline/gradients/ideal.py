@@ -29,6 +29,11 @@ from pipeline.gradients.model import PixelModel, group_log_prob
 
 Optimizer = Literal["adam", "sgd"]
 OPTIMIZERS = ("adam", "sgd")
+# What is maximised: the target's log-probability, or its logit (logsumexp of the group's logits),
+# which feature-visualisation work prefers: a probability saturates near 1 (its gradient vanishes
+# once the image "is" the class) and can rise by pushing other classes down instead.
+Objective = Literal["prob", "logit"]
+OBJECTIVES = ("prob", "logit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,7 @@ class IdealSettings:
       rotate: largest random rotation, degrees.
       polish: the last `polish` steps run without transforms, so the final (untransformed) image
         itself reaches a high probability after the transforms shaped it.
+      objective: ``prob`` (log-probability of the target) or ``logit`` (its group logit).
       seed: PRNG seed (initial image and transforms).
     """
 
@@ -62,6 +68,7 @@ class IdealSettings:
     scale: float = 0.0
     rotate: float = 0.0
     polish: int = 0
+    objective: Objective = "prob"
     seed: int = 0
 
 
@@ -95,11 +102,26 @@ def _make_optimizer(name: str) -> optax.GradientTransformation:
     raise ValueError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZERS)}")
 
 
+def _group_logit(logits: jax.Array, mask: jax.Array, domain: jax.Array) -> jax.Array:
+    """(T,) logsumexp of each target's logits; centred on a 2-class domain.
+
+    A binary logistic head fixes class 0's logit at 0 (`heads.logreg.linear_logits`), so its raw
+    logit has no gradient; relative to the head's mean logit it is -z/2 (and class 1's +z/2), the
+    two sides of the one decision. Larger domains (ImageNet's 1000) keep the raw logit.
+    """
+    group = jax.nn.logsumexp(jnp.where(mask, logits, -jnp.inf), axis=-1)
+    domain = jnp.broadcast_to(domain, logits.shape)
+    n = jnp.sum(domain, axis=-1)
+    mean = jnp.sum(jnp.where(domain, logits, 0.0), axis=-1) / jnp.maximum(n, 1)
+    return group - jnp.where(n == 2, mean, 0.0)
+
+
 TRACE_COUNT = {"n": 0}  # incremented each time a step function is traced (tests check compile-once)
 
 
 @functools.cache
-def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float, chunk: int):
+def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float, chunk: int,
+            objective: str = "prob"):
     """Compile-once factory: returns (init_fn, chunk_fn), both jitted."""
     opt = _make_optimizer(optimizer)
 
@@ -111,11 +133,13 @@ def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float,
         seen = jax.lax.cond(sum(magnitudes) > 0,
                             lambda im: transforms.random_affine(key, im, *magnitudes, channels_first=True),
                             lambda im: im, images)
-        logp = group_log_prob(apply(model_params, jnp.transpose(seen, (0, 2, 3, 1))), *masks)  # (T,)
+        logits = apply(model_params, jnp.transpose(seen, (0, 2, 3, 1))).astype(jnp.float32)  # (T, C)
+        logp = group_log_prob(logits, *masks)  # (T,)
+        score = _group_logit(logits, *masks) if objective == "logit" else logp
         unit = images / 255.0
         penalty = hyper["tv_weight"] * regularizers.total_variation(unit, axes=(2, 3)) \
             + hyper["l2_weight"] * regularizers.l2_to_grey(unit)
-        return jnp.sum(penalty - logp), logp
+        return jnp.sum(penalty - score), logp
 
     @jax.jit
     def init_fn(key, lr, masks):
@@ -171,8 +195,10 @@ def optimize(model: PixelModel, masks: np.ndarray, settings: IdealSettings, doma
       An `IdealResult`; probabilities and TV are measured on the final uint8 images.
     """
     size = model.input_size
+    if settings.objective not in OBJECTIVES:
+        raise ValueError(f"objective: {settings.objective!r} is not one of {', '.join(OBJECTIVES)}")
     init_fn, chunk_fn, final_fn = _runner(model.apply, settings.param, settings.optimizer, size,
-                                          float(settings.decay), int(chunk))
+                                          float(settings.decay), int(chunk), settings.objective)
     traced_before = TRACE_COUNT["n"]
     masks = (jnp.asarray(masks), jnp.ones(masks.shape, bool) if domains is None else jnp.asarray(domains))
     key = jax.random.key(settings.seed)

@@ -116,7 +116,13 @@ class Details:
     blocks: Sequence["Block"]
 
 
-Block = Union[Text, Table, Figure, Gallery, Tiles, Bars, Details]
+def _point_map() -> type:
+    from pipeline.report.pointmap import PointMap  # a block with its own inline script (inspect's map)
+
+    return PointMap
+
+
+Block = Union[Text, Table, Figure, Gallery, Tiles, Bars, Details, "PointMap"]
 
 
 @dataclasses.dataclass
@@ -143,7 +149,7 @@ class Document:
 
         def visit(blocks: Sequence[Block]) -> None:
             for b in blocks:
-                if isinstance(b, Figure):
+                if isinstance(b, (Figure, _point_map())):
                     seen.setdefault(b.asset.name, b.asset)
                 elif isinstance(b, Gallery):
                     for c in b.cards:
@@ -334,6 +340,10 @@ def _html_block(b: Block) -> str:
         rows = "".join(f'<div>{_e(l)}</div><div><div class="bar" style="width:{100.0 * max(v, 0) / top:.1f}%">'
                        f'</div></div><div class="num">{_e(t)}</div>' for l, v, t in b.items)
         return f'<div class="bars">{rows}</div>'
+    if isinstance(b, _point_map()):
+        from pipeline.report import pointmap
+
+        return pointmap.to_html(b)
     if isinstance(b, Details):
         inner = "".join(_html_block(x) for x in b.blocks)
         return f"<details><summary>{_e(b.summary)}</summary>{inner}</details>"
@@ -395,6 +405,10 @@ def _md_block(b: Block, level: int = 3) -> str:
     if isinstance(b, Bars):
         return _md_block(Table(["", "", ""], [[l, t, "█" * max(1, round(20 * v / (max(x[1] for x in b.items) or 1)))]
                                              for l, v, t in b.items], numeric=[1]))
+    if isinstance(b, _point_map()):
+        from pipeline.report import pointmap
+
+        return pointmap.to_markdown(b)
     if isinstance(b, Details):
         return f"{'#' * level} {b.summary}\n\n" + "\n\n".join(_md_block(x, level + 1) for x in b.blocks)
     raise TypeError(f"unknown report block {type(b).__name__}")

@@ -340,9 +340,16 @@ def timing_section(manifests: Mapping[str, Any], report_started: float | None = 
     return Section("timing", "Timing", blocks)
 
 
+def _inspect_sections(inputs: Mapping[str, Path], manifests: Mapping[str, Any], opts: Options) -> list[Section]:
+    from pipeline.report import inspect_section
+
+    got = inspect_section.sections(inputs["inspect"], opts) if inputs.get("inspect") else None
+    return got or [not_run(i, t, "inspect", inputs, manifests, "inspection") for i, t in inspect_section.IDS]
+
+
 # --- the page ------------------------------------------------------------------------------------
 
-STAGE_ORDER = ("data", "features", "doctor", "heads", "trunk", "finetune", "ideal", "adversarial")
+STAGE_ORDER = ("data", "features", "doctor", "heads", "trunk", "finetune", "inspect", "ideal", "adversarial")
 
 
 def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Mapping[str, type],
@@ -393,6 +400,7 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
         for id_, title in (("metrics", "Heads: metrics"), ("confusion", "Confusion matrix"),
                            ("per-class", "Per-class accuracy"), ("mistakes", "Most confident mistakes")):
             sections.append(not_run(id_, title, "heads", inputs, manifests, "metrics.json"))
+    sections += _inspect_sections(inputs, manifests, opts)
     ideal_dir = inputs.get("ideal")
     sections.append((galleries.ideal_section(ideal_dir, opts, log) if ideal_dir else None)
                     or not_run("ideal", "Ideal images", "ideal", inputs, manifests, "ideal images"))
