@@ -84,7 +84,7 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
     from pipeline.heads.metrics import classification_report, softmax
     from pipeline.heads.trained import load_head
     from pipeline.models import cut
-    from stages.heads import _write_predictions
+    from pipeline.heads.outputs import write_predictions
     from stages.trunk import load_split
 
     p: FinetuneTrainParams = ctx.params["finetune_train"]
@@ -135,7 +135,7 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
         if start is not None:
             probe_metrics[s] = {"accuracy": float(np.mean(start.argmax(1) == y))}
         if s == "test":
-            _write_predictions(out / "predictions_finetune.json", probs, y, ids, classes, p.top_k)
+            write_predictions(out / "predictions_finetune.json", probs, y, ids, classes, p.top_k)
     _save(out, best, info, classes, c.top_keys)
     metrics = {"classes": classes, "heads": {"finetune": head_metrics}, "probe": probe_metrics,
                "start": result["start"], "best_train_loss": result["best_train_loss"],

@@ -206,7 +206,7 @@ def test_tfds_source_through_shards_and_processes(backbone, tmp_path):
     from tests.tfds_fixtures import mock_tfds
 
     with mock_tfds(tmp_path / "tfds", "cats_vs_dogs", {"train": 30}):
-        dp = {"data": section(data_stage.DataParams, "data", name="cats_vs_dogs")}
+        dp = {"data": section(data_stage.DataParams, "data", source="tfds", name="cats_vs_dogs")}
         run_stage(data_stage.STAGE, dp, tmp_path / "data")
         # Two processes, shards of 4: each reads its own slices of tfds's train split, skipping
         # the records carved into val and test.

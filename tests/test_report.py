@@ -189,7 +189,9 @@ def test_report_has_every_section_with_its_images(small_run):
     assert "per-class accuracy bars" in sizes
 
     # The gallery shows the most confident mistakes, as many as there are (up to max_mistakes).
-    head = re.search(r"Plots below use head &#x27;(\w+)&#x27;", page).group(1)
+    head = re.search(r"Highlighted: head &#x27;(\w+)&#x27; on test, the head chosen", page).group(1)
+    # The highlighted row is the head the plots use, on the report's split.
+    assert re.search(rf'<tr class="best"><td class="[a-z]*">{head}</td><td class="[a-z]*">test</td>', page)
     preds = json.loads((small_run.plans["heads"].out / f"predictions_{head}.json").read_text())["predictions"]
     wrong = sorted((p for p in preds if p["true"] != p["pred"]), key=lambda p: -p["p_pred"])
     n_shown = min(len(wrong), SMALL["report"]["max_mistakes"])
