@@ -26,8 +26,19 @@ def test_defaults_validate_and_recipes_inherit_unset_fields():
     assert main.polish == round(0.1 * main.steps)  # params give a share of the steps, settings a count
     (_, short), = ideal.recipes(parse(steps=10, polish=0.5, compare=[]))
     assert short.polish == 5
-    assert [n for n, _ in ideal.recipes(parse())] == ["main", "lesson", "prob", "pixel_tv_transforms", "no_transforms",
-                                                     "decay_1"]
+    assert [n for n, _ in ideal.recipes(parse())] == ["main", "lesson", "prob"]
+
+
+def test_ideal_study_overlay_adds_the_ablations():
+    from pathlib import Path
+
+    from pipeline import runner
+    from pipeline.graph import load_graph
+
+    root = Path(__file__).resolve().parents[1]
+    params = runner.resolve_params(load_graph(), [root / "params.yaml", root / "params.ideal-study.yaml"])
+    assert [n for n, _ in ideal.recipes(params["ideal"])] == ["main", "lesson", "prob", "pixel_tv_transforms",
+                                                            "no_transforms", "decay_1"]
 
 
 @pytest.mark.parametrize("values, match", [
