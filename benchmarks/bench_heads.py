@@ -63,8 +63,17 @@ def _publish(ctx: StageContext) -> dict:
     return {"source": str(src)}
 
 
+def _no_drops(ctx: StageContext) -> dict:
+    """The doctor in report mode, as heads sees it: an empty drop list (what `run heads` reads)."""
+    from pipeline.doctor import drops
+
+    (Path(ctx.out_dir) / drops.FILE).write_text(json.dumps({"ids": {}}))
+    return {"dropped": 0}
+
+
 STAGES = [Stage(name="features", run=_publish, sections=("bench_features",),
-                schemas={"bench_features": BenchFeaturesParams}), heads.STAGE]
+                schemas={"bench_features": BenchFeaturesParams}),
+          Stage(name="doctor", run=_no_drops, deps=("features",)), heads.STAGE]
 
 
 # --------------------------------------------------------------------------------- features
