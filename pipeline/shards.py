@@ -134,3 +134,23 @@ def write_durable_json(path: Path, obj: object) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def write_process_stats(out: Path, process_index: int, stats: dict, compile_seconds: float) -> dict:
+    """Round this process's timings and leave them in ``out/stats/p<index>.json`` for `finalize`.
+
+    Returns:
+      `stats`, with ``seconds`` rounded and ``compile_seconds`` added.
+    """
+    stats["seconds"] = round(stats["seconds"], 3)
+    stats["compile_seconds"] = round(compile_seconds, 3)
+    (Path(out) / "stats").mkdir(exist_ok=True)
+    write_durable_json(Path(out) / "stats" / f"p{process_index}.json", stats)
+    return stats
+
+
+def read_process_stats(out: Path) -> list[dict]:
+    """Every process's stats written by `write_process_stats`, in process order."""
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted((Path(out) / "stats").glob("p*.json"))]

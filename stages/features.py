@@ -189,11 +189,7 @@ def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:
         finally:
             task.close()
         stats["seconds"] += time.perf_counter() - t0
-    stats["seconds"] = round(stats["seconds"], 3)
-    stats["compile_seconds"] = round(embedder.compile_seconds, 3)
-    (out / "stats").mkdir(exist_ok=True)
-    shards.write_durable_json(out / "stats" / f"p{ctx.process_index}.json", stats)
-    return stats
+    return shards.write_process_stats(out, ctx.process_index, stats, embedder.compile_seconds)
 
 
 def finalize(ctx: StageContext) -> dict[str, Any]:
@@ -209,7 +205,7 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
     out = Path(ctx.out_dir)
     rows = _rows_per_image(fp)
     # What the processes actually ran (their backbone's spec), not what params name.
-    stats = [json.loads(p.read_text()) for p in sorted((out / "stats").glob("p*.json"))]
+    stats = shards.read_process_stats(out)
     spec = {"backbone": bp.name, "feature_dim": registry.get_spec(bp.name).feature_dim,
             "input_size": registry.get_spec(bp.name).input_size}
     if stats:

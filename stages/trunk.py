@@ -166,11 +166,7 @@ def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:
         finally:
             task.close()
         stats["seconds"] += time.perf_counter() - t0
-    stats["seconds"] = round(stats["seconds"], 3)
-    stats["compile_seconds"] = round(embedder.compile_seconds, 3)
-    (out / "stats").mkdir(exist_ok=True)
-    shards.write_durable_json(out / "stats" / f"p{ctx.process_index}.json", stats)
-    return stats
+    return shards.write_process_stats(out, ctx.process_index, stats, embedder.compile_seconds)
 
 
 def _views_at(img: Any, pos: int, *, spec: Any, plan: Any, offset: int, fn: Any) -> np.ndarray:
@@ -185,7 +181,7 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
         shards.write_durable_json(out / "info.json", {"enabled": False})
         return {"enabled": False}
     data = load_data(ctx.inputs["data"])
-    stats = [json.loads(p.read_text()) for p in sorted((out / "stats").glob("p*.json"))]
+    stats = shards.read_process_stats(out)
     shape = stats[0]["activation_shape"]
     flat = int(np.prod(shape))
     for split in SPLITS:

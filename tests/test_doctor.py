@@ -26,6 +26,7 @@ import yaml
 from pipeline import runner
 from pipeline.doctor import labels as label_checks, neighbors, planted
 from pipeline.graph import load_graph
+from pipeline.heads.cv import stratified_folds
 from pipeline.params import ParamsError
 from pipeline.progress import QuietReporter
 from tests.stage_helpers import SHARED_DATA, run_stage, section
@@ -191,7 +192,7 @@ def test_confident_learning_matches_cleanlab(doctored):
     z = label_checks.reduce(x, 256)
     xc = x - x.mean(0)
     np.testing.assert_allclose(z @ z.T, xc @ xc.T, rtol=1e-3, atol=1e-2 * np.abs(xc @ xc.T).max())
-    fold = label_checks.fold_ids(swapped, 5, 0)
+    fold = stratified_folds(swapped, 5, 0)
     ref = logreg.path(z[fold != 0], swapped[fold != 0], [0.1], len(classes), solver="sklearn", tol=1e-6,
                       max_iter=2000)
     logits = logreg.linear_logits(ref.W[0], ref.b[0], z[fold == 0]).astype(np.float64)

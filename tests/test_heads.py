@@ -31,7 +31,7 @@ def separable(n_per_class: int, seed: int, dim: int = 16) -> tuple[np.ndarray, n
     return np.maximum(x, 0).astype(np.float32), y
 
 
-def write_features(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+def write_features(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], backbone: str = "synthetic") -> Path:
     """A features-stage output folder (classes.json, info.json, <split>/features|labels|ids)."""
     root.mkdir(parents=True)
     (root / "classes.json").write_text(json.dumps(CLASSES))
@@ -41,7 +41,7 @@ def write_features(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]])
         np.save(root / split / "labels.npy", y)
         (root / split / "ids.json").write_text(json.dumps([f"{split}/{i}.jpg" for i in range(len(y))]))
     dim = next(iter(splits.values()))[0].shape[1]
-    (root / "info.json").write_text(json.dumps({"backbone": "synthetic", "feature_dim": dim, "dtype": "float32",
+    (root / "info.json").write_text(json.dumps({"backbone": backbone, "feature_dim": dim, "dtype": "float32",
                                                 "splits": {s: len(v[1]) for s, v in splits.items()}}))
     return root
 

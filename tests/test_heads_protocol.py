@@ -14,6 +14,7 @@ from pipeline.heads import cv, logreg, metrics
 from pipeline.params import ParamsError
 from stages import heads
 from tests.stage_helpers import make_ctx, section
+from tests.test_heads import write_features
 
 CLASSES = ["ant", "bee", "cat", "dog"]
 
@@ -82,19 +83,6 @@ def test_cv_picks_the_known_best_c_and_standardisation():
     assert oracle[(chosen["standardize"], chosen["C"])] >= best_acc - 0.02, (chosen, best_acc)
     # ...and far from the worst choices (the grid's ends are much worse here).
     assert best_acc - min(oracle.values()) > 0.15
-
-
-def write_features(root: Path, splits: dict, backbone: str) -> Path:
-    root.mkdir(parents=True)
-    (root / "classes.json").write_text(json.dumps(CLASSES))
-    for split, (x, y) in splits.items():
-        (root / split).mkdir()
-        np.save(root / split / "features.npy", x)
-        np.save(root / split / "labels.npy", y)
-        (root / split / "ids.json").write_text(json.dumps([f"{split}/{i}.jpg" for i in range(len(y))]))
-    dim = next(iter(splits.values()))[0].shape[1]
-    (root / "info.json").write_text(json.dumps({"backbone": backbone, "feature_dim": dim}))
-    return root
 
 
 SMALL = dict(shots=[2, "all"], shot_draws=1, mlp={"max_epochs": 6, "patience": 2, "hidden": [16]})

@@ -20,19 +20,9 @@ import functools
 
 import numpy as np
 
+from pipeline.heads.cv import stratified_folds
+
 _EPS = 1e-6  # cleanlab's FLOATING_POINT_COMPARISON
-
-
-def fold_ids(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """(N,) fold of each row, stratified: each class's rows dealt round robin in a seeded order."""
-    rng = np.random.default_rng(seed)
-    out = np.empty(len(labels), np.int32)
-    start = 0
-    for c in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        out[rows] = (start + np.arange(len(rows))) % folds
-        start += len(rows)  # classes smaller than `folds` still spread over all folds
-    return out
 
 
 def reduce(x: np.ndarray, max_dim: int) -> np.ndarray:
@@ -114,7 +104,7 @@ def out_of_fold(x: np.ndarray, labels: np.ndarray, num_classes: int, folds: int,
     import jax.numpy as jnp
 
     z = reduce(x, max_dim)
-    fold = fold_ids(labels, folds, seed)
+    fold = stratified_folds(labels, folds, seed)
     weights = (fold[None, :] != np.arange(folds)[:, None]).astype(np.float32)  # (F, N)
     n_fold = weights.sum(axis=1)
     l2 = 1.0 / (C * n_fold)
