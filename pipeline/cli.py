@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_predict_parsers(sub: argparse._SubParsersAction) -> None:
     """`predict` and `export`: use the trained classifier of a run (logic in pipeline.predict)."""
-    heads = "logreg, mlp, finetune or best (best on val); default: the head the report calls primary"
+    heads = "logreg, mlp, finetune or best (best by CV or val accuracy); default: the head the report calls primary"
     run_help = ("a heads key (or unique prefix, or 'latest') to use instead of the run the params "
                 "options give")
     predict = sub.add_parser("predict", help="classify photos with a run's trained head")

@@ -8,8 +8,10 @@ accuracy per head with bootstrap 95% intervals.
 
 The linear probe (`pipeline.heads.probe`) chooses C, and whether to standardise, on the val
 split or, when val is small, by stratified k-fold CV over train+val (`pipeline.heads.cv`), then
-refits on train+val. The MLP (`pipeline.heads.mlp_fit`) trains on train with early stopping on
-val loss and keeps the best epoch. Nothing here imports tensorflow: rerunning heads after a
+refits on train+val. The MLP (`pipeline.heads.mlp_fit`) chooses its epoch count the same way
+(per-fold training runs scored on the held-out folds, or early stopping on val loss), then
+refits. Each head records the score it was chosen on (``hyperparameters.selection``), which the
+report and ``predict`` compare to pick the primary head. Nothing here imports tensorflow: rerunning heads after a
 params change costs the fits, not a TF start-up.
 """
 

@@ -42,7 +42,7 @@ class InspectParams:
     gradcam_layer: str = spec("auto", help="layer whose output Grad-CAM weighs ('auto': the last map, the "
                                            "usual choice)")
     head: str = spec("auto", help="trained head explained by Grad-CAM and the map: logreg, mlp, or 'auto' "
-                                  "(the best on val, as the report picks)")
+                                  "(the best by CV or val accuracy, as the report picks)")
     max_mistakes: int = spec(8, min=0, max=200, help="most confident test mistakes explained by Grad-CAM")
     max_correct: int = spec(12, min=0, max=200, help="correct test examples explained (one per class, at most this)")
     map_method: Literal["opentsne", "tsne", "umap"] = spec(
@@ -69,7 +69,7 @@ class InspectParams:
 
 
 def _pick_head(heads_dir: Path, wanted: str) -> str:
-    """The head to explain: the one named, else the best on val (the report's choice)."""
+    """The head to explain: the one named, else the one the report picks (best by CV or val accuracy)."""
     from pipeline.heads.trained import available
     from pipeline.report import readers
     from pipeline.report.sections import choose_primary

@@ -18,7 +18,7 @@ from pipeline.stage import Stage, StageContext
 class ReportParams:
     title: str = spec("Transfer-learning run", help="heading of the page")
     primary_head: str = spec("auto", help="head whose confusion matrix, per-class bars and mistakes are "
-                                          "shown; 'auto' picks the best on val")
+                                          "shown; 'auto' picks the best by CV (or val) accuracy")
     split: Literal["test", "val"] = spec("test", help="split the plots and mistakes are drawn from")
     max_mistakes: int = spec(24, min=0, max=500, help="most confident mistakes shown")
     max_ideal: int = spec(48, min=0, max=500, help="ideal images shown")

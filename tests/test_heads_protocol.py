@@ -67,7 +67,7 @@ def test_cv_picks_the_known_best_c_and_standardisation():
     grid = np.logspace(-3, 3, 13)
     folds = cv.stratified_folds(y, 5, seed=0)
     rows = cv.cv_sweep(x, y, 4, grid, [False, True], folds)
-    chosen = cv.best(rows)
+    chosen = cv.choose(rows, len(y))
     oracle = {}
     from pipeline.heads.fewshot import standardizer
 
@@ -83,6 +83,18 @@ def test_cv_picks_the_known_best_c_and_standardisation():
     assert oracle[(chosen["standardize"], chosen["C"])] >= best_acc - 0.02, (chosen, best_acc)
     # ...and far from the worst choices (the grid's ends are much worse here).
     assert best_acc - min(oracle.values()) > 0.15
+
+
+def test_choose_takes_the_weakest_penalty_tied_with_the_best():
+    """Within one binomial standard error of the best CV accuracy, the largest C wins."""
+    def row(C, acc, ll=1.0, std=False):
+        return {"C": C, "cv_accuracy": acc, "cv_log_loss": ll, "standardize": std}
+
+    # n = 400, best 0.80: one standard error is 0.02, so 0.79 ties and 0.77 does not.
+    rows = [row(0.1, 0.70), row(1.0, 0.80), row(10.0, 0.79), row(100.0, 0.77), row(10.0, 0.793, std=True)]
+    assert cv.choose(rows, 400, tie_se=1.0) == rows[4]   # C = 10 twice: the higher CV accuracy
+    assert cv.choose(rows, 400, tie_se=0.25)["C"] == 1.0  # band 0.005: 0.793 does not tie
+    assert cv.choose(rows, 400, tie_se=0.0) == cv.best(rows) == rows[1]
 
 
 SMALL = dict(shots=[2, "all"], shot_draws=1, mlp={"max_epochs": 6, "patience": 2, "hidden": [16]})
@@ -183,3 +195,39 @@ def test_accurate_overlay_parses(tmp_path):
     params = runner.resolve_params(graph, [root / "params.yaml", root / "params.accurate.yaml"], [])
     assert params["backbone"].names == ("efficientnet_lite2",)
     assert params["heads"].standardize == "auto" and params["heads"].logreg.select == "auto"
+
+
+def xor_classes(n_per_class: int, seed: int, dim: int = 8):
+    """Four classes, each two opposite clusters in the first two dims: no linear probe separates them."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[1, 1], [-1, -1], [1, -1], [-1, 1], [2, 0], [-2, 0], [0, 2], [0, -2]], np.float32) * 2.0
+    y = np.repeat(np.arange(4), n_per_class).astype(np.int32)
+    which = rng.integers(0, 2, len(y))
+    x = 0.5 * rng.normal(size=(len(y), dim)).astype(np.float32)
+    x[:, :2] += centres[2 * y + which]
+    return x, y
+
+
+def test_mlp_epochs_chosen_by_cv_and_the_primary_head_follows_cv(tmp_path):
+    """Where only a non-linear head can win: CV trains the MLP past epoch 0, and it is primary."""
+    from pipeline.report.sections import choose_primary, selection_scores
+    from pipeline.report import readers
+
+    splits = {s: xor_classes(n, seed) for s, n, seed in (("train", 24, 0), ("val", 2, 1), ("test", 50, 2))}
+    feats = write_features(tmp_path / "feats", splits)
+    mlp = {"max_epochs": 60, "hidden": [32], "learning_rate": 1e-2, "dropout": 0.0, "batch_size": 32}
+    ctx = make_ctx(heads.STAGE, {"heads": section(heads.HeadsParams, "heads", shots=[], mlp=mlp)},
+                   tmp_path / "heads", cache_dir=tmp_path / "cache", inputs={"features": feats})
+    summary = heads.STAGE.run(ctx)
+    m = json.loads((tmp_path / "heads" / "metrics.json").read_text())["heads"]
+    hyper = m["mlp"]["hyperparameters"]
+    assert hyper["select"] == "cv" and len(hyper["cv_log_loss"]) == 60
+    assert hyper["best_epoch"] > 0
+    # The record the choice was made on: the CV accuracy at the chosen epoch, above the probe's.
+    assert hyper["selection"] == {"by": "cv", "accuracy": pytest.approx(hyper["cv_accuracy_per_epoch"][hyper["best_epoch"] - 1])}
+    assert m["logreg"]["hyperparameters"]["selection"]["by"] == "cv"
+    assert hyper["selection"]["accuracy"] > m["logreg"]["hyperparameters"]["selection"]["accuracy"] + 0.2
+    assert summary["mlp_test_accuracy"] > summary["logreg_test_accuracy"] + 0.2
+    read = readers.read_heads_metrics(tmp_path / "heads")
+    assert selection_scores(read)[1] == "the best by cross-validated accuracy"
+    assert choose_primary(read, "auto") == "mlp"

@@ -73,6 +73,7 @@ class MLPResult:
       epochs_run: epochs trained before early stopping (or max_epochs).
       train_loss, val_loss: (epochs_run,) per-epoch mean training loss (smoothed labels, with
         dropout) and validation log loss.
+      val_accuracy: (epochs_run,) per-epoch validation accuracy.
     """
 
     params: dict
@@ -80,16 +81,36 @@ class MLPResult:
     epochs_run: int
     train_loss: np.ndarray
     val_loss: np.ndarray
+    val_accuracy: np.ndarray
 
 
 @functools.cache
 def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
     """Compile the whole training run once per (config, shapes)."""
+    from pipeline.exported import persistent_jit
+
+    return persistent_jit(_build_train(cfg, num_classes, n_train), name="heads.mlp.train",
+                          config=(cfg, num_classes, n_train, dim))
+
+
+@functools.cache
+def _cv_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
+    """The training run `vmap`ped over folds: per-fold weights, held-out weights and skip init."""
+    import jax
+
+    from pipeline.exported import persistent_jit
+
+    run = jax.vmap(_build_train(cfg, num_classes, n_train),
+                   in_axes=(None, None, 0, None, None, 0, None, 0, None, None))
+    return persistent_jit(run, name="heads.mlp.cv", config=(cfg, num_classes, n_train, dim))
+
+
+def _build_train(cfg: MLPConfig, num_classes: int, n_train: int):
+    """The pure training run: (X, y, sw, Xv, yv, swv, seed, skip_init, n_epochs, keep_last) ->
+    (best params, best epoch, epochs run, train loss, val loss, val accuracy per epoch)."""
     import jax
     import jax.numpy as jnp
     import optax
-
-    from pipeline.exported import persistent_jit
 
     module = make_module(num_classes, cfg.hidden, cfg.activation, cfg.dropout, cfg.skip)
     bs = min(cfg.batch_size, n_train)
@@ -112,6 +133,9 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
         targets = optax.smooth_labels(jax.nn.one_hot(y, num_classes), smoothing)
         ce = optax.softmax_cross_entropy(logits, targets)
         return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-12)
+
+    def weighted_accuracy(logits, y, w):
+        return jnp.sum(w * (jnp.argmax(logits, -1) == y)) / jnp.maximum(jnp.sum(w), 1e-12)
 
     def loss_fn(params, x, y, w, key):
         logits = module.apply({"params": params}, x, deterministic=False, rngs={"dropout": key})
@@ -148,12 +172,13 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
         # Epoch 0 is the starting point: with a logreg skip, the MLP must beat it to be kept.
         start_loss = weighted_ce(module.apply({"params": params}, Xv), yv, swv, 0.0) if cfg.skip else jnp.inf
         state = dict(params=params, opt=opt_state, best=params, best_loss=start_loss,
-                     best_epoch=0, bad=0, epoch=0, key=key_loop, tr=nan, va=nan)
+                     best_epoch=0, bad=0, epoch=0, key=key_loop, tr=nan, va=nan, acc=nan)
 
         def body(s):
             key, sub = jax.random.split(s["key"])
             params, opt_state, tr = epoch(s["params"], s["opt"], X, y, sw, sub)
-            va = weighted_ce(module.apply({"params": params}, Xv), yv, swv, 0.0)
+            logits_v = module.apply({"params": params}, Xv)
+            va = weighted_ce(logits_v, yv, swv, 0.0)
             better = keep_last | (va < s["best_loss"])
             pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(better, a, b), new, old)
             e = s["epoch"]
@@ -161,15 +186,16 @@ def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
                         best_loss=jnp.where(better, va, s["best_loss"]),
                         best_epoch=jnp.where(better, e + 1, s["best_epoch"]),
                         bad=jnp.where(better, 0, s["bad"] + 1), epoch=e + 1, key=key,
-                        tr=s["tr"].at[e].set(tr), va=s["va"].at[e].set(va))
+                        tr=s["tr"].at[e].set(tr), va=s["va"].at[e].set(va),
+                        acc=s["acc"].at[e].set(weighted_accuracy(logits_v, yv, swv)))
 
         def cond(s):
             return (s["epoch"] < n_epochs) & (keep_last | (s["bad"] < cfg.patience))
 
         s = jax.lax.while_loop(cond, body, state)
-        return s["best"], s["best_epoch"], s["epoch"], s["tr"], s["va"]
+        return s["best"], s["best_epoch"], s["epoch"], s["tr"], s["va"], s["acc"]
 
-    return persistent_jit(train, name="heads.mlp.train", config=(cfg, num_classes, n_train, dim))
+    return train
 
 
 def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None,
@@ -211,9 +237,71 @@ def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndar
         skip_init = (jnp.zeros((X.shape[1], num_classes)), jnp.zeros((num_classes,)))
     skip_init = tuple(jnp.asarray(a, jnp.float32) for a in skip_init)
     fn = _train_fn(cfg, num_classes, X.shape[0], X.shape[1])
-    params, best_epoch, ran, tr, va = fn(X, jnp.asarray(y, jnp.int32), sw, Xv,
+    params, best_epoch, ran, tr, va, acc = fn(X, jnp.asarray(y, jnp.int32), sw, Xv,
                                             jnp.asarray(y_val, jnp.int32), swv, jnp.uint32(seed),
                                             skip_init, jnp.int32(cfg.max_epochs if epochs is None else epochs),
                                             jnp.asarray(epochs is not None))
     ran = int(ran)
-    return MLPResult(jax.device_get(params), int(best_epoch), ran, np.asarray(tr)[:ran], np.asarray(va)[:ran])
+    return MLPResult(jax.device_get(params), int(best_epoch), ran, np.asarray(tr)[:ran], np.asarray(va)[:ran],
+                     np.asarray(acc)[:ran])
+
+
+@dataclasses.dataclass
+class CVCurves:
+    """Held-out scores of an MLP trained k times, once per fold, epoch by epoch.
+
+    Attributes:
+      accuracy: (max_epochs + 1,) held-out accuracy pooled over folds after each epoch; entry 0
+        is the starting point (with a skip path: each fold's linear probe alone; without, nan).
+      log_loss: (max_epochs + 1,) the same for the log loss.
+    """
+
+    accuracy: np.ndarray
+    log_loss: np.ndarray
+
+
+def cv_curves(X: np.ndarray, y: np.ndarray, folds: np.ndarray, num_classes: int, cfg: MLPConfig,
+              seed: int, skip_inits: tuple[np.ndarray, np.ndarray] | None = None,
+              sample_weight: np.ndarray | None = None) -> CVCurves:
+    """Train the MLP on every fold's training rows for ``cfg.max_epochs``, scoring held-out rows.
+
+    One jitted call: the folds are `vmap`ped, each a copy of the training run in which the held-out
+    rows keep their place with training weight 0 (so every fold has the refit's shape and
+    schedule: the same steps per epoch as a fit on all rows).
+
+    Args:
+      X, y: (N, D) pooled train+val features (as the heads see them) and (N,) labels.
+      folds: (N,) fold index per row (`pipeline.heads.cv.stratified_folds`).
+      num_classes: K.
+      cfg: the MLP config (``max_epochs`` epochs are run, no early stopping).
+      seed: initialisation, shuffling and dropout seed (the same in every fold).
+      skip_inits: with ``cfg.skip``, (W (k, D, K), b (k, K)): each fold's linear probe.
+      sample_weight: (N,) class weights, or None.
+    """
+    import jax.numpy as jnp
+
+    k = int(folds.max()) + 1
+    base = np.ones(len(y), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
+    held = np.stack([folds == f for f in range(k)]).astype(np.float32)      # (k, N)
+    sw = (1.0 - held) * base
+    if cfg.skip and skip_inits is None:
+        raise ValueError("cfg.skip needs skip_inits, each fold's linear probe")
+    if skip_inits is None:
+        skip_inits = (np.zeros((k, X.shape[1], num_classes), np.float32), np.zeros((k, num_classes), np.float32))
+    Xj, yj = jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.int32)
+    fn = _cv_fn(cfg, num_classes, X.shape[0], X.shape[1])
+    *_, va, acc = fn(Xj, yj, jnp.asarray(sw), Xj, yj, jnp.asarray(held), jnp.uint32(seed),
+                     tuple(jnp.asarray(a, jnp.float32) for a in skip_inits),
+                     jnp.int32(cfg.max_epochs), jnp.asarray(True))
+    share = held.sum(1) / held.sum()                                         # pool the folds by size
+    accuracy, log_loss = share @ np.asarray(acc), share @ np.asarray(va)
+    start_acc, start_ll = np.nan, np.nan
+    if cfg.skip:
+        W, b = (np.asarray(a, np.float64) for a in skip_inits)
+        logits = np.einsum("nd,kdc->knc", np.asarray(X, np.float64), W) + b[:, None, :]
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        rows = np.arange(len(y))
+        start_acc = float(np.sum(held * (logp.argmax(-1) == y)) / held.sum())
+        start_ll = float(-np.sum(held * logp[:, rows, y]) / held.sum())
+    return CVCurves(np.concatenate([[start_acc], accuracy]), np.concatenate([[start_ll], log_loss]))

@@ -109,6 +109,9 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
         log(f"logreg: C={C:.3g}, standardize={std} (val accuracy {found['best']['val_accuracy']:.4f}) "
             f"from {len(found['sweep'])} fits")
     chosen.update({"solver": lp.solver, "refit_on_train_val": lp.refit, "standardize": std})
+    # What every head reports for choosing between heads (see pipeline.report.sections.choose_primary).
+    chosen["selection"] = ({"by": "cv", "accuracy": chosen["cv_accuracy_at_C"]} if chosen["select"] == "cv"
+                           else {"by": "val", "accuracy": chosen["val_accuracy_at_C"]})
     train_only = (W, b)
     if lp.refit:
         x = np.concatenate([z["train"], z["val"]])
@@ -133,7 +136,7 @@ def _choose_by_cv(p: HeadsParams, data: dict, K: int) -> tuple[bool, float, dict
     folds = cv.stratified_folds(y, lp.cv_folds, p.seed)
     rows = cv.cv_sweep(x, y, K, c_grid(lp), standardize_options(p), folds,
                        balanced=p.class_weight == "balanced", max_iter=lp.max_iter, tol=lp.tol)
-    best = cv.best(rows)
+    best = cv.choose(rows, len(y), lp.cv_tie)
     # "sweep": the chosen scaling's C path (what the report plots); "cv_table": every point.
     sweep = [{"C": r["C"], "cv_accuracy": r["cv_accuracy"], "cv_log_loss": r["cv_log_loss"],
               "n_iter": r["n_iter"]} for r in rows if r["standardize"] == best["standardize"]]

@@ -119,7 +119,7 @@ def choose_head(run: RunRef, wanted: str | None, primary_head: str = "auto") -> 
 
     Args:
       run: the run.
-      wanted: ``--head``: a head name, ``best`` (best on val, as the report's ``auto``) or None
+      wanted: ``--head``: a head name, ``best`` (the report's ``auto`` rule: best by CV or val accuracy) or None
         (the head the report calls primary: `primary_head`, i.e. ``report.primary_head``).
       primary_head: ``report.primary_head`` of the current params.
 

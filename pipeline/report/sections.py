@@ -7,6 +7,8 @@ a run without the gradient stages still gets a useful page.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -130,7 +132,7 @@ def _pick_split(splits: Mapping[str, Any], wanted: str) -> str:
 
 
 def choose_primary(heads: dict | None, wanted: str, log: Log = lambda m: None) -> str | None:
-    """The head whose plots are shown: the one named, else the best on val (mean per-class acc.)."""
+    """The head whose plots are shown: the one named, else the best by `selection_scores`."""
     if not heads or not heads["heads"]:
         return None
     names = list(heads["heads"])
@@ -138,14 +140,33 @@ def choose_primary(heads: dict | None, wanted: str, log: Log = lambda m: None) -
         return wanted
     if wanted != "auto":
         log(f"warning: report.primary_head {wanted!r} is not a head of this run ({', '.join(names)}); "
-            "showing the best on val instead")
+            "showing the best by its selection score instead")
+    scores, _ = selection_scores(heads)
+    return max(names, key=lambda n: scores[n])  # the first maximum: ties go to the head listed first
+
+
+def selection_scores(heads: dict) -> tuple[dict[str, float], str]:
+    """(head -> the score heads are compared on, what that score is).
+
+    Where every head records the score its own hyperparameters were chosen on, by the same means
+    (``hyperparameters.selection``: CV accuracy, or val accuracy before any refit), that score:
+    after a refit on train+val, a head's val accuracy is an accuracy on its own training images.
+    Otherwise the val split's mean per-class accuracy (the test split's when there is no val).
+    """
+    sel = {n: (h.get("hyper") or {}).get("selection") for n, h in heads["heads"].items()}
+    usable = all(isinstance(v, Mapping) and isinstance(v.get("accuracy"), (int, float))
+                 and math.isfinite(v["accuracy"]) for v in sel.values())
+    if usable and len({v.get("by") for v in sel.values()}) == 1:
+        by = next(iter(sel.values())).get("by")
+        return {n: float(v["accuracy"]) for n, v in sel.items()}, (
+            "the best by cross-validated accuracy" if by == "cv" else "the best on val")
 
     def score(n: str) -> float:
         splits = heads["heads"][n]["splits"]
         m = splits.get("val") or splits.get("validation") or splits.get(_pick_split(splits, "test")) or {}
         return float(m.get("mean_per_class_accuracy", m.get("accuracy", -1.0)))
 
-    return max(names, key=score)
+    return {n: score(n) for n in heads["heads"]}, "the best on val"
 
 
 def metrics_section(heads: dict | None, primary: str | None, opts: Options, log: Log) -> Section:
@@ -161,7 +182,7 @@ def metrics_section(heads: dict | None, primary: str | None, opts: Options, log:
             # Highlight the head chosen without looking at test; the best test row would be a
             # choice made on the test split, and its figure an optimistic one.
             classes_.append("best" if name == primary and split == opts.split else "")
-    how = ("the best on val" if opts.primary_head == "auto" or opts.primary_head not in heads["heads"]
+    how = (selection_scores(heads)[1] if opts.primary_head == "auto" or opts.primary_head not in heads["heads"]
            else "named by report.primary_head")
     blocks.append(Table(["head", "split", "images", "accuracy [95% CI]", "mean per-class acc. [95% CI]",
                          "log loss"], rows, row_classes=classes_,
