@@ -1,7 +1,9 @@
 """How long the heads stage takes on Oxford-IIIT Pet-sized features, and JAX vs scikit-learn sweeps.
 
 Measures, on 7,349 x 1,280 features in 37 classes (train 2,944 / val 736 / test 3,669, the Pets
-trainval/test sizes with 20 % of trainval as val):
+trainval/test sizes with 20 % of trainval as val; ``--dim 2560``: two such 1,280 blocks side by
+side, the width of two fused backbones; ``--shape few``: train 754 / val 84 / test 817, the
+~23-photos-per-breed split whose 2-per-class val makes the heads choose by 5-fold CV):
   1. `python -m pipeline run heads` as a user waits (interpreter start-up included): once with an
      empty XLA compilation cache, then after each of `--repeats` heads changes (-S heads.seed=i);
   2. the logreg hyperparameter sweep alone (grid, half-step refinement, refit on train+val; the
@@ -17,7 +19,7 @@ This module is also the stage graph the CLI runs (`--graph benchmarks.bench_head
 `features` stage that publishes the prepared folder, and the real `heads` stage.
 
 Usage:
-  python benchmarks/bench_heads.py [--repeats 3] [--work DIR]
+  python benchmarks/bench_heads.py [--repeats 3] [--work DIR] [--dim 1280|2560] [--shape pets|few]
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from pipeline.params import spec  # noqa: E402
 from pipeline.stage import Stage, StageContext  # noqa: E402
 from stages import heads  # noqa: E402
 
-SPLITS = {"train": 2944, "val": 736, "test": 3669}
+SHAPES = {"pets": {"train": 2944, "val": 736, "test": 3669}, "few": {"train": 754, "val": 84, "test": 817}}
+SPLITS = dict(SHAPES["pets"])  # set from --shape in main()
 K, D = 37, 1280
 
 
@@ -107,8 +110,31 @@ def real_prototypes(cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return x, np.array(ys)
 
 
-def make_features(out: Path, cache: Path, seed: int = 0) -> str:
-    """Write a Pets-sized features folder; return a description of how it was made."""
+def make_features(out: Path, cache: Path, seed: int = 0, blocks: int = 1) -> str:
+    """Write a Pets-sized features folder; return a description of how it was made.
+
+    ``blocks`` > 1 writes that many independently resampled 1,280-wide blocks side by side (the
+    width and the per-block scale of fused backbones; the stage sees one folder).
+    """
+    if blocks > 1:
+        parts = []
+        for b in range(blocks):
+            how = make_features(out / f"block{b}", cache, seed + 100 * b)
+            parts.append(out / f"block{b}")
+        out.mkdir(parents=True, exist_ok=True)
+        for item in ("classes.json",):
+            shutil.copy2(parts[0] / item, out / item)
+        for split in SPLITS:
+            (out / split).mkdir(exist_ok=True)
+            x = np.concatenate([np.load(pp / split / "features.npy") for pp in parts], axis=1)
+            np.save(out / split / "features.npy", x)
+            for item in ("labels.npy", "ids.json"):
+                shutil.copy2(parts[0] / split / item, out / split / item)
+        info = json.loads((parts[0] / "info.json").read_text())
+        (out / "info.json").write_text(json.dumps({**info, "feature_dim": D * blocks}))
+        for pp in parts:
+            shutil.rmtree(pp)
+        return f"{blocks} blocks of {how}"
     rng = np.random.default_rng(seed)
     n = sum(SPLITS.values())
     y = rng.integers(0, K, n).astype(np.int32)
@@ -209,14 +235,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="heads changes timed after the first run")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    ap.add_argument("--dim", type=int, default=D, choices=[D, 2 * D], help="feature width (2560: two fused backbones)")
+    ap.add_argument("--shape", default="pets", choices=list(SHAPES), help="split sizes (few: the CV path)")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the sklearn-vs-jax sweep comparison")
     args = ap.parse_args()
+    SPLITS.clear()
+    SPLITS.update(SHAPES[args.shape])
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_heads_"))
     if (work / "cache").exists():
         shutil.rmtree(work / "cache")
     feats = work / "features"
-    how = make_features(feats, ROOT / "cache")
+    how = make_features(feats, ROOT / "cache", blocks=args.dim // D)
     (work / "params.yaml").write_text("heads: {}\n")
-    print(f"features: {how}; {sum(SPLITS.values())} x {D}, {K} classes, splits {SPLITS}", flush=True)
+    print(f"features: {how}; {sum(SPLITS.values())} x {args.dim}, {K} classes, splits {SPLITS}", flush=True)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
 
     first = cli_run(work, feats, [])
@@ -230,6 +261,11 @@ def main() -> None:
           f"{statistics.median(w for w, _ in changes):.2f} (target < 10)")
     print("  inside the stage (last run): " + ", ".join(f"{k} {v:.2f}" for k, v in m["seconds"].items()))
     print("  test accuracy: " + ", ".join(f"{h} {m['heads'][h]['test']['accuracy']:.4f}" for h in ("logreg", "mlp")))
+    print(f"  C chosen by: {m['heads']['logreg']['hyperparameters']['select']}; "
+          f"MLP best epoch {m['heads']['mlp']['hyperparameters']['best_epoch']}")
+    if args.no_sweep:
+        print(f"machine load average at end: {os.getloadavg()[0]:.1f}")
+        return
 
     cc = str(work / "sweep-xla-cache")
     sk = sweep_run(feats, "sklearn", "")

@@ -85,6 +85,19 @@ def test_cv_picks_the_known_best_c_and_standardisation():
     assert best_acc - min(oracle.values()) > 0.15
 
 
+def test_folds_keep_the_views_of_a_photo_together():
+    y = np.repeat(np.arange(4), 6 * 3)                       # 4 classes x 6 photos x 3 views
+    ids = [f"c{c}/p{p}.jpg#{v}" for c in range(4) for p in range(6) for v in range(3)]
+    groups = cv.image_groups(ids)
+    folds = cv.stratified_folds(y, 3, seed=0, groups=groups)
+    by_photo = {}
+    for g, f in zip(groups, folds):
+        by_photo.setdefault(g, set()).add(int(f))
+    assert len(by_photo) == 24 and all(len(v) == 1 for v in by_photo.values())
+    assert all(np.bincount(folds[y == c], minlength=3).tolist() == [6, 6, 6] for c in range(4))
+    assert cv.image_groups([f"p{i}.jpg" for i in range(5)]) is None   # one row per photo
+
+
 def test_choose_takes_the_weakest_penalty_tied_with_the_best():
     """Within one binomial standard error of the best CV accuracy, the largest C wins."""
     def row(C, acc, ll=1.0, std=False):

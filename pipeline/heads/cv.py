@@ -34,12 +34,19 @@ import numpy as np
 from pipeline.heads import logreg
 
 
-def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+def stratified_folds(labels: np.ndarray, k: int, seed: int, groups: Sequence[str] | None = None) -> np.ndarray:
     """(N,) fold index in [0, k) per row: each class's rows shuffled and dealt round the folds.
 
     The deal continues from class to class, so fold sizes differ by at most one row overall and
-    a class with fewer than k rows lands in distinct folds.
+    a class with fewer than k rows lands in distinct folds. With ``groups`` (one name per row:
+    the image an augmented view came from), whole groups are dealt instead, so the views of one
+    photo never sit on both sides of a fold (a held-out view with its twin in training would
+    score a memorised photo).
     """
+    if groups is not None and len(set(groups)) < len(labels):
+        names, first, inverse = np.unique(np.asarray(groups, dtype=object).astype(str), return_index=True,
+                                          return_inverse=True)
+        return stratified_folds(np.asarray(labels)[first], k, seed)[inverse.ravel()]
     rng = np.random.default_rng(seed)
     fold = np.empty(len(labels), np.int32)
     offset = 0
@@ -48,6 +55,15 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
         fold[idx] = (offset + np.arange(len(idx))) % k
         offset += len(idx)
     return fold
+
+
+def image_groups(ids: Sequence[str]) -> list[str] | None:
+    """The photo each row came from (``features.reduce: rows`` names views ``<id>#<view>``), or
+    None when ids are missing or every row is its own photo."""
+    if not ids:
+        return None
+    groups = [str(i).rsplit("#", 1)[0] if "#" in str(i) else str(i) for i in ids]
+    return groups if len(set(groups)) < len(groups) else None
 
 
 def train_weights(labels: np.ndarray, mask: np.ndarray, num_classes: int, balanced: bool) -> np.ndarray:

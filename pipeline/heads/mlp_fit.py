@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 
 from pipeline.heads.params import HeadsParams
-from pipeline.heads.probe import class_weights
+from pipeline.heads.probe import class_weights, cv_folds
 
 
 def fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict):
@@ -99,14 +99,14 @@ def fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict):
 
 def _epochs_by_cv(p: HeadsParams, cfg, z: dict, data: dict, K: int, lr: dict) -> tuple[int, dict]:
     """(the epoch count with the best pooled CV accuracy, the selection record)."""
-    from pipeline.heads import cv, logreg, mlp
+    from pipeline.heads import logreg, mlp
 
     x = np.concatenate([z["train"], z["val"]])
     y = np.concatenate([data["train"][1], data["val"][1]])
     # The probe's folds (same labels, k and seed), and its chosen C per fold as the skip paths.
     # Standardisation uses the train split's statistics in every fold (the probe's CV uses each
     # fold's own): a small leak of the held-out rows' mean and scale, not of their labels.
-    folds = cv.stratified_folds(y, p.logreg.cv_folds, p.seed)
+    folds = cv_folds(p, data, y)
     sw = class_weights(y, K, p.class_weight)
     skips = None
     if cfg.skip:

@@ -133,7 +133,7 @@ def _choose_by_cv(p: HeadsParams, data: dict, K: int) -> tuple[bool, float, dict
     y = np.concatenate([data["train"][1], data["val"][1]])
     # Fewer folds than the smallest class leaves that class out of some training folds: fine
     # (its column is pushed down there), as in scikit-learn's StratifiedKFold with a warning.
-    folds = cv.stratified_folds(y, lp.cv_folds, p.seed)
+    folds = cv_folds(p, data, y)
     rows = cv.cv_sweep(x, y, K, c_grid(lp), standardize_options(p), folds,
                        balanced=p.class_weight == "balanced", max_iter=lp.max_iter, tol=lp.tol)
     best = cv.choose(rows, len(y), lp.cv_tie)
@@ -143,6 +143,15 @@ def _choose_by_cv(p: HeadsParams, data: dict, K: int) -> tuple[bool, float, dict
     chosen = {"C": best["C"], "select": "cv", "cv_folds": lp.cv_folds,
               "cv_accuracy_at_C": best["cv_accuracy"], "sweep": sweep, "cv_table": rows}
     return best["standardize"], best["C"], chosen
+
+
+def cv_folds(p: HeadsParams, data: dict, y: np.ndarray) -> np.ndarray:
+    """The folds of train+val (pooled in that order): by photo when views are stored as rows."""
+    from pipeline.heads import cv
+
+    ids = list(data["train"][2]) + list(data["val"][2])
+    groups = cv.image_groups(ids) if len(ids) == len(y) else None
+    return cv.stratified_folds(y, p.logreg.cv_folds, p.seed, groups)
 
 
 def _choose_on_val(p: HeadsParams, z: dict, ytr: np.ndarray, yva: np.ndarray, K: int) -> dict:
