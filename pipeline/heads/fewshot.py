@@ -121,11 +121,18 @@ def _fit_predict_many(subsets: list[np.ndarray], X: np.ndarray, y: np.ndarray, X
     one vmapped L-BFGS call; padding every point to the largest would cost the 1-shot fits as
     much as the 20-shot ones.
     """
-    prepared = []
+    prepared, bases = [], []
     for idx in subsets:
         xs = X[idx].astype(np.float32)
         mean, scale = standardizer(xs) if standardize else (None, None)
-        prepared.append((xs if mean is None else (xs - mean) / scale, y[idx], mean, scale))
+        xs = xs if mean is None else (xs - mean) / scale
+        basis = None
+        if solver == "jax" and xs.shape[0] < xs.shape[1]:
+            # Fewer images than dimensions: fit on the span of the rows (exact, see logreg.path).
+            q, r = np.linalg.qr(xs.T.astype(np.float64))
+            basis, xs = q.astype(np.float32), np.ascontiguousarray(r.T).astype(np.float32)
+        prepared.append((xs, y[idx], mean, scale))
+        bases.append(basis)
     fits: list = [None] * len(prepared)
     if solver == "jax":
         by_size: dict[int, list[int]] = {}
@@ -142,7 +149,8 @@ def _fit_predict_many(subsets: list[np.ndarray], X: np.ndarray, y: np.ndarray, X
             p = logreg.path(xs, ys, [C], num_classes, solver=solver, max_iter=max_iter, tol=tol)
             fits[i] = (p.W[0], p.b[0])
     preds = []
-    for (W, b), (_, _, mean, scale) in zip(fits, prepared):
+    for (W, b), (_, _, mean, scale), basis in zip(fits, prepared, bases):
+        W = W if basis is None else basis @ W
         xt = X_test if mean is None else (X_test - mean) / scale
         preds.append(np.argmax(logreg.linear_logits(W, b, xt.astype(np.float32)), axis=1))
     return preds

@@ -124,6 +124,12 @@ def path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], num_classes: int, *,
       max_iter: L-BFGS iteration cap per C.
       init: (W, b) to start the first fit from.
 
+    With fewer rows than dimensions (few-shot fits; fused backbones) the jax solver fits on the
+    rows rotated onto their span (``X^T = Q R``: fit ``A`` on ``R^T``, return ``W = Q A``): the
+    L2 penalty keeps the optimum in that span, so this is the same problem in N instead of D
+    unknowns per class (see `pipeline.heads.cv`). The stopping rule (largest gradient entry) is
+    then measured in the rotated coordinates.
+
     Returns:
       A `Path` with one solution per C.
     """
@@ -138,6 +144,11 @@ def path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], num_classes: int, *,
         k_out = n_outputs(num_classes)
         W, b = init if init is not None else (np.zeros((X.shape[1], k_out), np.float32),
                                               np.zeros((k_out,), np.float32))
+        basis = None
+        if X.shape[0] < X.shape[1]:
+            q, r = np.linalg.qr(X.T.astype(np.float64))  # (D, N), (N, N)
+            basis, X = q.astype(np.float32), np.ascontiguousarray(r.T).astype(np.float32)
+            W = basis.T @ np.asarray(W, np.float32)      # a start outside the span loses nothing
         W, b = jnp.asarray(W, jnp.float32), jnp.asarray(b, jnp.float32)
         X, y, sw = jnp.asarray(X), jnp.asarray(y), jnp.asarray(sw)
         Ws, bs, its = [], [], []
@@ -146,7 +157,10 @@ def path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], num_classes: int, *,
             Ws.append(W)
             bs.append(b)
             its.append(it)
-        return Path(Cs, np.asarray(jnp.stack(Ws)), np.asarray(jnp.stack(bs)), np.asarray(jnp.stack(its)))
+        Ws = np.asarray(jnp.stack(Ws))
+        if basis is not None:
+            Ws = np.einsum("dn,pnk->pdk", basis, Ws)
+        return Path(Cs, Ws, np.asarray(jnp.stack(bs)), np.asarray(jnp.stack(its)))
     if solver == "sklearn":
         return _sklearn_path(X, y, sw, Cs, num_classes, tol, max_iter, init)
     raise ValueError(f"unknown solver {solver!r}; use 'jax' or 'sklearn'")

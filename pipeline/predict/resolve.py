@@ -105,8 +105,12 @@ def load_run(cache_dir: Any, heads_key: str) -> RunRef:
     backbone = dict(fparams.get("backbone") or {})
     if not isinstance(backbone.get("name"), str):
         # A fused run (several backbones, one feature vector) needs one pixel input per backbone.
-        raise UserError(f"heads output {heads_key} was trained on features of backbone.name="
-                        f"{backbone.get('name')!r}; predict and export handle one backbone per run.")
+        names = backbone.get("name")
+        one = names[0] if isinstance(names, list) and names else "efficientnet_lite2"
+        raise UserError(f"heads output {heads_key} was trained on fused features of backbone.name="
+                        f"{names!r}; predict and export handle one backbone per run. For a classifier "
+                        f"to deploy, run the heads on one of them (`python -m pipeline run heads ... "
+                        f"-S backbone.name={one}`: its features are already cached) and predict from that run.")
     index = json.loads((heads_dir / "heads.json").read_text())
     return RunRef(cache_dir=cache_dir, keys={k: v for k, v in keys.items() if k in ("data", "features", "heads")},
                   heads_dir=heads_dir, backbone=backbone, features=dict(fparams.get("features") or {}),
