@@ -97,6 +97,32 @@ def _layers(p: InspectParams, names: list[str], backbone: str) -> tuple[list[str
     return layers or fm.default_layers(names), cam
 
 
+def fused_blocks(heads_dir: Path, head_name: str) -> list[dict]:
+    """The backbones a saved head reads (``[{"backbone", "dim"}, ...]``) when there are several."""
+    index = json.loads((Path(heads_dir) / "heads.json").read_text())
+    blocks = list(index["heads"].get(head_name, {}).get("config", {}).get("blocks", ()))
+    return blocks if len(blocks) > 1 else []
+
+
+def probe_on_one_backbone(features_dir: Path, classes: list[str]):
+    """A `TrainedHead`: the heads stage's linear probe (default params) on one features folder."""
+    import jax.numpy as jnp
+
+    from pipeline.heads import inputs, probe
+    from pipeline.heads.logreg import linear_logits
+    from pipeline.heads.params import HeadsParams
+    from pipeline.heads.trained import TrainedHead, fold_standardization
+
+    data = inputs.load_features(features_dir)
+    if data["classes"] != list(classes):
+        raise UserError(f"{features_dir}: its classes differ from the data stage's; rerun the features stage.")
+    lr = probe.fit_logreg(HeadsParams(), data, len(classes))
+    W, b = fold_standardization(lr["W"], lr["b"], lr["mean"], lr["scale"])
+    return TrainedHead(name="logreg", kind="linear", classes=list(classes),
+                       params={"W": jnp.asarray(W), "b": jnp.asarray(b)}, config={},
+                       apply_fn=lambda prm, x: linear_logits(prm["W"], prm["b"], x))
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     import numpy as np
 
@@ -112,15 +138,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
     data = load_data(ctx.inputs["data"])
     classes = data.classes
     heads_dir = Path(ctx.inputs["heads"])
-    head_name = _pick_head(heads_dir, p.head)
-    head = load_head(heads_dir, head_name, backbone=bp.primary)
+    head_name = answer = _pick_head(heads_dir, p.head)   # answer: whose predictions and mistakes
+    if fused_blocks(heads_dir, head_name):
+        # Grad-CAM differentiates one backbone; a fused head also reads the others. Explain a
+        # probe on the first backbone's features instead, and say so everywhere it shows.
+        head = probe_on_one_backbone(Path(ctx.inputs["features"]), classes)
+        ctx.log(f"inspect: head {head_name} reads fused features; Grad-CAM and the map use a linear probe "
+                f"on {bp.primary}'s features alone (the heads protocol, default heads params)")
+        head_name = f"logreg on {bp.primary} alone"
+    else:
+        head = load_head(heads_dir, head_name, backbone=bp.primary)
     backbone = registry.load_backbone(bp.primary, ctx.cache_dir, bp.dtype, bp.depthwise)
     layers, cam_layer = _layers(p, cut.layer_names(backbone.spec), bp.primary)
     times: dict[str, float] = {}
 
     # Every photo either part needs, decoded once.
     photos = steps.choose_photos(data, p.photos)
-    preds = readers.read_predictions(heads_dir, head_name, classes) or []
+    preds = readers.read_predictions(heads_dir, answer, classes) or []
     preds = [{"id": r["id"], "true": classes[r["true"]], "pred": classes[r["pred"]], "p_pred": r["conf"],
               "p_true": r["true_prob"]} for r in preds]
     examples = steps.pick_examples(preds, classes, p.max_mistakes, p.max_correct)

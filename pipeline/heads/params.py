@@ -35,7 +35,8 @@ class LogregParams:
 
 @dataclasses.dataclass(frozen=True)
 class MLPParams:
-    """``heads.mlp``: a small MLP trained with AdamW and early stopping on val loss."""
+    """``heads.mlp``: a small MLP trained with AdamW; its epoch count chosen by k-fold CV (where the
+    probe used CV) or by early stopping on val loss."""
 
     hidden: tuple[int, ...] = spec((256,), min=1, min_len=1, help="hidden layer widths, e.g. [512] or [1024, 512]")
     activation: Literal["relu", "gelu"] = spec("gelu", help="hidden activation")
@@ -46,8 +47,8 @@ class MLPParams:
     schedule: Literal["cosine", "constant"] = spec("cosine", help="learning-rate schedule after warm-up")
     warmup_epochs: int = spec(1, min=0, help="linear warm-up epochs")
     batch_size: int = spec(256, min=1, help="minibatch size")
-    max_epochs: int = spec(40, min=1, help="epoch cap (the cosine schedule spans it)")
-    patience: int = spec(5, min=1, help="stop after this many epochs without a lower val loss")
+    max_epochs: int = spec(40, min=1, help="epoch cap (the cosine schedule spans it); under CV every epoch up to it is scored")
+    patience: int = spec(5, min=1, help="val path: stop after this many epochs without a lower val loss")
     skip: bool = spec(True, help="add the fitted logreg as a fixed linear skip path; the MLP learns a residual")
     refit: bool = spec(True, help="retrain on train+val for the best epoch count (from the refit logreg)")
 
