@@ -296,6 +296,9 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
                     cache.publish(root, name, p.key, {
                         "stage": name, "key": p.key, "version": stage.version,
                         "params": to_plain(p.params), "upstream": p.upstream,
+                        # A fanned-out dep's upstream key hashes its parts; these are their keys.
+                        "upstream_parts": {d: [q.key for q in plans[d].parts] for d in stage.deps
+                                           if len(plans[d].parts) > 1},
                         "fingerprint": p.fingerprint, "versions": library_versions(),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                         "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)),

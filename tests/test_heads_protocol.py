@@ -206,7 +206,8 @@ def test_accurate_overlay_parses(tmp_path):
     root = Path(__file__).resolve().parents[1]
     graph = load_graph()
     params = runner.resolve_params(graph, [root / "params.yaml", root / "params.accurate.yaml"], [])
-    assert params["backbone"].names == ("efficientnet_lite2",)
+    assert params["backbone"].names == ("efficientnet_lite2", "efficientnet_lite0", "efficientnet_lite1")
+    assert params["backbone"].primary == "efficientnet_lite2" and params["heads"].fuse == "l2"
     assert params["heads"].standardize == "auto" and params["heads"].logreg.select == "auto"
 
 

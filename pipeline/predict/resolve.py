@@ -95,6 +95,16 @@ def load_run(cache_dir: Any, heads_key: str) -> RunRef:
     """
     keys = results.chain_from_heads(cache_dir, heads_key)
     heads_dir = cache.local_copy(cache_dir, "heads", heads_key, storage.default_local_dir())
+    index = json.loads((heads_dir / "heads.json").read_text())
+    blocks = list(dict.fromkeys(b["backbone"] for h in index.get("heads", {}).values()
+                                for b in h.get("config", {}).get("blocks", ())))
+    if len(blocks) > 1:
+        # A fused run (several backbones, one feature vector) needs one pixel input per backbone.
+        raise UserError(f"heads output {heads_key} was trained on the fused features of {', '.join(blocks)}; "
+                        f"predict and export handle one backbone per run. For a classifier to deploy, run "
+                        f"the heads on one of them (`python -m pipeline run heads <your --params> "
+                        f"-S backbone.name={blocks[0]}`: its features are already cached) and predict from "
+                        f"that run (--run latest).")
     fkey = keys.get("features")
     fman = (cache.read_manifest(cache.output_dir(cache_dir, "features", fkey))
             if fkey and cache.is_complete(cache_dir, "features", fkey) else None)
@@ -103,15 +113,6 @@ def load_run(cache_dir: Any, heads_key: str) -> RunRef:
                         f"longer in {cache_dir}; rerun `python -m pipeline run heads` with that run's params.")
     fparams = fman.get("params") or {}
     backbone = dict(fparams.get("backbone") or {})
-    if not isinstance(backbone.get("name"), str):
-        # A fused run (several backbones, one feature vector) needs one pixel input per backbone.
-        names = backbone.get("name")
-        one = names[0] if isinstance(names, list) and names else "efficientnet_lite2"
-        raise UserError(f"heads output {heads_key} was trained on fused features of backbone.name="
-                        f"{names!r}; predict and export handle one backbone per run. For a classifier "
-                        f"to deploy, run the heads on one of them (`python -m pipeline run heads ... "
-                        f"-S backbone.name={one}`: its features are already cached) and predict from that run.")
-    index = json.loads((heads_dir / "heads.json").read_text())
     return RunRef(cache_dir=cache_dir, keys={k: v for k, v in keys.items() if k in ("data", "features", "heads")},
                   heads_dir=heads_dir, backbone=backbone, features=dict(fparams.get("features") or {}),
                   classes=list(index["classes"]), metrics=readers.read_heads_metrics(heads_dir) or {"heads": {}},
