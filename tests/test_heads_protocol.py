@@ -258,7 +258,7 @@ def test_inspect_explains_a_fused_run_with_a_probe_on_its_first_backbone(fused, 
     a = write_features(tmp_path / "a", {s: (x[:, :6] * 5.0, y) for s, (x, y) in splits.items()}, "net_a")
     head = probe_on_one_backbone(a, CLASSES)
     alone = tmp_path / "heads_a"
-    heads.STAGE.run(make_ctx(heads.STAGE, {"heads": section(heads.HeadsParams, "heads", shots=[])}, alone,
+    heads.STAGE.run(make_ctx(heads.STAGE, {"heads": section(heads.HeadsParams, "heads", **{**SMALL, "shots": []})}, alone,
                              cache_dir=tmp_path / "cache", inputs={"features": a}))
     assert fused_blocks(alone, "logreg") == []
     ref = heads.load_head(alone, "logreg", backbone="net_a")
