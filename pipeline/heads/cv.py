@@ -46,7 +46,7 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int, groups: Sequence[str
     score a memorised photo).
     """
     if groups is not None and len(set(groups)) < len(labels):
-        names, first, inverse = np.unique(np.asarray(groups, dtype=object).astype(str), return_index=True,
+        _, first, inverse = np.unique(np.asarray(groups, dtype=object).astype(str), return_index=True,
                                           return_inverse=True)
         return stratified_folds(np.asarray(labels)[first], k, seed)[inverse.ravel()]
     rng = np.random.default_rng(seed)
@@ -113,7 +113,7 @@ def cv_sweep(x: np.ndarray, y: np.ndarray, num_classes: int, Cs: Sequence[float]
             if std:
                 mean, scale = standardizer(x[train])
                 xp = (x - mean) / scale
-            basis = span_basis(xp[train])
+            basis = logreg.span_basis(xp[train])
             fit_rows = xp[train] if basis is None else xp[train] @ basis   # (n_f, r_f)
             fits.append(fit_rows)
             alls.append(xp if basis is None else xp @ basis)               # (N, r_f): held-out too
@@ -143,20 +143,6 @@ def cv_sweep(x: np.ndarray, y: np.ndarray, num_classes: int, Cs: Sequence[float]
                          "cv_log_loss": float(-np.mean(np.log(p_true))),
                          "n_iter": int(iters[s * k:(s + 1) * k, c].max())})
     return rows
-
-
-def span_basis(x: np.ndarray) -> np.ndarray | None:
-    """(D, N) orthonormal basis of x's row span when x has fewer rows than columns, else None.
-
-    A fit on ``x @ basis`` is the L2-penalised fit on x (``W = basis @ A``), and any other row
-    ``z`` scores as ``(z @ basis) @ A``: the held-out rows of a fold are scored in the span of
-    that fold's training rows, which is all the fitted weights can see.
-    """
-    n, d = x.shape
-    if n >= d:
-        return None
-    q, _ = np.linalg.qr(np.asarray(x, np.float64).T)
-    return q
 
 
 def best(rows: list[dict]) -> dict:

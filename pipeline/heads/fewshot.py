@@ -126,11 +126,10 @@ def _fit_predict_many(subsets: list[np.ndarray], X: np.ndarray, y: np.ndarray, X
         xs = X[idx].astype(np.float32)
         mean, scale = standardizer(xs) if standardize else (None, None)
         xs = xs if mean is None else (xs - mean) / scale
-        basis = None
-        if solver == "jax" and xs.shape[0] < xs.shape[1]:
-            # Fewer images than dimensions: fit on the span of the rows (exact, see logreg.path).
-            q, r = np.linalg.qr(xs.T.astype(np.float64))
-            basis, xs = q.astype(np.float32), np.ascontiguousarray(r.T).astype(np.float32)
+        # Fewer images than dimensions: fit on the span of the rows (exact, see logreg.path).
+        basis = logreg.span_basis(xs) if solver == "jax" else None
+        if basis is not None:
+            xs = xs @ basis
         prepared.append((xs, y[idx], mean, scale))
         bases.append(basis)
     fits: list = [None] * len(prepared)

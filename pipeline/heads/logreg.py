@@ -107,6 +107,20 @@ def _jax_fit_fn(num_classes: int, max_iter: int, tol: float):
     return persistent_jit(fit, name="heads.logreg.fit", config=(num_classes, max_iter, tol)), fit
 
 
+def span_basis(x: np.ndarray) -> np.ndarray | None:
+    """(D, N) float32 orthonormal basis of x's row span when x has fewer rows than columns, else None.
+
+    A fit on ``x @ basis`` is the L2-penalised fit on x (``W = basis @ A``): the penalty keeps the
+    optimum in the span of the rows. Any other row ``z`` scores as ``(z @ basis) @ A``, which is
+    all the fitted weights can see of it.
+    """
+    n, d = x.shape
+    if n >= d:
+        return None
+    q, _ = np.linalg.qr(np.asarray(x, np.float64).T)
+    return q.astype(np.float32)
+
+
 def path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], num_classes: int, *,
          sample_weight: np.ndarray | None = None, solver: Solver = "jax", tol: float = 1e-4,
          max_iter: int = 1000, init: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
@@ -144,10 +158,9 @@ def path(X: np.ndarray, y: np.ndarray, Cs: Sequence[float], num_classes: int, *,
         k_out = n_outputs(num_classes)
         W, b = init if init is not None else (np.zeros((X.shape[1], k_out), np.float32),
                                               np.zeros((k_out,), np.float32))
-        basis = None
-        if X.shape[0] < X.shape[1]:
-            q, r = np.linalg.qr(X.T.astype(np.float64))  # (D, N), (N, N)
-            basis, X = q.astype(np.float32), np.ascontiguousarray(r.T).astype(np.float32)
+        basis = span_basis(X)
+        if basis is not None:
+            X = X @ basis                                # (N, N): the rows in their own span
             W = basis.T @ np.asarray(W, np.float32)      # a start outside the span loses nothing
         W, b = jnp.asarray(W, jnp.float32), jnp.asarray(b, jnp.float32)
         X, y, sw = jnp.asarray(X), jnp.asarray(y), jnp.asarray(sw)
