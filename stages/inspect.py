@@ -97,13 +97,6 @@ def _layers(p: InspectParams, names: list[str], backbone: str) -> tuple[list[str
     return layers or fm.default_layers(names), cam
 
 
-def fused_blocks(heads_dir: Path, head_name: str) -> list[dict]:
-    """The backbones a saved head reads (``[{"backbone", "dim"}, ...]``) when there are several."""
-    index = json.loads((Path(heads_dir) / "heads.json").read_text())
-    blocks = list(index["heads"].get(head_name, {}).get("config", {}).get("blocks", ()))
-    return blocks if len(blocks) > 1 else []
-
-
 def probe_on_one_backbone(features_dir: Path, classes: list[str]):
     """A `TrainedHead`: the heads stage's linear probe (default params) on one features folder."""
     import jax.numpy as jnp
@@ -126,7 +119,7 @@ def probe_on_one_backbone(features_dir: Path, classes: list[str]):
 def run(ctx: StageContext) -> dict[str, Any]:
     import numpy as np
 
-    from pipeline.heads.trained import load_head
+    from pipeline.heads.trained import fused_backbones, load_head
     from pipeline.inspect import mapping, mapplot, steps
     from pipeline.models import cut, registry
     from pipeline.report import readers
@@ -139,7 +132,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     classes = data.classes
     heads_dir = Path(ctx.inputs["heads"])
     head_name = answer = _pick_head(heads_dir, p.head)   # answer: whose predictions and mistakes
-    if fused_blocks(heads_dir, head_name):
+    if fused_backbones(heads_dir, head_name):
         # Grad-CAM differentiates one backbone; a fused head also reads the others. Explain a
         # probe on the first backbone's features instead, and say so everywhere it shows.
         head = probe_on_one_backbone(Path(ctx.inputs["features"]), classes)

@@ -251,16 +251,17 @@ def test_inspect_explains_a_fused_run_with_a_probe_on_its_first_backbone(fused, 
     """Grad-CAM needs a head on one backbone: for fused heads, inspect fits the probe on the first."""
     import jax.numpy as jnp
 
-    from stages.inspect import fused_blocks, probe_on_one_backbone
+    from pipeline.heads.trained import fused_backbones
+    from stages.inspect import probe_on_one_backbone
 
     splits, out2, _ = fused
-    assert [b["backbone"] for b in fused_blocks(out2, "logreg")] == ["net_a", "net_b"]
+    assert fused_backbones(out2, "logreg") == fused_backbones(out2) == ["net_a", "net_b"]
     a = write_features(tmp_path / "a", {s: (x[:, :6] * 5.0, y) for s, (x, y) in splits.items()}, "net_a")
     head = probe_on_one_backbone(a, CLASSES)
     alone = tmp_path / "heads_a"
     heads.STAGE.run(make_ctx(heads.STAGE, {"heads": section(heads.HeadsParams, "heads", **{**SMALL, "shots": []})}, alone,
                              cache_dir=tmp_path / "cache", inputs={"features": a}))
-    assert fused_blocks(alone, "logreg") == []
+    assert fused_backbones(alone, "logreg") == []
     ref = heads.load_head(alone, "logreg", backbone="net_a")
     x = jnp.asarray(splits["test"][0][:, :6] * 5.0)
     np.testing.assert_allclose(np.asarray(head.logits(head.params, x)), np.asarray(ref.logits(ref.params, x)),

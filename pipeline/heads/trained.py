@@ -86,6 +86,15 @@ def available(heads_dir: Path) -> list[str]:
     return list(json.loads(path.read_text())["heads"]) if path.exists() else []
 
 
+def fused_backbones(heads_dir: Path, name: str | None = None) -> list[str]:
+    """The backbones whose fused features head `name` (any head, for None) reads, in column
+    order, when there are several; [] for a head on one backbone's features."""
+    index = json.loads((Path(heads_dir) / INDEX).read_text())
+    entries = [index["heads"].get(name, {})] if name is not None else index["heads"].values()
+    names = list(dict.fromkeys(b["backbone"] for e in entries for b in e.get("config", {}).get("blocks", ())))
+    return names if len(names) > 1 else []
+
+
 def load_head(heads_dir: Path, name: str, backbone: str | None = None) -> TrainedHead:
     """Load a fitted head as a pure JAX function of (params, features).
 

@@ -95,10 +95,10 @@ def load_run(cache_dir: Any, heads_key: str) -> RunRef:
     """
     keys = results.chain_from_heads(cache_dir, heads_key)
     heads_dir = cache.local_copy(cache_dir, "heads", heads_key, storage.default_local_dir())
-    index = json.loads((heads_dir / "heads.json").read_text())
-    blocks = list(dict.fromkeys(b["backbone"] for h in index.get("heads", {}).values()
-                                for b in h.get("config", {}).get("blocks", ())))
-    if len(blocks) > 1:
+    from pipeline.heads.trained import fused_backbones
+
+    blocks = fused_backbones(heads_dir)
+    if blocks:
         # A fused run (several backbones, one feature vector) needs one pixel input per backbone.
         raise UserError(f"heads output {heads_key} was trained on the fused features of {', '.join(blocks)}; "
                         f"predict and export handle one backbone per run. For a classifier to deploy, run "
@@ -113,6 +113,7 @@ def load_run(cache_dir: Any, heads_key: str) -> RunRef:
                         f"longer in {cache_dir}; rerun `python -m pipeline run heads` with that run's params.")
     fparams = fman.get("params") or {}
     backbone = dict(fparams.get("backbone") or {})
+    index = json.loads((heads_dir / "heads.json").read_text())
     return RunRef(cache_dir=cache_dir, keys={k: v for k, v in keys.items() if k in ("data", "features", "heads")},
                   heads_dir=heads_dir, backbone=backbone, features=dict(fparams.get("features") or {}),
                   classes=list(index["classes"]), metrics=readers.read_heads_metrics(heads_dir) or {"heads": {}},
