@@ -116,7 +116,10 @@ def chain_from_heads(cache_dir: Path, heads_key: str) -> dict[str, str]:
     the newest complete ideal / adversarial / report outputs that read it."""
     keys = {"heads": heads_key}
     m = _manifest(cache_dir, "heads", heads_key) or {}
-    feats = (m.get("upstream") or {}).get("features")
+    # Several backbones: the upstream key hashes the parts; the first part is the first
+    # backbone's features output (what ctx.inputs["features"] was), and names the data run.
+    parts = (m.get("upstream_parts") or {}).get("features") or []
+    feats = parts[0] if parts else (m.get("upstream") or {}).get("features")
     if feats:
         keys["features"] = feats
         fm = _manifest(cache_dir, "features", feats) or {}
