@@ -297,11 +297,12 @@ def cv_curves(X: np.ndarray, y: np.ndarray, folds: np.ndarray, num_classes: int,
     accuracy, log_loss = share @ np.asarray(acc), share @ np.asarray(va)
     start_acc, start_ll = np.nan, np.nan
     if cfg.skip:
+        from pipeline.heads.metrics import softmax
+
         W, b = (np.asarray(a, np.float64) for a in skip_inits)
-        logits = np.einsum("nd,kdc->knc", np.asarray(X, np.float64), W) + b[:, None, :]
-        logits -= logits.max(-1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        rows = np.arange(len(y))
-        start_acc = float(np.sum(held * (logp.argmax(-1) == y)) / held.sum())
-        start_ll = float(-np.sum(held * logp[:, rows, y]) / held.sum())
+        logits = np.einsum("nd,kdc->knc", np.asarray(X, np.float64), W) + b[:, None, :]   # (k, N, K)
+        prob = softmax(logits.reshape(-1, num_classes)).reshape(logits.shape)
+        p_true = np.clip(prob[:, np.arange(len(y)), y], 1e-15, 1.0)
+        start_acc = float(np.sum(held * (prob.argmax(-1) == y)) / held.sum())
+        start_ll = float(-np.sum(held * np.log(p_true)) / held.sum())
     return CVCurves(np.concatenate([[start_acc], accuracy]), np.concatenate([[start_ll], log_loss]))

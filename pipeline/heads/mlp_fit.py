@@ -48,8 +48,12 @@ def fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict):
         per_class = np.zeros(K, np.float32)
         per_class[ytr] = counts_w
         val_w = per_class[yva]
+    curves = None
     if lr["chosen"].get("select") == "cv":
-        best, selection = _epochs_by_cv(p, cfg, z, data, K, lr)
+        curves = _cv_curves(p, cfg, z, data, K, lr)
+        acc = np.where(np.isnan(curves.accuracy), -np.inf, curves.accuracy)
+        best = int(np.argmax(acc))  # the first maximum: ties go to fewer epochs (to the probe itself)
+        selection = {"by": "cv", "accuracy": float(curves.accuracy[best])}
         res, ran = None, cfg.max_epochs
     else:
         res = mlp.train(z["train"], ytr, z["val"], yva, K, cfg, p.seed, sample_weight=counts_w,
@@ -88,17 +92,17 @@ def fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict):
 
     info = {**dataclasses.asdict(cfg), "seed": p.seed, "best_epoch": best,
             "epochs_run": ran, "refit_on_train_val": mp.refit, "selection": selection}
-    if selection["by"] == "cv":
+    if curves is not None:
         # Per epoch 1..max_epochs (the report plots "*loss*" lists against epochs from 1).
-        info.update(select="cv", cv_folds=p.logreg.cv_folds, cv_log_loss=selection.pop("log_loss"),
-                    cv_accuracy_per_epoch=selection.pop("accuracy_per_epoch"))
+        info.update(select="cv", cv_folds=p.logreg.cv_folds, cv_log_loss=curves.log_loss[1:].tolist(),
+                    cv_accuracy_per_epoch=curves.accuracy[1:].tolist())
     else:
         info.update(select="val", train_loss=res.train_loss.tolist(), val_loss=res.val_loss.tolist())
     return info, params, apply_np
 
 
-def _epochs_by_cv(p: HeadsParams, cfg, z: dict, data: dict, K: int, lr: dict) -> tuple[int, dict]:
-    """(the epoch count with the best pooled CV accuracy, the selection record)."""
+def _cv_curves(p: HeadsParams, cfg, z: dict, data: dict, K: int, lr: dict):
+    """The MLP's pooled held-out accuracy and log loss per epoch on the probe's CV folds."""
     from pipeline.heads import logreg, mlp
 
     x = np.concatenate([z["train"], z["val"]])
@@ -116,8 +120,4 @@ def _epochs_by_cv(p: HeadsParams, cfg, z: dict, data: dict, K: int, lr: dict) ->
                 for f in range(int(folds.max()) + 1)]
         full = [logreg.full_weights(f.W[0], f.b[0]) for f in fits]
         skips = (np.stack([w for w, _ in full]), np.stack([b for _, b in full]))
-    curves = mlp.cv_curves(x, y, folds, K, cfg, p.seed, skips, sample_weight=sw)
-    acc = np.where(np.isnan(curves.accuracy), -np.inf, curves.accuracy)
-    best = int(np.argmax(acc))  # the first maximum: ties go to fewer epochs (to the probe itself)
-    return best, {"by": "cv", "accuracy": float(curves.accuracy[best]),
-                  "log_loss": curves.log_loss[1:].tolist(), "accuracy_per_epoch": curves.accuracy[1:].tolist()}
+    return mlp.cv_curves(x, y, folds, K, cfg, p.seed, skips, sample_weight=sw)
