@@ -18,8 +18,8 @@ scores every row; standardisation statistics come from the fold's training rows 
 
 With fewer training rows than feature dimensions (the few-shot case CV is for, and always with
 several backbones fused), each problem is first rotated onto the span of its training rows:
-with ``X^T = Q R`` (Q: D x n orthonormal), ``X W = R^T A`` for ``W = Q A``, and
-``||W|| = ||A||``. The L2 penalty keeps the optimum inside that span (any component orthogonal
+with Q (D x n) an orthonormal basis of the training rows (`logreg.span_basis`),
+``X W = (X Q) A`` for ``W = Q A``, and ``||W|| = ||A||``. The L2 penalty keeps the optimum inside that span (any component orthogonal
 to every training row changes no training logit and only adds penalty), so fitting A on the
 (n, n) rows is exact, a held-out row z scores as ``(z Q) A``, and the fit costs (n / D) of the
 full one. (The first version rotated onto all rows, held-out ones included: 25 % more rows and

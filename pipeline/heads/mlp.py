@@ -223,24 +223,25 @@ def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndar
       An `MLPResult` holding the best epoch's params.
     """
     import jax
-    import jax.numpy as jnp
 
     if epochs is not None:
         X_val, y_val, val_weight = X, y, sample_weight  # the loop still computes a loss; unused
-    X = jnp.asarray(X, jnp.float32)
-    Xv = jnp.asarray(X_val, jnp.float32)
-    sw = jnp.ones(len(y), jnp.float32) if sample_weight is None else jnp.asarray(sample_weight, jnp.float32)
-    swv = jnp.ones(len(y_val), jnp.float32) if val_weight is None else jnp.asarray(val_weight, jnp.float32)
+    # Host-side constants and device_put (not jnp.ones / jnp.asarray): each eager jnp op
+    # compiles a small program in every new process, and those miss the persistent cache.
+    X = jax.device_put(np.asarray(X, np.float32))
+    Xv = jax.device_put(np.asarray(X_val, np.float32))
+    sw = np.ones(len(y), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
+    swv = np.ones(len(y_val), np.float32) if val_weight is None else np.asarray(val_weight, np.float32)
     if cfg.skip and skip_init is None:
         raise ValueError("cfg.skip needs skip_init, the linear probe to start from")
     if skip_init is None:
-        skip_init = (jnp.zeros((X.shape[1], num_classes)), jnp.zeros((num_classes,)))
-    skip_init = tuple(jnp.asarray(a, jnp.float32) for a in skip_init)
+        skip_init = (np.zeros((X.shape[1], num_classes)), np.zeros((num_classes,)))
+    skip_init = tuple(np.asarray(a, np.float32) for a in skip_init)
     fn = _train_fn(cfg, num_classes, X.shape[0], X.shape[1])
-    params, best_epoch, ran, tr, va, acc = fn(X, jnp.asarray(y, jnp.int32), sw, Xv,
-                                            jnp.asarray(y_val, jnp.int32), swv, jnp.uint32(seed),
-                                            skip_init, jnp.int32(cfg.max_epochs if epochs is None else epochs),
-                                            jnp.asarray(epochs is not None))
+    params, best_epoch, ran, tr, va, acc = fn(X, np.asarray(y, np.int32), sw, Xv,
+                                            np.asarray(y_val, np.int32), swv, np.uint32(seed),
+                                            skip_init, np.int32(cfg.max_epochs if epochs is None else epochs),
+                                            np.asarray(epochs is not None))
     ran = int(ran)
     return MLPResult(jax.device_get(params), int(best_epoch), ran, np.asarray(tr)[:ran], np.asarray(va)[:ran],
                      np.asarray(acc)[:ran])
@@ -278,7 +279,7 @@ def cv_curves(X: np.ndarray, y: np.ndarray, folds: np.ndarray, num_classes: int,
       skip_inits: with ``cfg.skip``, (W (k, D, K), b (k, K)): each fold's linear probe.
       sample_weight: (N,) class weights, or None.
     """
-    import jax.numpy as jnp
+    import jax
 
     k = int(folds.max()) + 1
     base = np.ones(len(y), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
@@ -288,11 +289,11 @@ def cv_curves(X: np.ndarray, y: np.ndarray, folds: np.ndarray, num_classes: int,
         raise ValueError("cfg.skip needs skip_inits, each fold's linear probe")
     if skip_inits is None:
         skip_inits = (np.zeros((k, X.shape[1], num_classes), np.float32), np.zeros((k, num_classes), np.float32))
-    Xj, yj = jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.int32)
+    Xj, yj = jax.device_put(np.asarray(X, np.float32)), np.asarray(y, np.int32)
     fn = _cv_fn(cfg, num_classes, X.shape[0], X.shape[1])
-    *_, va, acc = fn(Xj, yj, jnp.asarray(sw), Xj, yj, jnp.asarray(held), jnp.uint32(seed),
-                     tuple(jnp.asarray(a, jnp.float32) for a in skip_inits),
-                     jnp.int32(cfg.max_epochs), jnp.asarray(True))
+    *_, va, acc = fn(Xj, yj, np.asarray(sw), Xj, yj, np.asarray(held), np.uint32(seed),
+                     tuple(np.asarray(a, np.float32) for a in skip_inits),
+                     np.int32(cfg.max_epochs), np.asarray(True))
     share = held.sum(1) / held.sum()                                         # pool the folds by size
     accuracy, log_loss = share @ np.asarray(acc), share @ np.asarray(va)
     start_acc, start_ll = np.nan, np.nan

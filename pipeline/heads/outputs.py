@@ -46,7 +46,11 @@ def write_predictions(path: Path, probs: np.ndarray, y: np.ndarray, ids: list, c
              "p_pred": round(float(probs[i, pred[i]]), 6), "p_true": round(float(probs[i, y[i]]), 6),
              "top": [[classes[j], round(float(probs[i, j]), 6)] for j in top[i]]}
             for i in range(len(y))]
-    path.write_text(json.dumps({"classes": classes, "top_k": k, "predictions": rows}, indent=0))
+    # One prediction per line, each dumped by json's C encoder (`indent` falls back to the
+    # pure-Python one: 0.3 s per head on Pets' 3,669 test images).
+    head = json.dumps({"classes": classes, "top_k": k})[:-1]
+    body = ",\n".join(json.dumps(r) for r in rows)
+    path.write_text(f'{head}, "predictions": [\n{body}\n]}}\n')
 
 
 def finite(obj):
