@@ -195,6 +195,45 @@ def test_stage_does_not_import_tensorflow_and_reruns_identically(fitted, feats, 
     assert a == b
 
 
+def test_the_probe_is_reused_when_only_what_it_does_not_read_changes(feats, tmp_path):
+    """An MLP or (val-path) seed change reuses the probe's fit; a logreg change or a damaged memo
+    refits, and the refit is the same fit as the reused one."""
+    from pipeline.heads.memo import memo_dir
+    from pipeline.progress import QuietReporter
+
+    cache = tmp_path / "cache"
+
+    def run(name: str, **changes):
+        reporter = QuietReporter()
+        params = {"heads": section(heads.HeadsParams, "heads", **{**SMALL, **changes})}
+        run_stage(heads.STAGE, params, tmp_path / name, inputs={"features": feats}, cache_dir=cache,
+                  reporter=reporter)
+        with np.load(tmp_path / name / "logreg.npz") as f:
+            weights = {k: f[k] for k in f.files}
+        chosen = json.loads((tmp_path / name / "metrics.json").read_text())["heads"]["logreg"]["hyperparameters"]
+        chosen.pop("seconds")
+        return weights, chosen, any("memo" in line for line in reporter.lines)
+
+    first, chosen, reused = run("first")
+    assert not reused and len(list(memo_dir(cache).glob("*.npz"))) == 1
+    wider = {**SMALL["mlp"], "hidden": [16]}
+    for name, changes in [("mlp", {"mlp": wider}), ("seed", {"seed": 3})]:
+        again, chosen_again, reused = run(name, **changes)
+        assert reused, name
+        assert chosen_again == chosen and all(np.array_equal(first[k], again[k]) for k in first)
+    _, other, reused = run("grid", logreg={"select": "val", "c_per_decade": 3})
+    assert not reused and len(other["sweep"]) != len(chosen["sweep"])
+    # Under CV the seed deals the folds: a new seed is a new probe.
+    assert not run("cv", logreg={"select": "cv"})[2]
+    assert not run("cv_seed", logreg={"select": "cv"}, seed=1)[2]
+    assert run("cv_mlp", logreg={"select": "cv"}, seed=1, mlp=wider)[2]
+    for memo in memo_dir(cache).glob("*.npz"):
+        memo.write_bytes(memo.read_bytes()[:100])   # truncated, as by a full disk
+    refit, chosen_refit, reused = run("refit", mlp=wider)
+    assert not reused and chosen_refit == chosen
+    assert all(np.array_equal(first[k], refit[k]) for k in first)
+
+
 @pytest.mark.parametrize("values, key", [
     ({"logreg": {"c_min": -1.0}}, "heads.logreg.c_min"),
     ({"logreg": {"c_min": 10.0, "c_max": 1.0}}, "heads.logreg.c_max"),
