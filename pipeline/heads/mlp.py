@@ -84,30 +84,56 @@ class MLPResult:
     val_accuracy: np.ndarray
 
 
-@functools.cache
+#: Settings passed to the compiled training run as values, not baked into it: changing one
+#: reuses the compiled program (the rest of `MLPConfig` shapes the program and is static).
+TRACED = ("learning_rate", "weight_decay", "label_smoothing")
+
+
+def _static(cfg: MLPConfig) -> MLPConfig:
+    """`cfg` with the `TRACED` settings zeroed: the key of the compiled program."""
+    return dataclasses.replace(cfg, **{name: 0.0 for name in TRACED})
+
+
+def _traced(cfg: MLPConfig) -> np.ndarray:
+    """The `TRACED` settings as the float32 vector the training run takes."""
+    return np.array([getattr(cfg, name) for name in TRACED], np.float32)
+
+
 def _train_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
-    """Compile the whole training run once per (config, shapes)."""
+    """The whole training run, compiled once per (static config, shapes)."""
+    return _train_fn_static(_static(cfg), num_classes, n_train, dim)
+
+
+@functools.cache
+def _train_fn_static(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
     from pipeline.exported import persistent_jit
 
     return persistent_jit(_build_train(cfg, num_classes, n_train), name="heads.mlp.train",
                           config=(cfg, num_classes, n_train, dim))
 
 
-@functools.cache
 def _cv_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
     """The training run `vmap`ped over folds: per-fold weights, held-out weights and skip init."""
+    return _cv_fn_static(_static(cfg), num_classes, n_train, dim)
+
+
+@functools.cache
+def _cv_fn_static(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
     import jax
 
     from pipeline.exported import persistent_jit
 
     run = jax.vmap(_build_train(cfg, num_classes, n_train),
-                   in_axes=(None, None, 0, None, None, 0, None, 0, None, None))
+                   in_axes=(None, None, 0, None, None, 0, None, 0, None, None, None))
     return persistent_jit(run, name="heads.mlp.cv", config=(cfg, num_classes, n_train, dim))
 
 
 def _build_train(cfg: MLPConfig, num_classes: int, n_train: int):
-    """The pure training run: (X, y, sw, Xv, yv, swv, seed, skip_init, n_epochs, keep_last) ->
-    (best params, best epoch, epochs run, train loss, val loss, val accuracy per epoch)."""
+    """The pure training run: (X, y, sw, Xv, yv, swv, seed, skip_init, n_epochs, keep_last,
+    hyper) -> (best params, best epoch, epochs run, train loss, val loss, val accuracy per epoch).
+
+    ``hyper`` holds the `TRACED` settings (`_traced`); `cfg`'s own values for them are unused.
+    """
     import jax
     import jax.numpy as jnp
     import optax
@@ -117,17 +143,22 @@ def _build_train(cfg: MLPConfig, num_classes: int, n_train: int):
     steps = -(-n_train // bs)  # ceil: every sample is seen once per epoch
     total = steps * cfg.max_epochs
     warm = min(steps * cfg.warmup_epochs, total - 1)
+    # The schedule at peak 1, scaled by the traced peak (optax's schedules branch in Python on
+    # their peak value, so a traced one cannot go in); both shapes are linear in the peak.
     if cfg.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, max(warm, 1), total)
+        unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, max(warm, 1), total)
     else:
-        lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, max(warm, 1)),
-                                   optax.constant_schedule(cfg.learning_rate)], [max(warm, 1)])
-    tx = optax.adamw(lr, weight_decay=cfg.weight_decay)
-    if cfg.skip:
-        # The skip path is the fitted linear probe and stays as it is (no updates, no decay): only
-        # the MLP residual trains. Measured on real photos, this beat a trainable skip.
-        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                   lambda params: {k: "frozen" if k == "skip" else "train" for k in params})
+        unit = optax.join_schedules([optax.linear_schedule(0.0, 1.0, max(warm, 1)),
+                                     optax.constant_schedule(1.0)], [max(warm, 1)])
+
+    def optimizer(peak_lr, weight_decay):
+        tx = optax.adamw(lambda step: peak_lr * unit(step), weight_decay=weight_decay)
+        if cfg.skip:
+            # The skip path is the fitted linear probe and stays as it is (no updates, no decay):
+            # only the MLP residual trains. Measured on real photos, this beat a trainable skip.
+            tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                       lambda params: {k: "frozen" if k == "skip" else "train" for k in params})
+        return tx
 
     def weighted_ce(logits, y, w, smoothing):
         targets = optax.smooth_labels(jax.nn.one_hot(y, num_classes), smoothing)
@@ -137,13 +168,13 @@ def _build_train(cfg: MLPConfig, num_classes: int, n_train: int):
     def weighted_accuracy(logits, y, w):
         return jnp.sum(w * (jnp.argmax(logits, -1) == y)) / jnp.maximum(jnp.sum(w), 1e-12)
 
-    def loss_fn(params, x, y, w, key):
+    def loss_fn(params, x, y, w, key, smoothing):
         logits = module.apply({"params": params}, x, deterministic=False, rngs={"dropout": key})
-        return weighted_ce(logits, y, w, cfg.label_smoothing)
+        return weighted_ce(logits, y, w, smoothing)
 
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def epoch(params, opt_state, X, y, sw, key):
+    def epoch(params, opt_state, X, y, sw, key, tx, smoothing):
         key_perm, key_drop = jax.random.split(key)
         # Pad the permutation to whole batches; padded slots repeat samples with weight 0.
         perm = jax.random.permutation(key_perm, n_train)
@@ -153,7 +184,7 @@ def _build_train(cfg: MLPConfig, num_classes: int, n_train: int):
         def step(carry, inp):
             params, opt_state = carry
             idx, m, k = inp
-            loss, grads = grad_fn(params, X[idx], y[idx], sw[idx] * m, k)
+            loss, grads = grad_fn(params, X[idx], y[idx], sw[idx] * m, k, smoothing)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -161,7 +192,9 @@ def _build_train(cfg: MLPConfig, num_classes: int, n_train: int):
             step, (params, opt_state), (perm, mask, jax.random.split(key_drop, steps)))
         return params, opt_state, jnp.mean(losses)
 
-    def train(X, y, sw, Xv, yv, swv, seed, skip_init, n_epochs, keep_last):
+    def train(X, y, sw, Xv, yv, swv, seed, skip_init, n_epochs, keep_last, hyper):
+        peak_lr, weight_decay, smoothing = hyper[0], hyper[1], hyper[2]  # the order of TRACED
+        tx = optimizer(peak_lr, weight_decay)
         # The seed, not a key, is the argument: typed key arrays do not go through jax.export.
         key_init, key_loop = jax.random.split(jax.random.key(seed))
         params = module.init(key_init, X[:1])["params"]
@@ -176,7 +209,7 @@ def _build_train(cfg: MLPConfig, num_classes: int, n_train: int):
 
         def body(s):
             key, sub = jax.random.split(s["key"])
-            params, opt_state, tr = epoch(s["params"], s["opt"], X, y, sw, sub)
+            params, opt_state, tr = epoch(s["params"], s["opt"], X, y, sw, sub, tx, smoothing)
             logits_v = module.apply({"params": params}, Xv)
             va = weighted_ce(logits_v, yv, swv, 0.0)
             better = keep_last | (va < s["best_loss"])
@@ -241,7 +274,7 @@ def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndar
     params, best_epoch, ran, tr, va, acc = fn(X, np.asarray(y, np.int32), sw, Xv,
                                             np.asarray(y_val, np.int32), swv, np.uint32(seed),
                                             skip_init, np.int32(cfg.max_epochs if epochs is None else epochs),
-                                            np.asarray(epochs is not None))
+                                            np.asarray(epochs is not None), _traced(cfg))
     ran = int(ran)
     return MLPResult(jax.device_get(params), int(best_epoch), ran, np.asarray(tr)[:ran], np.asarray(va)[:ran],
                      np.asarray(acc)[:ran])
@@ -293,7 +326,7 @@ def cv_curves(X: np.ndarray, y: np.ndarray, folds: np.ndarray, num_classes: int,
     fn = _cv_fn(cfg, num_classes, X.shape[0], X.shape[1])
     *_, va, acc = fn(Xj, yj, np.asarray(sw), Xj, yj, np.asarray(held), np.uint32(seed),
                      tuple(np.asarray(a, np.float32) for a in skip_inits),
-                     np.int32(cfg.max_epochs), np.asarray(True))
+                     np.int32(cfg.max_epochs), np.asarray(True), _traced(cfg))
     share = held.sum(1) / held.sum()                                         # pool the folds by size
     accuracy, log_loss = share @ np.asarray(acc), share @ np.asarray(va)
     start_acc, start_ll = np.nan, np.nan
