@@ -88,10 +88,17 @@ def is_done(folder: Path, r: Range, rows_per_item: int) -> bool:
     return shape[0] == (r[1] - r[0]) * rows_per_item
 
 
-def clean_temporaries(folder: Path) -> None:
-    """Remove temporary files a killed run left behind."""
-    for p in Path(folder).glob(".*.tmp*"):
-        p.unlink(missing_ok=True)
+def clean_temporaries(folder: Path, ranges: Sequence[Range]) -> None:
+    """Remove temporary files a killed run left behind for the shards of `ranges`.
+
+    Only this process's own ranges (`process_block`): in a multi-host run the other processes
+    share the folder and may be writing their shards' temporaries right now. (Cleaning the whole
+    folder let a process that reached a split late delete a faster process's shard mid-write,
+    which then failed on its rename: seen in tests/test_scale_out.py with 2 processes.)
+    """
+    for r in ranges:
+        for p in Path(folder).glob(f".{shard_path(folder, r).name}.tmp*"):
+            p.unlink(missing_ok=True)
 
 
 def assemble(dest: Path, parts: Iterable[Path], shape: tuple[int, ...], dtype: np.dtype) -> None:

@@ -164,9 +164,9 @@ def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:
         rec = data.splits[split]
         folder = out / split / "shards"
         folder.mkdir(parents=True, exist_ok=True)
-        shards.clean_temporaries(folder)
         mine = shards.process_block(shards.shard_ranges(len(rec), fp.shard_size),
                                     ctx.process_index, ctx.process_count)
+        shards.clean_temporaries(folder, mine)
         todo = [r for r in mine if not shards.is_done(folder, r, rows)]
         stats["resumed_shards"] += len(mine) - len(todo)
         task = ctx.reporter.task(f"features {split}", total=sum(b - a for a, b in mine), unit="img")

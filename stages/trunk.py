@@ -140,9 +140,9 @@ def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:
                         color_jitter=fp.color_jitter, seed=fp.seed)
         folder = out / split / "shards"
         folder.mkdir(parents=True, exist_ok=True)
-        shards.clean_temporaries(folder)
         mine = shards.process_block(shards.shard_ranges(len(rec), fp.shard_size), ctx.process_index,
                                     ctx.process_count)
+        shards.clean_temporaries(folder, mine)
         todo = [g for g in mine if not shards.is_done(folder, g, r)]
         stats["resumed_shards"] += len(mine) - len(todo)
         task = ctx.reporter.task(f"trunk {split}", total=sum(b - a for a, b in mine) * r, unit="view")

@@ -162,13 +162,30 @@ def test_sigkill_then_resume_gives_identical_features(data_dir, backbone, tmp_pa
     proc.wait()
     done = sorted(p.name for p in shard_dir.glob("*.npy"))
     assert 2 <= len(done) < 6 and not (out / "train" / "features.npy").exists()
-    (shard_dir / ".000000020-000000024.npy.tmp999").write_bytes(b"half a shard")  # as a kill mid-write leaves
+    leftover = shard_dir / ".000000020-000000024.npy.tmp999"
+    leftover.write_bytes(b"half a shard")  # as a kill mid-write leaves
     summary, _ = extract(data_dir, out, backbone, batch_size=2, shard_size=4)
+    assert not leftover.exists()
     assert summary["resumed_shards"] == len(done) and summary["computed"] == 29 - 4 * len(done)
     extract(data_dir, tmp_path / "ref", backbone, batch_size=2, shard_size=4)
     for split in ("train", "val", "test"):
         a, b = features.load_split(out, split), features.load_split(tmp_path / "ref", split)
         assert np.array_equal(a[0], b[0]) and a[2] == b[2]       # bit-identical, same order
+
+
+def test_a_process_cleans_only_its_own_shards_temporaries(tmp_path):
+    """Two processes share a split's shard folder: a late one must not delete the temporary a
+    faster one is writing, only what a killed run left for its own shards."""
+    from pipeline import shards
+
+    ranges = shards.shard_ranges(16, 4)
+    mine, theirs = shards.process_block(ranges, 0, 2), shards.process_block(ranges, 1, 2)
+    stale = [tmp_path / f".{shards.shard_path(tmp_path, r).name}.tmp111" for r in mine]
+    live = [tmp_path / f".{shards.shard_path(tmp_path, r).name}.tmp222" for r in theirs]
+    for p in stale + live:
+        p.write_bytes(b"partial")
+    shards.clean_temporaries(tmp_path, mine)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
 
 
 def test_two_devices_shard_the_batch(data_dir, backbone, tmp_path):
