@@ -5,9 +5,8 @@ way one user's runs share ``<cache>/jax``: most tests build a fresh pipeline cac
 tmp_path, and without this every small heads run compiled the same L-BFGS and MLP programs
 again (about a third of the suite's time on a 2-core machine). The CLI keeps a
 JAX_COMPILATION_CACHE_DIR it finds, so the stages that tests run in subprocesses share it too.
-Tests about the cache itself set their own (`test_exported`, `test_predict`, `test_export`).
-A shared cache changes how long XLA compiles, never what a program computes: `test_first_run`
-(a newcomer's offline `run all`) runs on it too.
+Tests about the cache itself set their own (`test_exported`, `test_predict`, `test_export`),
+and `test_first_run` (a newcomer's offline `run all`) drops it: a first run compiles everything.
 """
 
 from __future__ import annotations
