@@ -148,15 +148,15 @@ def _fit_predict_many(subsets: list[np.ndarray], X: np.ndarray, y: np.ndarray, X
         for i, (xs, ys, _, _) in enumerate(prepared):
             p = logreg.path(xs, ys, [C], num_classes, solver=solver, max_iter=max_iter, tol=tol)
             fits[i] = (p.W[0], p.b[0])
+    from pipeline.heads.trained import fold_standardization
+
     preds = []
     X_test = np.asarray(X_test, np.float32)
     for (W, b), (_, _, mean, scale), basis in zip(fits, prepared, bases):
         W = W if basis is None else basis @ W
-        if mean is not None:
-            # Standardisation folded into the head, ((x - m) / s) W + b = x (W / s) + b - (m / s) W:
-            # one (D, K') rescale per draw instead of rescaling every test row.
-            W = W / scale[:, None]
-            b = b - mean @ W
+        # Standardisation folded into the head: one (D, K') rescale per draw instead of
+        # rescaling every test row.
+        W, b = fold_standardization(W, b, mean, scale)
         preds.append(np.argmax(logreg.linear_logits(W, b, X_test), axis=1))
     return preds
 

@@ -3,8 +3,8 @@
 The heads stage reruns on any change to the ``heads`` section, but the probe (C and scaling by
 val or CV, the refit) reads only some of it: ``heads.logreg``, ``standardize``, ``class_weight``
 and, where C is chosen by CV, ``seed`` (it deals the folds). A change to the MLP, the learning
-curve or ``top_k`` would otherwise sweep the C path again: 2.5-3.5 s of a 6.5-7.6 s rerun on
-Pets-sized features, 5-6 s of a CV run's 11-16 s (`benchmarks/bench_heads.py`).
+curve or ``top_k`` would otherwise sweep the C path again: 2.4-3.8 s of a 6.1-8.3 s rerun on
+Pets-sized features, 6.5-7 s of a CV run's 15-18 s (`benchmarks/bench_heads.py`).
 
 A memo is keyed by everything the fit reads: the train and val rows themselves (features after
 fusion and the doctor's drops, labels, ids: the CV folds group views by id), those params, the
@@ -64,13 +64,13 @@ def fit_or_reuse(p: HeadsParams, data: dict, K: int, cache_dir: Any, fit: Callab
     Returns what `fit_logreg` returns; ``"z"`` (the splits as the heads see them) is recomputed
     from `data` when the fit is reused.
     """
-    from pipeline.heads.probe import apply_stats
+    from pipeline.heads.probe import as_seen
 
     key = probe_key(p, data, K)
     path = memo_dir(cache_dir) / f"{key}.npz"
     found = _load(path)
     if found is not None:
-        z = {s: apply_stats(v[0], found["mean"], found["scale"]) for s, v in data.items() if s != "classes"}
+        z = as_seen(data, found["mean"], found["scale"])
         log(f"logreg: the same features and probe params as an earlier run (memo {key[:8]}): "
             f"its fit reused, C={found['chosen']['C']:.3g}, standardize={found['standardize']}")
         return {**found, "z": z}

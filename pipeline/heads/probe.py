@@ -64,6 +64,11 @@ def apply_stats(x: np.ndarray, mean, scale) -> np.ndarray:
     return x if mean is None else ((x - mean) / scale).astype(np.float32)
 
 
+def as_seen(data: dict, mean, scale) -> dict:
+    """split -> features as the heads see them (standardised with (mean, scale), or raw)."""
+    return {s: apply_stats(v[0], mean, scale) for s, v in data.items() if s != "classes"}
+
+
 def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = lambda msg: None) -> dict:
     """Choose C and standardisation, refit, and return the head and the features as it sees them.
 
@@ -87,7 +92,7 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
     if uses_cv(p, yva):
         std, C, chosen = _choose_by_cv(p, data, K)
         mean, scale = stats(xtr, std)
-        z = {s: apply_stats(v[0], mean, scale) for s, v in data.items() if s != "classes"}
+        z = as_seen(data, mean, scale)
         train_only = logreg.path(z["train"], ytr, [C], K, sample_weight=class_weights(ytr, K, p.class_weight), **kw)
         W, b = train_only.W[0], train_only.b[0]
         log(f"logreg: C={C:.3g}, standardize={std} ({lp.cv_folds}-fold CV accuracy "
@@ -96,7 +101,7 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
         best = None
         for std in standardize_options(p):
             mean, scale = stats(xtr, std)
-            z = {s: apply_stats(v[0], mean, scale) for s, v in data.items() if s != "classes"}
+            z = as_seen(data, mean, scale)
             found = _choose_on_val(p, z, ytr, yva, K)
             key = (found["best"]["val_accuracy"], -found["best"]["val_log_loss"])
             if best is None or key > best[0]:
