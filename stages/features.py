@@ -94,6 +94,11 @@ def fan_out(sections: Mapping[str, Any]) -> list[dict[str, Any]]:
 class FeaturesParams:
     """params.yaml section ``features``."""
 
+    image_size: int | None = spec(
+        None, min=32, max=1024,
+        help="side of the square crop fed to the backbone; null: its native size (Lite0 224, Lite2 "
+             "260). Larger sees the photo at a higher resolution (the resize keeps the native crop "
+             "fraction); predict and export use the same. Several backbones: each runs at this size")
     batch_size: int = spec(32, min=1, help="images per backbone call")
     dtype: Literal["float32", "float16"] = spec("float32", help="storage dtype of the features")
     shard_size: int = spec(1024, min=1, help="images per checkpointed shard; a multiple of batch_size")
@@ -130,8 +135,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from pipeline.models import registry
 
     bp: BackboneParams = ctx.params["backbone"]
+    fp: FeaturesParams = ctx.params["features"]
     backbone = registry.load_backbone(bp.name, ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise)
-    return extract(ctx, backbone)
+    return extract(ctx, dataclasses.replace(backbone, spec=input_spec(backbone.spec, fp)))
+
+
+def input_spec(backbone_spec: Any, fp: FeaturesParams) -> Any:
+    """The backbone's spec at the input size the features use (``features.image_size``).
+
+    Raises:
+      ParamsError: the backbone cannot read another input size (VGG's dense fc1).
+    """
+    try:
+        return backbone_spec.at_size(fp.image_size)
+    except ValueError as e:
+        raise ParamsError(f"features.image_size: {e}; set it to null (native) for this backbone.") from None
 
 
 def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:
@@ -206,8 +224,9 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
     rows = _rows_per_image(fp)
     # What the processes actually ran (their backbone's spec), not what params name.
     stats = shards.read_process_stats(out)
-    spec = {"backbone": bp.name, "feature_dim": registry.get_spec(bp.name).feature_dim,
-            "input_size": registry.get_spec(bp.name).input_size}
+    native = registry.get_spec(bp.name)
+    spec = {"backbone": bp.name, "feature_dim": native.feature_dim,
+            "input_size": input_spec(native, fp).input_size}
     if stats:
         spec = {k: stats[0][k] for k in spec}
     dim = spec["feature_dim"]

@@ -55,6 +55,8 @@ class BackboneSpec:
       weights: where the published ImageNet weights come from.
       flops: approximate multiply-add count x2 per image at input_size (for roofline tables).
       extra: anything else a family needs, as data.
+      any_input_size: whether the network accepts other input sizes (global pooling before the
+        head); False where a dense layer fixes the input (VGG's fc1).
     """
 
     name: str
@@ -72,3 +74,20 @@ class BackboneSpec:
     num_classes: int = 1000
     flops: float | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    any_input_size: bool = True
+
+    def at_size(self, size: int | None) -> "BackboneSpec":
+        """This spec fed a ``size`` x ``size`` crop instead of its native one (None: native).
+
+        The resize keeps the native crop fraction (Lite0: 224 of 256, so 288 of 329): the crop
+        covers the same share of the photo, seen at a higher resolution. CNNs trained on random
+        resized crops see objects larger at train time than at a native centre crop, so a larger
+        test input often helps a linear probe (FixRes, Touvron et al. 2019).
+        """
+        if size is None or size == self.input_size:
+            return self
+        if not self.any_input_size:
+            raise ValueError(f"{self.name} reads a fixed {self.input_size} x {self.input_size} input")
+        ratio = size / self.input_size
+        return dataclasses.replace(self, input_size=int(size), resize_size=int(round(self.resize_size * ratio)),
+                                   flops=None if self.flops is None else self.flops * ratio ** 2)

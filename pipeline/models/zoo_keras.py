@@ -47,6 +47,7 @@ SPECS = [
     BackboneSpec(
         name="vgg16",
         family="vgg",
+        any_input_size=False,  # fc1 reads the (S/32)^2 x 512 map of a 224 input
         config={"blocks": (2, 2, 3, 3, 3)},
         normalization="caffe",
         feature_dim=4096,
@@ -66,6 +67,7 @@ SPECS = [
     BackboneSpec(
         name="vgg19",
         family="vgg",
+        any_input_size=False,  # fc1 reads the (S/32)^2 x 512 map of a 224 input
         config={"blocks": (2, 2, 4, 4, 4)},
         normalization="caffe",
         feature_dim=4096,

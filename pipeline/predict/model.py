@@ -54,12 +54,12 @@ class Preprocess:
 def preprocess_of(run: RunRef) -> Preprocess:
     """The preprocessing `run`'s features were computed with."""
     from pipeline.models import registry
-    from stages.features import FeaturesParams, view_plan
+    from stages.features import FeaturesParams, input_spec, view_plan
 
-    spec = registry.get_spec(run.backbone_name)
     known = {f.name for f in dataclasses.fields(FeaturesParams)}
     fp = FeaturesParams(**{k: (tuple(v) if isinstance(v, list) else v)
                            for k, v in run.features.items() if k in known})
+    spec = input_spec(registry.get_spec(run.backbone_name), fp)
     crops, flip = view_plan(fp)
     return Preprocess(spec.input_size, spec.resize_size, spec.resize_method, tuple(crops), flip,
                       fp.reduce, spec.normalization, tuple(spec.mean), tuple(spec.std), fp.dtype)
@@ -119,7 +119,7 @@ def load_classifier(run: RunRef, head_name: str, *, depthwise: str | None = None
 
     dtype = dtype or run.backbone.get("dtype", "float32")
     depthwise = depthwise or run.backbone.get("depthwise", "auto")
-    spec = registry.get_spec(run.backbone_name)
+    spec = registry.get_spec(run.backbone_name)  # native: the weights and the module
     # device_put first: jnp.asarray (in make_backbone) on numpy compiles one tiny conversion per
     # distinct shape, 1.7 s for Lite0's 100 arrays, a third of predict's cold start; on arrays
     # already on the device it is free.
@@ -133,6 +133,7 @@ def load_classifier(run: RunRef, head_name: str, *, depthwise: str | None = None
     if head.classes != run.classes:
         raise ValueError(f"{run.heads_dir}: head {head_name!r} has other classes than heads.json")
     pre = preprocess_of(run)
+    backbone = dataclasses.replace(backbone, spec=spec.at_size(pre.input_size))  # what the features saw
     store = jnp.dtype(pre.feature_dtype)
     rows = pre.reduce == "rows"
 
