@@ -1,34 +1,36 @@
-"""Accuracy on real photos: our heads against a scikit-learn CV probe, same features, same splits.
+"""Accuracy on real photos: the pipeline's answer against a 20-line scikit-learn probe, same features.
 
-The photos are ../shared/data/pets-tune plus pets-dev (491 Oxford-IIIT Pet photos, 37 breeds;
-tuning data only: never a reported held-out result). Their features are computed once per
-configuration by the pipeline's own features stage into ``--cache-dir`` (reused on reruns). For
-every seed, each class's images are split in half, stratified: one half to fit on (train+val),
-the other to score (test). Per configuration and seed, on the same rows:
+For every tuning set (`accuracy_sets.SETS`: pets, cats-dogs, food, textures, cells; tuning data,
+never a reported held-out result) and configuration, the features come from the pipeline's own
+features stage. For every seed, each class's images are halved at random: one half to fit on
+(train+val, with a 10 % stratified val split carved as the data stage does), the other to score.
+On the same rows:
 
-- ``ours logreg`` / ``ours mlp``: the heads stage's protocol (`pipeline.heads.probe.fit_logreg`:
-  C and standardisation by 5-fold CV on this small val, refit; `mlp_fit.fit_mlp`), with a val
-  split carved from the fitting half as the data stage does (10 %, stratified);
-- ``ours primary``: the head the report and ``predict`` use (the higher selection score: CV
-  accuracy here), i.e. the pipeline's answer; without ``--mlp``, the logreg;
-- ``sklearn CV probe``: the 20-line script, ``LogisticRegressionCV(Cs=13 values 1e-3..1e3,
-  cv=3 stratified folds)`` on raw features, refit on the whole fitting half.
+- ``ours primary``: the head the pipeline answers with (the heads' selection scores, as the
+  report and `predict` choose it), after the heads stage's own protocol (`probe.fit_logreg`, `mlp_fit.fit_mlp`);
+  ``ours logreg`` and ``ours mlp`` are the two heads;
+- ``plain probe``: the baseline the heads stage reports beside the primary head
+  (`probe.fit_plain`: standardised features, C by k-fold CV accuracy, refit);
+- ``sklearn``: ``make_pipeline(StandardScaler(), LogisticRegressionCV(max_iter=5000))``, the
+  issue's 20-line script (5 stratified folds, 10 Cs from 1e-4 to 1e4, accuracy, refit).
 
-Configurations: each of lite0/1/2; lite0+1+2 fused (per-backbone L2, our default, and raw);
-lite0 with test-time augmentation (mirror, and mirror x 5 crops), views either averaged into one
-row (``reduce: mean``) or kept as training rows with the test predictions averaged per image
-(``reduce: rows``). The metric is mean per-class accuracy on the test half (Pets' headline),
-printed as mean ± std over seeds.
+The metric is mean per-class accuracy on the scoring half, mean ± std over seeds. ``diff`` is
+ours primary minus sklearn with its standard error over seeds (paired); win / tie / loss counts a
+set as a win when the mean difference is above one standard error, a loss when below minus one.
 
 Usage:
-  python benchmarks/bench_accuracy.py [--seeds 0 1 2] [--cache-dir cache/bench] [--photos DIR]
-      [--configs NAME ...] [--mlp] [--no-sklearn]
+  python benchmarks/bench_accuracy.py [--sets pets food ...] [--configs lite0 lite0@288 ...]
+      [--seeds 0 1 2 3 4] [--cache-dir cache/bench] [--no-mlp] [--no-sklearn]
+
+Configuration names: backbones ``lite0``, ``lite2``, ``lite0+1+2`` (fused, per-backbone L2;
+``raw`` fuses unscaled); ``@N`` sets ``features.image_size``; ``flip``/``flip_crops`` add
+test-time views, averaged (``mean``, the default) or kept as rows (``rows``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,218 +39,165 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# name -> (backbones, augment, reduce-at-heads)
-CONFIGS = {
-    "lite0": (["efficientnet_lite0"], "none", "mean"),
-    "lite1": (["efficientnet_lite1"], "none", "mean"),
-    "lite2": (["efficientnet_lite2"], "none", "mean"),
-    "lite0+1+2 (l2)": (["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"], "none", "mean"),
-    "lite0+1+2 (raw)": (["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"], "none", "mean"),
-    "lite0 flip mean": (["efficientnet_lite0"], "flip", "mean"),
-    "lite0 flip rows": (["efficientnet_lite0"], "flip", "rows"),
-    "lite0 flip_crops mean": (["efficientnet_lite0"], "flip_crops", "mean"),
-    "lite0 flip_crops rows": (["efficientnet_lite0"], "flip_crops", "rows"),
-    "lite0+1+2 flip mean": (["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"], "flip", "mean"),
-}
+import accuracy_sets  # noqa: E402
+
+DEFAULT_CONFIGS = ("lite0",)
 
 
-def photo_folder(cache_dir: Path) -> Path:
-    """pets-tune + pets-dev as one folder of class sub-folders (symlinks), made once."""
-    folder = cache_dir / "pets-tune+dev"
-    if not folder.exists():
-        tmp = folder.with_suffix(".tmp")
-        for src in (DATA / "pets-tune", DATA / "pets-dev"):
-            for cls in sorted(p for p in src.iterdir() if p.is_dir()):
-                (tmp / cls.name).mkdir(parents=True, exist_ok=True)
-                for f in sorted(cls.iterdir()):
-                    (tmp / cls.name / f"{src.name}_{f.name}").symlink_to(f.resolve())
-        tmp.rename(folder)
-    return folder
+def parse_config(name: str) -> dict:
+    """``"lite0+1+2@288 flip rows raw"`` -> backbones, image size, augment, reduce, fuse."""
+    words = name.split()
+    nets, _, size = words[0].partition("@")
+    tail = nets.removeprefix("lite").split("+")
+    backbones = [f"efficientnet_lite{t}" for t in tail]
+    augment = next((w for w in words[1:] if w in ("flip", "crops", "flip_crops")), "none")
+    reduce = "rows" if "rows" in words[1:] else "mean"
+    return {"backbones": backbones, "image_size": int(size) if size else None, "augment": augment,
+            "reduce": reduce, "fuse": "none" if "raw" in words[1:] or len(backbones) == 1 else "l2"}
 
 
-def features(cache_dir: Path, photos: Path, backbone: str, augment: str) -> tuple[np.ndarray, np.ndarray, list[str], int]:
-    """(rows (N x views, D), labels per image, image ids, views) from the pipeline's features stage.
+def load_features(cache_dir: Path, set_name: str, cfg: dict) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rows (images, views, D) fused as the heads fuse them, labels per image, views)."""
+    from pipeline.heads.inputs import normalize_block
 
-    Views are stored as rows (``reduce: rows``), every split concatenated: the bench carves its
-    own splits. Runs the stage only where the cache lacks it.
-    """
-    from pipeline import runner
-    from pipeline.graph import load_graph
-    from pipeline.progress import QuietReporter
-    from stages.features import load_split
-
-    graph = load_graph()
-    overrides = ["data.source=folder", f"data.path={photos}", f"backbone.name={backbone}",
-                 f"features.augment={augment}", "features.reduce=rows", "features.workers=2"]
-    params = runner.resolve_params(graph, [], overrides)
-    plan = runner.plan(graph, params, cache_dir)["features"]
-    if not plan.up_to_date:
-        print(f"  computing features: {backbone} augment={augment} ...", flush=True)
-        runner.execute(graph, params, cache_dir, ["features"], QuietReporter())
-    info = json.loads((plan.out / "info.json").read_text())
-    xs, ys, ids = [], [], []
-    for split in ("train", "val", "test"):
-        x, y, i = load_split(plan.out, split)
-        xs.append(np.asarray(x, np.float32))
-        ys.append(np.asarray(y))
-        ids += i
-    views = int(info["views"])
-    y = np.concatenate(ys)[::views]
-    return np.concatenate(xs), y, [i.split("#")[0] for i in ids[::views]], views
+    photos = accuracy_sets.photo_folder(cache_dir, set_name)
+    parts = [accuracy_sets.features(cache_dir, photos, b, cfg["augment"], cfg["image_size"])
+             for b in cfg["backbones"]]
+    y, views = parts[0][1], parts[0][3]
+    assert all(p[2] == parts[0][2] for p in parts), "backbones saw different images"
+    x = np.concatenate([normalize_block(p[0], cfg["fuse"]) for p in parts], axis=1)
+    return x.reshape(-1, views, x.shape[1]), y, views
 
 
-def split_halves(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fit, test) image indices: each class halved at random (a class of one goes to fit)."""
-    rng = np.random.default_rng(seed)
-    fit, test = [], []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        k = len(idx) // 2
-        test += list(idx[:k])
-        fit += list(idx[k:])
-    return np.sort(fit), np.sort(test)
-
-
-def carve_val(y: np.ndarray, seed: int, fraction: float = 0.1) -> np.ndarray:
-    """Boolean mask of val rows within the fitting half (stratified, as the data stage carves)."""
-    rng = np.random.default_rng(seed + 1000)
-    val = np.zeros(len(y), bool)
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        val[idx[:int(round(fraction * len(idx)))]] = True
-    return val
-
-
-def mpca(y: np.ndarray, pred: np.ndarray, K: int) -> float:
-    from pipeline.heads.metrics import mean_per_class_accuracy
-
-    return mean_per_class_accuracy(y, pred, K)
-
-
-def per_image(x: np.ndarray, views: int, reduce: str) -> np.ndarray:
-    """(images, views, D) -> the rows the heads see: averaged views, or every view."""
-    x = x.reshape(-1, views, x.shape[1])
-    return x.mean(axis=1) if reduce == "mean" else x
-
-
-def run_ours(xfit, yfit, xtest, ytest, K, seed, views_rows: int, mlp: bool) -> dict:
-    """Our heads protocol on (images[, views], D) arrays; test predictions averaged over views."""
+def run_ours(xfit, yfit, xtest, ytest, K: int, seed: int, mlp: bool) -> dict:
+    """The heads stage's protocol on (images, views, D) rows; test probabilities averaged over views."""
     from pipeline.heads import probe
     from pipeline.heads.logreg import linear_logits
-    from pipeline.heads.metrics import softmax
+    from pipeline.heads.metrics import mean_per_class_accuracy, softmax
     from pipeline.heads.params import HeadsParams
     from pipeline.params import parse_section
 
     p = parse_section(HeadsParams, {"seed": seed}, "heads")
-    val = carve_val(yfit, seed)
-    rep = lambda a: np.repeat(a, views_rows)  # noqa: E731 -- labels per row
+    val = accuracy_sets.carve_val(yfit, seed)
+    v = xfit.shape[1]
+    rep = lambda a: np.repeat(a, v)  # noqa: E731 -- labels per row
     flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
     # Row ids as the features stage writes them (<photo>#<view>): CV folds keep a photo's views together.
-    ids = lambda idx: [f"{i}#{v}" for i in idx for v in range(views_rows)]  # noqa: E731
+    ids = lambda idx: [f"{i}#{j}" for i in idx for j in range(v)]  # noqa: E731
     data = {"classes": list(range(K)),
             "train": (flat(xfit[~val]), rep(yfit[~val]), ids(np.flatnonzero(~val))),
             "val": (flat(xfit[val]), rep(yfit[val]), ids(np.flatnonzero(val))),
             "test": (flat(xtest), rep(ytest), [])}
+
+    def score(logits):
+        probs = softmax(logits).reshape(len(ytest), v, K).mean(1)
+        return mean_per_class_accuracy(ytest, probs.argmax(1), K)
+
     lr = probe.fit_logreg(p, data, K)
-    probs = softmax(linear_logits(lr["W"], lr["b"], lr["z"]["test"])).reshape(len(ytest), views_rows, K).mean(1)
-    out = {"logreg": mpca(ytest, probs.argmax(1), K), "C": lr["chosen"]["C"], "std": lr["standardize"]}
+    out = {"logreg": score(linear_logits(lr["W"], lr["b"], lr["z"]["test"])), "C": lr["chosen"]["C"],
+           "std": lr["standardize"]}
+    plain = probe.fit_plain(p, data, K, lr)
+    out["plain"] = score(linear_logits(plain["W"], plain["b"], plain["z"]["test"]))
+    selections = {"logreg": lr["chosen"]["selection"]}
     if mlp:
         from pipeline.heads.mlp_fit import fit_mlp
 
         info, _, apply = fit_mlp(p, lr["z"], data, K, lr["mean"], lr["scale"], lr)
-        pm = softmax(apply(data["test"][0])).reshape(len(ytest), views_rows, K).mean(1)
-        out["mlp"] = mpca(ytest, pm.argmax(1), K)
+        out["mlp"] = score(apply(data["test"][0]))
         out["epoch"] = info["best_epoch"]
-        # The primary head, as the report and `predict` pick it: the better selection score
-        # (ties to logreg); its test figure is the pipeline's answer.
-        better = info["selection"]["accuracy"] > lr["chosen"]["selection"]["accuracy"]
-        out["primary"] = out["mlp"] if better else out["logreg"]
+        selections["mlp"] = info["selection"]
+    # The report's and predict's rule: the best selection score, ties to the first head (logreg).
+    out["primary"] = out[max(selections, key=lambda h: selections[h]["accuracy"])]
     return out
 
 
-def run_sklearn(xfit, yfit, xtest, ytest, K, seed, views_rows: int) -> float:
-    """The 20-line probe: LogisticRegressionCV, 13 Cs, 3 stratified folds, raw features."""
+def run_sklearn(xfit, yfit, xtest, ytest, K: int) -> float:
+    """The 20-line script: StandardScaler + LogisticRegressionCV(max_iter=5000), its defaults."""
     import warnings
 
     from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    x = xfit.reshape(-1, xfit.shape[-1])
-    y = np.repeat(yfit, views_rows)
+    from pipeline.heads.metrics import mean_per_class_accuracy
+
+    v = xfit.shape[1]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence and "least populated class" warnings
-        # Folds by image, not by row: the views of one photo never straddle a fold.
-        groups = np.repeat(np.arange(len(yfit)), views_rows)
-        folds = list(StratifiedKFold(3, shuffle=True, random_state=seed).split(np.zeros(len(yfit)), yfit))
-        cv = [(np.flatnonzero(np.isin(groups, tr)), np.flatnonzero(np.isin(groups, te))) for tr, te in folds]
-        model = LogisticRegressionCV(Cs=np.logspace(-3, 3, 13), cv=cv, max_iter=1000).fit(x, y)
-    probs = model.predict_proba(xtest.reshape(-1, xtest.shape[-1])).reshape(len(ytest), views_rows, -1).mean(1)
-    return mpca(ytest, model.classes_[probs.argmax(1)], K)
+        warnings.simplefilter("ignore")  # "least populated class" on the smallest breeds
+        model = make_pipeline(StandardScaler(), LogisticRegressionCV(max_iter=5000))
+        model.fit(xfit.reshape(-1, xfit.shape[-1]), np.repeat(yfit, v))
+    probs = model.predict_proba(xtest.reshape(-1, xtest.shape[-1])).reshape(len(ytest), v, -1).mean(1)
+    return mean_per_class_accuracy(ytest, model.classes_[probs.argmax(1)], K)
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(mean of a - b, its standard error over seeds)."""
+    d = np.asarray(a) - np.asarray(b)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
+def verdict(mean: float, se: float) -> str:
+    return "win" if mean > se else "loss" if mean < -se else "tie"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--sets", nargs="+", default=list(accuracy_sets.SETS), choices=list(accuracy_sets.SETS))
+    ap.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "cache" / "bench")
-    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--mlp", action="store_true", help="also train our MLP head (slower)")
-    ap.add_argument("--photos", type=Path, default=None,
-                    help="an existing folder of pets-tune + pets-dev class folders (default: made under --cache-dir)")
+    ap.add_argument("--no-mlp", action="store_true", help="skip our MLP head (the primary is then the logreg)")
     ap.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn peer")
     args = ap.parse_args()
-    import os
-
     load = os.getloadavg()
-    photos = (args.photos or photo_folder(args.cache_dir)).resolve()  # the data key hashes the path
-    print(f"mean per-class accuracy on the held-out half of pets-tune+dev (491 photos, 37 breeds), "
-          f"mean ± std over seeds {args.seeds}; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
-    head = (f"{'configuration':<24} {'dim':>5} {'rows/img':>8} {'ours logreg':>14} {'ours mlp':>14} "
-            f"{'ours primary':>14} {'sklearn CV':>14} {'primary - sk':>12} {'s':>5}  "
-            f"chosen C / scaling (r raw, s std) / MLP epochs")
+    print(f"mean per-class accuracy on the held-out half of each tuning set, mean ± std over seeds "
+          f"{args.seeds}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    head = (f"{'set':<10} {'configuration':<18} {'ours primary':>14} {'ours logreg':>14} {'ours mlp':>14} "
+            f"{'plain probe':>14} {'sklearn':>14} {'diff ± se':>15} {'':>4} {'s':>5}  chosen C/scaling/epochs")
     print(head)
     print("-" * len(head), flush=True)
-    from pipeline.heads.inputs import normalize_block
-
+    fmt = lambda v: f"{np.mean(v):.4f}±{np.std(v):.4f}" if v else "-"  # noqa: E731
+    per_config: dict[str, list] = {c: [] for c in args.configs}
     for name in args.configs:
-        backbones, augment, reduce = CONFIGS[name]
-        parts = [features(args.cache_dir, photos, b, augment) for b in backbones]
-        y, views = parts[0][1], parts[0][3]
-        assert all(p[2] == parts[0][2] for p in parts), "backbones saw different images"
-        fuse = "none" if ("raw" in name or len(parts) == 1) else "l2"
-        x = np.concatenate([normalize_block(p[0], fuse) for p in parts], axis=1)
-        K = int(y.max()) + 1
-        xi = per_image(x, views, reduce)              # (images, D) or (images, views, D)
-        vr = 1 if reduce == "mean" else views
-        res = {"ours logreg": [], "ours mlp": [], "ours primary": [], "sklearn CV probe": [], "C": [], "std": [],
-               "epoch": []}
-        t0 = time.perf_counter()
-        for seed in args.seeds:
-            fit, test = split_halves(y, seed)
-            o = run_ours(xi[fit], y[fit], xi[test], y[test], K, seed, vr, args.mlp)
-            res["ours logreg"].append(o["logreg"])
-            res["C"].append(o["C"])
-            res["std"].append(o["std"])
-            if args.mlp:
-                res["ours mlp"].append(o["mlp"])
-                res["ours primary"].append(o["primary"])
-                res["epoch"].append(o["epoch"])
-            if not args.no_sklearn:
-                res["sklearn CV probe"].append(run_sklearn(xi[fit], y[fit], xi[test], y[test], K, seed, vr))
-
-        def f(v):
-            return f"{np.mean(v):.4f}±{np.std(v):.4f}" if v else "-"
-
-        ours = res["ours primary"] or res["ours logreg"]
-        diff = (f"{np.mean(ours) - np.mean(res['sklearn CV probe']):+.4f}" if res["sklearn CV probe"] else "-")
-        chosen = ", ".join(f"{c:.3g}/{'s' if s else 'r'}" + (f"/{e}" if res["epoch"] else "")
-                           for c, s, e in zip(res["C"], res["std"], res["epoch"] or [None] * len(res["C"])))
-        print(f"{name:<24} {x.shape[1]:>5} {vr:>8} {f(res['ours logreg']):>14} {f(res['ours mlp']):>14} "
-              f"{f(res['ours primary']):>14} {f(res['sklearn CV probe']):>14} {diff:>12} "
-              f"{time.perf_counter() - t0:>5.0f}  {chosen}", flush=True)
+        cfg = parse_config(name)
+        for set_name in args.sets:
+            x, y, _ = load_features(args.cache_dir, set_name, cfg)
+            K = int(y.max()) + 1
+            res: dict[str, list] = {k: [] for k in ("primary", "logreg", "mlp", "plain", "sklearn", "chosen")}
+            t0 = time.perf_counter()
+            for seed in args.seeds:
+                fit, test = accuracy_sets.split_halves(y, seed)
+                o = run_ours(x[fit], y[fit], x[test], y[test], K, seed, not args.no_mlp)
+                for k in ("primary", "logreg", "plain"):
+                    res[k].append(o[k])
+                if "mlp" in o:
+                    res["mlp"].append(o["mlp"])
+                res["chosen"].append(f"{o['C']:.3g}/{'s' if o['std'] else 'r'}" + (f"/{o['epoch']}" if "mlp" in o else ""))
+                if not args.no_sklearn:
+                    res["sklearn"].append(run_sklearn(x[fit], y[fit], x[test], y[test], K))
+            diff = verdict_text = ""
+            if res["sklearn"]:
+                m, se = paired(res["primary"], res["sklearn"])
+                diff, verdict_text = f"{m:+.4f}±{se:.4f}", verdict(m, se)
+            per_config[name].append(res)
+            print(f"{set_name:<10} {name:<18} {fmt(res['primary']):>14} {fmt(res['logreg']):>14} {fmt(res['mlp']):>14} "
+                  f"{fmt(res['plain']):>14} {fmt(res['sklearn']):>14} {diff:>15} {verdict_text:>4} "
+                  f"{time.perf_counter() - t0:>5.0f}  {' '.join(res['chosen'])}", flush=True)
+    print()
+    for name, rows in per_config.items():
+        ours = float(np.mean([np.mean(r["primary"]) for r in rows]))
+        line = f"{name}: mean over {len(rows)} sets: ours primary {ours:.4f}"
+        if rows and rows[0]["sklearn"]:
+            peer = float(np.mean([np.mean(r["sklearn"]) for r in rows]))
+            counts = [verdict(*paired(r["primary"], r["sklearn"])) for r in rows]
+            line += (f", sklearn {peer:.4f} ({ours - peer:+.4f}); win/tie/loss "
+                     f"{counts.count('win')}/{counts.count('tie')}/{counts.count('loss')}")
+        print(line)
     load = os.getloadavg()
-    print(f"\nload average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
 
 if __name__ == "__main__":
     main()

@@ -91,6 +91,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics["heads"]["mlp"] = outputs.evaluate(mlp_apply, data, classes, out, "mlp", p.top_k,
                                                {**mlp_info, "seconds": timings["mlp"]})
 
+    # ---- the plain probe: the baseline every head is compared against on the same images ----
+    metrics["baseline"] = _compare_with_plain_probe(lr["plain"], data, metrics["heads"],
+                                                    {"logreg": lambda x: _linear_np(W, b, x), "mlp": mlp_apply})
+
     # ---- learning curve --------------------------------------------------------------------------
     if p.shots and "test" in data:
         from pipeline.heads import fewshot
@@ -116,6 +120,27 @@ def run(ctx: StageContext) -> dict[str, Any]:
         summary[f"{head}_{split}_accuracy"] = round(m["accuracy"], 4)
         summary[f"{head}_{split}_mean_per_class_accuracy"] = round(m["mean_per_class_accuracy"], 4)
     return summary
+
+
+def _compare_with_plain_probe(plain: dict, data: dict, heads: dict, logits_fns: dict) -> dict:
+    """The plain probe's scores, and every head's mean per-class accuracy against it (paired).
+
+    Writes ``heads[<head>]["vs_plain_probe"]`` (difference, 95% interval, verdict) on the split
+    the heads are judged on (test, else val) and returns the baseline's record.
+    """
+    from pipeline.heads import baseline
+    from pipeline.heads.metrics import mean_per_class_accuracy, paired_difference
+    from pipeline.heads.trained import fold_standardization
+
+    split = "test" if "test" in data and len(data["test"][1]) else "val"
+    x, y, _ = data[split]
+    K = len(data["classes"])
+    W, b = fold_standardization(plain["W"], plain["b"], plain["mean"], plain["scale"])
+    pred = _linear_np(W, b, x).argmax(1)
+    for name, fn in logits_fns.items():
+        heads[name]["vs_plain_probe"] = {"split": split, **paired_difference(y, fn(x).argmax(1), pred, K)}
+    return {"description": baseline.DESCRIPTION, "C": plain["C"], "select": plain["select"], "split": split,
+            "accuracy": float(np.mean(pred == y)), "mean_per_class_accuracy": mean_per_class_accuracy(y, pred, K)}
 
 
 def _linear_np(W, b, x):

@@ -91,6 +91,27 @@ def test_separable_features_are_classified_perfectly(fitted):
     assert 0 <= m["heads"]["mlp"]["hyperparameters"]["best_epoch"] <= m["heads"]["mlp"]["hyperparameters"]["epochs_run"]
 
 
+def test_every_head_is_compared_with_the_plain_probe(fitted):
+    """metrics.json holds the plain probe's scores and each head's paired difference to it."""
+    from pipeline.heads.metrics import paired_difference
+
+    _, out = fitted
+    m = json.loads((out / "metrics.json").read_text())
+    base = m["baseline"]
+    assert base["split"] == "test" and base["mean_per_class_accuracy"] == 1.0 and "StandardScaler" in base["description"]
+    lp = heads.LogregParams()
+    assert lp.c_min <= base["C"] <= lp.c_max and base["select"] == "val"
+    for head in ("logreg", "mlp"):
+        vs = m["heads"][head]["vs_plain_probe"]
+        assert vs == {"split": "test", "difference": 0.0, "ci95": [0.0, 0.0], "verdict": "tied"}, head
+    # A head right on every image against a baseline right on half of each class's images.
+    y = np.repeat(np.arange(4), 10)
+    half = np.where(np.arange(40) % 10 < 5, y, (y + 1) % 4)
+    d = paired_difference(y, y, half, 4)
+    assert d["difference"] == 0.5 and d["verdict"] == "above" and 0.3 < d["ci95"][0] < 0.5 < d["ci95"][1] < 0.7
+    assert paired_difference(y, half, y, 4)["verdict"] == "below"
+
+
 def test_predictions_file_and_loaded_heads_agree(fitted, feats):
     import jax
     import jax.numpy as jnp

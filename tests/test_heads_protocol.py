@@ -56,7 +56,8 @@ def test_cv_sweep_matches_sklearn_fold_by_fold():
         assert abs(r["cv_accuracy"] - np.mean(pred == y)) <= 1 / len(y) + 1e-9, r
 
 
-def test_cv_picks_the_known_best_c_and_standardisation():
+@pytest.mark.parametrize("criterion", ["log_loss", "accuracy"])
+def test_cv_picks_the_known_best_c_and_standardisation(criterion):
     """Where the answer is known: the C (and scaling) that a large held-out sample says is best."""
     # One informative direction hidden among high-variance noise dimensions: unstandardised,
     # the noise dominates the penalty; standardised, a mid-range C wins.
@@ -67,7 +68,7 @@ def test_cv_picks_the_known_best_c_and_standardisation():
     grid = np.logspace(-3, 3, 13)
     folds = cv.stratified_folds(y, 5, seed=0)
     rows = cv.cv_sweep(x, y, 4, grid, [False, True], folds)
-    chosen = cv.choose(rows, len(y))
+    chosen = cv.choose(rows, len(y), criterion=criterion)
     oracle = {}
     from pipeline.heads.fewshot import standardizer
 
@@ -96,6 +97,22 @@ def test_folds_keep_the_views_of_a_photo_together():
     assert len(by_photo) == 24 and all(len(v) == 1 for v in by_photo.values())
     assert all(np.bincount(folds[y == c], minlength=3).tolist() == [6, 6, 6] for c in range(4))
     assert cv.image_groups([f"p{i}.jpg" for i in range(5)]) is None   # one row per photo
+
+
+def test_log_loss_chooses_the_lowest_held_out_log_loss():
+    """The smooth criterion: the lowest pooled log loss, whatever accuracy says; ties to accuracy."""
+    def row(C, acc, ll, std=False):
+        return {"C": C, "cv_accuracy": acc, "cv_log_loss": ll, "standardize": std}
+
+    rows = [row(0.1, 0.70, 0.9), row(1.0, 0.80, 0.62), row(10.0, 0.79, 0.55), row(100.0, 0.80, 0.58),
+            row(10.0, 0.81, 0.55, std=True)]
+    assert cv.choose(rows, 400, criterion="log_loss") == rows[4]   # 0.55 twice: the higher accuracy
+    assert cv.choose(rows[:4], 400, criterion="log_loss") == rows[2]
+    from pipeline.heads.probe import best_on_val
+
+    sweep = [{"C": 1.0, "val_accuracy": 0.9, "val_log_loss": 0.4}, {"C": 10.0, "val_accuracy": 0.92, "val_log_loss": 0.5}]
+    assert best_on_val(sweep, "log_loss")["C"] == 1.0
+    assert best_on_val(sweep, "accuracy")["C"] == 10.0
 
 
 def test_choose_takes_the_weakest_penalty_tied_with_the_best():

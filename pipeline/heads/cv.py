@@ -150,8 +150,14 @@ def best(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: (r["cv_accuracy"], -r["cv_log_loss"]))
 
 
-def choose(rows: list[dict], n_rows: int, tie_se: float = 0.25) -> dict:
-    """The (standardize, C) point to refit: the weakest penalty statistically tied with the best.
+def choose(rows: list[dict], n_rows: int, tie_se: float = 0.25, criterion: str = "accuracy") -> dict:
+    """The (standardize, C) point to refit.
+
+    ``criterion="log_loss"``: the lowest pooled held-out log loss (ties: the higher accuracy, then
+    the larger C). The log loss scores every held-out image by how much probability it gives the
+    right class, so it separates points that accuracy, counting a few dozen images, calls equal.
+
+    ``criterion="accuracy"``: the weakest penalty statistically tied with the best accuracy.
 
     Every point whose CV accuracy is within ``tie_se`` binomial standard errors of the best,
     ``tie_se * sqrt(a (1 - a) / n_rows)``, counts as tied with it; of those the largest C wins,
@@ -163,6 +169,8 @@ def choose(rows: list[dict], n_rows: int, tie_se: float = 0.25) -> dict:
     need a strong penalty (48 rows, tests/test_heads_protocol.py) 0.25 costs nothing and 1 costs
     up to 4 points, so the default is the quarter.
     """
+    if criterion == "log_loss":
+        return min(rows, key=lambda r: (r["cv_log_loss"], -r["cv_accuracy"], -r["C"]))
     top = best(rows)["cv_accuracy"]
     band = tie_se * float(np.sqrt(max(top * (1.0 - top), 0.0) / max(n_rows, 1)))
     tied = [r for r in rows if r["cv_accuracy"] >= top - band - 1e-12]

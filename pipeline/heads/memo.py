@@ -88,7 +88,9 @@ def _load(path: Path) -> dict | None:
         meta = json.loads(str(arrays.pop("meta")))
         out = {"W": arrays["W"], "b": arrays["b"], "train_only": (arrays["train_W"], arrays["train_b"]),
                "mean": arrays.get("mean"), "scale": arrays.get("scale"),
-               "standardize": bool(meta["standardize"]), "chosen": meta["chosen"]}
+               "standardize": bool(meta["standardize"]), "chosen": meta["chosen"],
+               "plain": {"W": arrays["plain_W"], "b": arrays["plain_b"], "mean": arrays["plain_mean"],
+                         "scale": arrays["plain_scale"], **meta["plain"]}}
         path.touch()  # newest-used first when old memos are dropped
         return out
     except Exception:  # noqa: BLE001 -- truncated, from another version, unreadable: fit again
@@ -98,9 +100,12 @@ def _load(path: Path) -> dict | None:
 def _save(path: Path, result: dict) -> None:
     arrays = {"W": result["W"], "b": result["b"], "train_W": result["train_only"][0],
               "train_b": result["train_only"][1]}
+    plain = result["plain"]
+    arrays.update({f"plain_{k}": plain[k] for k in ("W", "b", "mean", "scale")})
     if result["mean"] is not None:
         arrays.update(mean=result["mean"], scale=result["scale"])
-    meta = json.dumps({"standardize": bool(result["standardize"]), "chosen": result["chosen"]})
+    meta = json.dumps({"standardize": bool(result["standardize"]), "chosen": result["chosen"],
+                       "plain": {"C": plain["C"], "select": plain["select"]}})
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(meta), **{k: np.asarray(v) for k, v in arrays.items()})
     try:

@@ -83,9 +83,17 @@ def table(metrics: dict, timings: dict) -> str:
         m = metrics["heads"][head][split]
         table.add_row(head, with_ci(m, "accuracy"), with_ci(m, "mean_per_class_accuracy"),
                       f"{m['log_loss']:.4f}", f"{timings[head]:.2f}")
+    base = metrics.get("baseline")
+    if base and base["split"] == split:
+        table.add_row("plain probe", f"{base['accuracy']:.4f}", f"{base['mean_per_class_accuracy']:.4f}", "", "")
     buf = io.StringIO()
     console = Console(file=buf, width=100, force_terminal=False)
     console.print(table)
+    for head in ("logreg", "mlp"):
+        vs = metrics["heads"][head].get("vs_plain_probe")
+        if vs:
+            console.print(f"{head} vs the plain probe: {vs['difference']:+.4f} mean per-class accuracy "
+                          f"[{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}], {vs['verdict']}")
     if metrics.get("learning_curve"):
         curve = Table(title=f"learning curve (test accuracy, mean of draws)")
         for col in ("images/class", "n train", "logreg", "kNN"):

@@ -22,8 +22,13 @@ class LogregParams:
                      "train+val, or auto: CV when val has fewer than cv_below images per class")
     cv_folds: int = spec(5, min=2, max=20, help="folds of the cross-validation (scikit-learn's LogisticRegressionCV: 5)")
     cv_below: float = spec(10.0, min=0, help="select auto uses CV when val holds fewer images per class than this")
-    cv_tie: float = spec(0.25, min=0.0, help="CV: points within this many binomial standard errors of the best "
-                                             "CV accuracy count as tied, and the largest C among them wins (0: the best)")
+    criterion: Literal["log_loss", "accuracy"] = spec(
+        "log_loss", help="what picks C and standardize on val or under CV: log_loss (the held-out log "
+                         "loss: smooth, so it separates points that accuracy ties on few images) or "
+                         "accuracy (ties: cv_tie, then the lower log loss)")
+    cv_tie: float = spec(0.25, min=0.0, help="criterion accuracy under CV: points within this many binomial standard "
+                                             "errors of the best CV accuracy count as tied, and the largest C among "
+                                             "them wins (0: the best)")
     max_iter: int = spec(1000, min=1, help="L-BFGS iterations per fit")
     tol: float = spec(1e-4, min=0, min_exclusive=True, help="stop when the largest gradient entry is below this")
 

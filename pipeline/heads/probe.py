@@ -96,22 +96,27 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
         train_only = logreg.path(z["train"], ytr, [C], K, sample_weight=class_weights(ytr, K, p.class_weight), **kw)
         W, b = train_only.W[0], train_only.b[0]
         log(f"logreg: C={C:.3g}, standardize={std} ({lp.cv_folds}-fold CV accuracy "
-            f"{chosen['cv_accuracy_at_C']:.4f}) from {len(chosen['cv_table'])} (C, standardize) points")
+            f"{chosen['cv_accuracy_at_C']:.4f}, chosen by {lp.criterion}) from {len(chosen['cv_table'])} (C, standardize) points")
     else:
-        best = None
+        best, table = None, []
         for std in standardize_options(p):
             mean, scale = stats(xtr, std)
             z = as_seen(data, mean, scale)
             found = _choose_on_val(p, z, ytr, yva, K)
-            key = (found["best"]["val_accuracy"], -found["best"]["val_log_loss"])
+            table += [{"standardize": std, **r} for r in found["sweep"]]
+            b = found["best"]
+            key = ((-b["val_log_loss"], b["val_accuracy"]) if lp.criterion == "log_loss"
+                   else (b["val_accuracy"], -b["val_log_loss"]))
             if best is None or key > best[0]:
                 best = (key, std, mean, scale, z, found)
         _, std, mean, scale, z, found = best
         C = found["best"]["C"]
         W, b = found["solutions"][C]
+        # "sweep": the chosen scaling's C path (what the report plots); "val_table": every point.
         chosen = {"C": C, "select": "val", "val_accuracy_at_C": found["best"]["val_accuracy"],
-                  "sweep": found["sweep"]}
-        log(f"logreg: C={C:.3g}, standardize={std} (val accuracy {found['best']['val_accuracy']:.4f}) "
+                  "sweep": found["sweep"], "val_table": table}
+        log(f"logreg: C={C:.3g}, standardize={std} (val accuracy {found['best']['val_accuracy']:.4f}, "
+            f"chosen by {lp.criterion}) "
             f"from {len(found['sweep'])} fits")
     chosen.update({"solver": lp.solver, "refit_on_train_val": lp.refit, "standardize": std})
     # What every head reports for choosing between heads (see pipeline.report.sections.choose_primary).
@@ -126,8 +131,10 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
         refit = logreg.path(x, y, [C], K, sample_weight=class_weights(y, K, p.class_weight), init=init, **kw)
         W, b = refit.W[0], refit.b[0]
         chosen["refit_n_iter"] = int(refit.n_iter[0])
+    from pipeline.heads import baseline
+
     return {"W": W, "b": b, "chosen": chosen, "train_only": train_only, "standardize": std,
-            "mean": mean, "scale": scale, "z": z}
+            "mean": mean, "scale": scale, "z": z, "plain": baseline.fit_plain(p, data, K, chosen)}
 
 
 def _choose_by_cv(p: HeadsParams, data: dict, K: int) -> tuple[bool, float, dict]:
@@ -141,7 +148,7 @@ def _choose_by_cv(p: HeadsParams, data: dict, K: int) -> tuple[bool, float, dict
     folds = cv_folds(p, data, y)
     rows = cv.cv_sweep(x, y, K, c_grid(lp), standardize_options(p), folds,
                        balanced=p.class_weight == "balanced", max_iter=lp.max_iter, tol=lp.tol)
-    best = cv.choose(rows, len(y), lp.cv_tie)
+    best = cv.choose(rows, len(y), lp.cv_tie, lp.criterion)
     # "sweep": the chosen scaling's C path (what the report plots); "cv_table": every point.
     sweep = [{"C": r["C"], "cv_accuracy": r["cv_accuracy"], "cv_log_loss": r["cv_log_loss"],
               "n_iter": r["n_iter"]} for r in rows if r["standardize"] == best["standardize"]]
@@ -179,7 +186,7 @@ def _choose_on_val(p: HeadsParams, z: dict, ytr: np.ndarray, yva: np.ndarray, K:
     path = logreg.path(z["train"], ytr, c_grid(lp), K, sample_weight=sw, **kw)
     sweep = score(path)
     sols = {r["C"]: (path.W[i], path.b[i]) for i, r in enumerate(sweep)}
-    best = best_on_val(sweep)
+    best = best_on_val(sweep, lp.criterion)
     h = 10 ** (0.5 / lp.c_per_decade)
     halves = [c for c in (best["C"] / h, best["C"] * h) if lp.c_min <= c <= lp.c_max]
     if lp.refine and len(sweep) > 1 and halves:
@@ -190,11 +197,14 @@ def _choose_on_val(p: HeadsParams, z: dict, ytr: np.ndarray, yva: np.ndarray, K:
         extra = score(fine)
         sols.update({r["C"]: (fine.W[j], fine.b[j]) for j, r in enumerate(extra)})
         sweep = sorted(sweep + extra, key=lambda r: r["C"])
-        best = best_on_val(sweep)
+        best = best_on_val(sweep, lp.criterion)
     return {"best": best, "sweep": sweep, "solutions": sols}
 
 
-def best_on_val(sweep: list[dict]) -> dict:
-    """Highest val accuracy; ties go to the lower val log loss (accuracy is coarse on small val)."""
+def best_on_val(sweep: list[dict], criterion: str = "log_loss") -> dict:
+    """The lowest val log loss (ties: higher accuracy), or with ``criterion="accuracy"`` the
+    highest val accuracy (ties: the lower val log loss; accuracy is coarse on a small val split)."""
+    if criterion == "log_loss":
+        return min(sweep, key=lambda r: (r["val_log_loss"], -r["val_accuracy"]))
     return max(sweep, key=lambda r: (r["val_accuracy"], -r["val_log_loss"]))
 
