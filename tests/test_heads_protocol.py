@@ -255,13 +255,30 @@ def test_mlp_epochs_chosen_by_cv_and_the_primary_head_follows_cv(tmp_path):
     assert hyper["select"] == "cv" and len(hyper["cv_log_loss"]) == 60
     assert hyper["best_epoch"] > 0
     # The record the choice was made on: the CV accuracy at the chosen epoch, above the probe's.
-    assert hyper["selection"] == {"by": "cv", "accuracy": pytest.approx(hyper["cv_accuracy_per_epoch"][hyper["best_epoch"] - 1])}
+    assert hyper["selection"] == {"by": "cv", "n": 104,
+                                  "accuracy": pytest.approx(hyper["cv_accuracy_per_epoch"][hyper["best_epoch"] - 1])}
     assert m["logreg"]["hyperparameters"]["selection"]["by"] == "cv"
     assert hyper["selection"]["accuracy"] > m["logreg"]["hyperparameters"]["selection"]["accuracy"] + 0.2
     assert summary["mlp_test_accuracy"] > summary["logreg_test_accuracy"] + 0.2
     read = readers.read_heads_metrics(tmp_path / "heads")
     assert selection_scores(read)[1] == "the best by cross-validated accuracy"
     assert choose_primary(read, "auto") == "mlp"
+
+
+def test_a_later_head_must_beat_the_first_by_more_than_the_selection_noise():
+    """The MLP's score is the best of many epochs' CV scores: a win inside one standard error of
+    the probe's accuracy (over the images scored) leaves the probe primary."""
+    from pipeline.report.sections import choose_primary
+
+    def run(mlp_accuracy, n=400):
+        sel = {"logreg": {"by": "cv", "accuracy": 0.80, "n": n}, "mlp": {"by": "cv", "accuracy": mlp_accuracy, "n": n}}
+        return choose_primary({"heads": {h: {"hyper": {"selection": v}} for h, v in sel.items()}}, "auto")
+
+    # n = 400 at 0.80: one standard error is 0.02.
+    assert run(0.81) == "logreg" and run(0.819) == "logreg"
+    assert run(0.83) == "mlp"
+    assert run(0.81, n=40_000) == "mlp"       # the same win over 100 times the images is not noise
+    assert run(0.79) == "logreg"
 
 
 def test_inspect_explains_a_fused_run_with_a_probe_on_its_first_backbone(fused, tmp_path):

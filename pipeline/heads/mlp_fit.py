@@ -53,7 +53,7 @@ def fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict):
         curves = _cv_curves(p, cfg, z, data, K, lr)
         acc = np.where(np.isnan(curves.accuracy), -np.inf, curves.accuracy)
         best = int(np.argmax(acc))  # the first maximum: ties go to fewer epochs (to the probe itself)
-        selection = {"by": "cv", "accuracy": float(curves.accuracy[best])}
+        selection = {"by": "cv", "accuracy": float(curves.accuracy[best]), "n": len(ytr) + len(yva)}
         res, ran = None, cfg.max_epochs
     else:
         res = mlp.train(z["train"], ytr, z["val"], yva, K, cfg, p.seed, sample_weight=counts_w,
@@ -61,7 +61,7 @@ def fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict):
         best, ran = res.best_epoch, res.epochs_run
         selection = {"by": "val", "accuracy": float(
             lr["chosen"]["val_accuracy_at_C"] if best == 0 and cfg.skip
-            else res.val_accuracy[best - 1] if best > 0 else np.nan)}
+            else res.val_accuracy[best - 1] if best > 0 else np.nan), "n": len(yva)}
     if mp.refit and res is not None and best == 0 and cfg.skip:
         # Nothing beat the linear probe on val: the refit would return its starting point, the
         # final logreg behind a zero residual. Build that directly instead of compiling a run.

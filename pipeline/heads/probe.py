@@ -120,8 +120,10 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
             f"from {len(found['sweep'])} fits")
     chosen.update({"solver": lp.solver, "refit_on_train_val": lp.refit, "standardize": std})
     # What every head reports for choosing between heads (see pipeline.report.sections.choose_primary).
-    chosen["selection"] = ({"by": "cv", "accuracy": chosen["cv_accuracy_at_C"]} if chosen["select"] == "cv"
-                           else {"by": "val", "accuracy": chosen["val_accuracy_at_C"]})
+    # "n": the images the score counts (every train+val image under CV, else val's).
+    chosen["selection"] = ({"by": "cv", "accuracy": chosen["cv_accuracy_at_C"], "n": len(ytr) + len(yva)}
+                           if chosen["select"] == "cv"
+                           else {"by": "val", "accuracy": chosen["val_accuracy_at_C"], "n": len(yva)})
     train_only = (W, b)
     if lp.refit:
         x = np.concatenate([z["train"], z["val"]])

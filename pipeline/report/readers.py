@@ -274,9 +274,10 @@ def _read_heads(heads_dir: Path) -> dict | None:
         hyper = next((h[k] for k in _HYPER_KEYS if isinstance(h.get(k), Mapping)), {})
         curve = next((v for k, v in h.items() if "curve" in k), None)
         extra = {k: v for k, v in h.items() if isinstance(v, (int, float, str, bool)) and k not in ("name",)}
-        heads[str(name)] = {"splits": _split_reports(h), "hyper": dict(hyper), "curve": curve, "extra": extra}
+        heads[str(name)] = {"splits": _split_reports(h), "hyper": dict(hyper), "curve": curve, "extra": extra,
+                            "vs_plain_probe": h.get("vs_plain_probe")}
     return {"classes": list(classes) if isinstance(classes, list) else None, "heads": heads,
-            "curve": raw.get("learning_curve")}
+            "curve": raw.get("learning_curve"), "baseline": raw.get("baseline")}
 
 
 def headline(split_metrics: Mapping[str, Any]) -> dict[str, float]:
