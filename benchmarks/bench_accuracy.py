@@ -21,6 +21,7 @@ set as a win when the mean difference is above one standard error, a loss when b
 Usage:
   python benchmarks/bench_accuracy.py [--sets pets food ...] [--configs lite0 lite0@288 ...]
       [--seeds 0 1 2 3 4] [--cache-dir cache/bench] [--no-mlp] [--no-sklearn]
+      [--heads logreg.criterion=accuracy ...] [--val-fraction 0.4]
 
 Configuration names: backbones ``lite0``, ``lite2``, ``lite0+1+2`` (fused, per-backbone L2;
 ``raw`` fuses unscaled); ``@N`` sets ``features.image_size``; ``flip``/``flip_crops`` add
@@ -71,7 +72,23 @@ def load_features(cache_dir: Path, set_name: str, cfg: dict) -> tuple[np.ndarray
     return x.reshape(-1, views, x.shape[1]), y, views
 
 
-def run_ours(xfit, yfit, xtest, ytest, K: int, seed: int, mlp: bool) -> dict:
+def heads_overrides(pairs: list[str]) -> dict:
+    """``["logreg.criterion=accuracy", "standardize=true"]`` -> a nested heads section (YAML values)."""
+    import yaml
+
+    out: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        *parents, leaf = key.split(".")
+        node = out
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def run_ours(xfit, yfit, xtest, ytest, K: int, seed: int, mlp: bool, overrides: dict | None = None,
+             val_fraction: float = 0.1) -> dict:
     """The heads stage's protocol on (images, views, D) rows; test probabilities averaged over views."""
     from pipeline.heads import probe
     from pipeline.heads.logreg import linear_logits
@@ -79,8 +96,8 @@ def run_ours(xfit, yfit, xtest, ytest, K: int, seed: int, mlp: bool) -> dict:
     from pipeline.heads.params import HeadsParams
     from pipeline.params import parse_section
 
-    p = parse_section(HeadsParams, {"seed": seed}, "heads")
-    val = accuracy_sets.carve_val(yfit, seed)
+    p = parse_section(HeadsParams, {**(overrides or {}), "seed": seed}, "heads")
+    val = accuracy_sets.carve_val(yfit, seed, val_fraction)
     v = xfit.shape[1]
     rep = lambda a: np.repeat(a, v)  # noqa: E731 -- labels per row
     flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
@@ -97,7 +114,7 @@ def run_ours(xfit, yfit, xtest, ytest, K: int, seed: int, mlp: bool) -> dict:
 
     lr = probe.fit_logreg(p, data, K)
     out = {"logreg": score(linear_logits(lr["W"], lr["b"], lr["z"]["test"])), "C": lr["chosen"]["C"],
-           "std": lr["standardize"]}
+           "std": lr["standardize"], "select": lr["chosen"]["select"]}
     plain = lr["plain"]
     out["plain"] = score(linear_logits(plain["W"], plain["b"], probe.apply_stats(data["test"][0], plain["mean"], plain["scale"])))
     selections = {"logreg": lr["chosen"]["selection"]}
@@ -171,7 +188,12 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "cache" / "bench")
     ap.add_argument("--no-mlp", action="store_true", help="skip our MLP head (the primary is then the logreg)")
     ap.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn peer")
+    ap.add_argument("--heads", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="heads params for our protocol, e.g. logreg.criterion=accuracy")
+    ap.add_argument("--val-fraction", type=float, default=0.1,
+                    help="val share carved from each fitting half (0.4 gives the val path on 50-per-class sets)")
     args = ap.parse_args()
+    overrides = heads_overrides(args.heads)
     load = os.getloadavg()
     print(f"mean per-class accuracy on the held-out half of each tuning set, mean ± std over seeds "
           f"{args.seeds}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
@@ -190,12 +212,12 @@ def main() -> None:
             t0 = time.perf_counter()
             for seed in args.seeds:
                 fit, test = accuracy_sets.split_halves(y, seed)
-                o = run_ours(x[fit], y[fit], x[test], y[test], K, seed, not args.no_mlp)
+                o = run_ours(x[fit], y[fit], x[test], y[test], K, seed, not args.no_mlp, overrides, args.val_fraction)
                 for k in ("primary", "logreg", "plain"):
                     res[k].append(o[k])
                 if "mlp" in o:
                     res["mlp"].append(o["mlp"])
-                res["chosen"].append(f"{o['C']:.3g}/{'s' if o['std'] else 'r'}" + (f"/{o['epoch']}" if "mlp" in o else ""))
+                res["chosen"].append(f"{o['select']}:{o['C']:.3g}/{'s' if o['std'] else 'r'}" + (f"/{o['epoch']}" if "mlp" in o else ""))
                 if not args.no_sklearn:
                     res["sklearn"].append(run_sklearn(x[fit], y[fit], x[test], y[test], K,
                                                      args.cache_dir / "bench-accuracy-sklearn"))
