@@ -49,7 +49,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
       have no test split).
     """
     from pipeline.doctor import drops
-    from pipeline.heads import inputs, memo, outputs, probe
+    from pipeline.heads import baseline, inputs, memo, outputs, probe
     from pipeline.heads.mlp_fit import fit_mlp
     from pipeline.heads.trained import fold_standardization
 
@@ -73,7 +73,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # ---- logistic regression ---------------------------------------------------------------
     t0 = time.perf_counter()
     # The probe reads only part of the heads section: an MLP or learning-curve change reuses it.
-    lr = memo.fit_or_reuse(p, data, K, ctx.cache_dir, lambda: probe.fit_logreg(p, data, K, ctx.log), ctx.log)
+    # The plain probe (the baseline every head is compared with) reuses the probe's CV table.
+    def fit_probes() -> dict:
+        lr = probe.fit_logreg(p, data, K, ctx.log)
+        return {**lr, "plain": baseline.fit_plain(p, data, K, lr["chosen"])}
+
+    lr = memo.fit_or_reuse(p, data, K, ctx.cache_dir, fit_probes, ctx.log)
     mean, scale, z, std = lr["mean"], lr["scale"], lr["z"], lr["standardize"]
     metrics["standardize"] = std
     W, b = fold_standardization(lr["W"], lr["b"], mean, scale)

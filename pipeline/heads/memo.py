@@ -59,7 +59,8 @@ def probe_key(p: HeadsParams, data: dict, K: int) -> str:
 
 def fit_or_reuse(p: HeadsParams, data: dict, K: int, cache_dir: Any, fit: Callable[[], dict],
                  log: Callable[[str], None] = lambda msg: None) -> dict:
-    """`fit()` (a `fit_logreg` call on these inputs), or its remembered result.
+    """`fit()` (a `fit_logreg` call on these inputs, with the plain probe under ``"plain"``), or
+    its remembered result.
 
     Returns what `fit_logreg` returns; ``"z"`` (the splits as the heads see them) is recomputed
     from `data` when the fit is reused.

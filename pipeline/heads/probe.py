@@ -133,10 +133,8 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
         refit = logreg.path(x, y, [C], K, sample_weight=class_weights(y, K, p.class_weight), init=init, **kw)
         W, b = refit.W[0], refit.b[0]
         chosen["refit_n_iter"] = int(refit.n_iter[0])
-    from pipeline.heads import baseline
-
     return {"W": W, "b": b, "chosen": chosen, "train_only": train_only, "standardize": std,
-            "mean": mean, "scale": scale, "z": z, "plain": baseline.fit_plain(p, data, K, chosen)}
+            "mean": mean, "scale": scale, "z": z}
 
 
 def _choose_by_cv(p: HeadsParams, data: dict, K: int) -> tuple[bool, float, dict]:
