@@ -28,8 +28,6 @@ Outputs (the contract with `heads`):
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -38,11 +36,11 @@ from typing import Any, Literal, Mapping, Union
 import numpy as np
 
 from pipeline import shards
+from pipeline.features.artifact import load_split  # the reader of what this stage writes
+from pipeline.features.params import FeaturesParams, view_plan
 from pipeline.params import ParamsError, spec
 from pipeline.sources import SPLITS, load_data
 from pipeline.stage import Stage, StageContext
-
-CROPS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,32 +86,6 @@ def fan_out(sections: Mapping[str, Any]) -> list[dict[str, Any]]:
     """
     bp: BackboneParams = sections["backbone"]
     return [{**sections, "backbone": dataclasses.replace(bp, name=n)} for n in bp.names]
-
-
-@dataclasses.dataclass(frozen=True)
-class FeaturesParams:
-    """params.yaml section ``features``."""
-
-    batch_size: int = spec(32, min=1, help="images per backbone call")
-    dtype: Literal["float32", "float16"] = spec("float32", help="storage dtype of the features")
-    shard_size: int = spec(1024, min=1, help="images per checkpointed shard; a multiple of batch_size")
-    workers: int = spec(0, min=0, affects_output=False, help="decoding threads; 0 = one per CPU core")
-    augment: Literal["none", "flip", "crops", "flip_crops"] = spec(
-        "none", help="test-time augmentation views: none, flip (the mirror image too), crops (n_crops crops) or flip_crops (both)")
-    n_crops: int = spec(5, min=1, max=5, help="crops with augment crops/flip_crops: centre, then corners")
-    reduce: Literal["mean", "rows"] = spec("mean", help="average the views, or store each as a row")
-
-    def validate(self) -> None:
-        if self.shard_size % self.batch_size:
-            raise ParamsError(f"shard_size: {self.shard_size} is not a multiple of batch_size "
-                              f"{self.batch_size}; shards must hold whole batches so that a resumed "
-                              "run computes exactly the same batches.")
-
-
-def view_plan(fp: FeaturesParams) -> tuple[tuple[str, ...], bool]:
-    """(crop positions, flip) of the views taken of each image."""
-    crops = CROPS[:fp.n_crops] if fp.augment in ("crops", "flip_crops") else ("center",)
-    return crops, fp.augment in ("flip", "flip_crops")
 
 
 def _n_views(fp: FeaturesParams) -> int:
@@ -254,23 +226,6 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
             f"{computed} in {seconds:.1f} s ({summary['images_per_s']} img/s, compile "
             f"{summary['compile_seconds']} s), {summary['resumed_shards']} shard(s) resumed")
     return summary
-
-
-def load_split(features_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """One split of the features stage's output.
-
-    Args:
-      features_dir: the features stage's output folder.
-      split: ``train``, ``val`` or ``test``.
-
-    Returns:
-      (features (N, D) memory-mapped read-only, labels (N,) int32, ids: N image ids).
-    """
-    d = Path(features_dir) / split
-    feats = np.load(d / "features.npy", mmap_mode="r")
-    labels = np.load(d / "labels.npy")
-    ids = json.loads((d / "ids.json").read_text())
-    return feats, labels, ids
 
 
 STAGE = Stage(

@@ -224,8 +224,8 @@ def xor_classes(n_per_class: int, seed: int, dim: int = 8):
 
 def test_mlp_epochs_chosen_by_cv_and_the_primary_head_follows_cv(tmp_path):
     """Where only a non-linear head can win: CV trains the MLP past epoch 0, and it is primary."""
-    from pipeline.report.sections import choose_primary, selection_scores
-    from pipeline.report import readers
+    from pipeline.heads.primary import choose_primary, selection_scores
+    from pipeline.heads.read import read_heads_metrics
 
     splits = {s: xor_classes(n, seed) for s, n, seed in (("train", 24, 0), ("val", 2, 1), ("test", 50, 2))}
     feats = write_features(tmp_path / "feats", splits)
@@ -242,7 +242,7 @@ def test_mlp_epochs_chosen_by_cv_and_the_primary_head_follows_cv(tmp_path):
     assert m["logreg"]["hyperparameters"]["selection"]["by"] == "cv"
     assert hyper["selection"]["accuracy"] > m["logreg"]["hyperparameters"]["selection"]["accuracy"] + 0.2
     assert summary["mlp_test_accuracy"] > summary["logreg_test_accuracy"] + 0.2
-    read = readers.read_heads_metrics(tmp_path / "heads")
+    read = read_heads_metrics(tmp_path / "heads")
     assert selection_scores(read)[1] == "the best by cross-validated accuracy"
     assert choose_primary(read, "auto") == "mlp"
 

@@ -26,7 +26,7 @@ def load(features_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[st
     """
     import json
 
-    from stages.features import load_split
+    from pipeline.features.artifact import load_split
 
     classes = json.loads((features_dir / "classes.json").read_text())
     xs, ys, ids, split_of = [], [], [], []

@@ -114,7 +114,7 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
         log(f"logreg: C={C:.3g}, standardize={std} (val accuracy {found['best']['val_accuracy']:.4f}) "
             f"from {len(found['sweep'])} fits")
     chosen.update({"solver": lp.solver, "refit_on_train_val": lp.refit, "standardize": std})
-    # What every head reports for choosing between heads (see pipeline.report.sections.choose_primary).
+    # What every head reports for choosing between heads (see pipeline.heads.primary.choose_primary).
     chosen["selection"] = ({"by": "cv", "accuracy": chosen["cv_accuracy_at_C"]} if chosen["select"] == "cv"
                            else {"by": "val", "accuracy": chosen["val_accuracy_at_C"]})
     train_only = (W, b)

@@ -54,7 +54,7 @@ class Preprocess:
 def preprocess_of(run: RunRef) -> Preprocess:
     """The preprocessing `run`'s features were computed with."""
     from pipeline.models import registry
-    from stages.features import FeaturesParams, view_plan
+    from pipeline.features.params import FeaturesParams, view_plan
 
     spec = registry.get_spec(run.backbone_name)
     known = {f.name for f in dataclasses.fields(FeaturesParams)}

@@ -13,32 +13,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from pipeline.params import to_plain
+from pipeline.plain import canonical, flatten, load_json  # noqa: F401 (the report's readers use them as readers.*)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 SPLIT_ORDER = ("train", "val", "validation", "test")
 
 
-def load_json(path: Path) -> Any | None:
-    """Parsed JSON, or None when the file is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def manifest(folder: Path | None) -> dict | None:
     return load_json(Path(folder) / "manifest.json") if folder else None
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one dotted-key mapping (lists stay values)."""
-    out: dict[str, Any] = {}
-    if isinstance(value, Mapping) and value:
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    else:
-        out[prefix] = value
-    return out
 
 
 # --- params ---------------------------------------------------------------------------------------
@@ -83,11 +65,6 @@ def param_rows(params: Mapping[str, Mapping], defaults: Mapping[str, Mapping]) -
             v, d = got.get(key, "<unset>"), want.get(key, "<no default>")
             rows.append((key, v, d, canonical(v) != canonical(d)))
     return rows
-
-
-def canonical(v: Any) -> str:
-    """A value as canonical JSON, so that a tuple and a list of the same items compare equal."""
-    return json.dumps(to_plain(v), sort_keys=True)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -226,59 +203,6 @@ class ImageFinder:
 
 # --- heads ----------------------------------------------------------------------------------------
 
-_HYPER_KEYS = ("chosen", "hyperparameters", "hparams", "best", "selected", "chosen_hyperparameters")
-
-
-def _split_reports(head: Mapping) -> dict[str, dict]:
-    """split -> metrics dict for one head: ``{"splits": {...}}``, ``{"metrics": {...}}`` or flat."""
-    for key in ("splits", "metrics", "eval", "results"):
-        inner = head.get(key)
-        if isinstance(inner, Mapping) and any(isinstance(v, Mapping) and "accuracy" in v for v in inner.values()):
-            head = inner
-            break
-    out = {str(k): dict(v) for k, v in head.items() if isinstance(v, Mapping) and "accuracy" in v}
-    order = {s: i for i, s in enumerate(SPLIT_ORDER)}
-    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], 99)))
-
-
-def read_heads_metrics(heads_dir: Path | None, finetune_dir: Path | None = None) -> dict | None:
-    """The heads stage's metrics.json in one shape (plus the finetune stage's head, when given).
-
-    Returns:
-      ``{"classes": [...] | None, "heads": {name: {"splits": {split: metrics}, "hyper": {...},
-      "curve": the head's own learning curve or None, "extra": other scalars}}, "curve": the
-      run's learning curve (``learning_curve`` at the top) or None}``, or None when absent.
-      Each split's metrics has at least ``accuracy``; usually ``n``, ``mean_per_class_accuracy``,
-      ``log_loss``, ``per_class`` {name: {precision, recall, f1, support}}, ``confusion_matrix``.
-    """
-    if heads_dir is None:
-        return None
-    out = _read_heads(heads_dir)
-    extra = _read_heads(finetune_dir) if finetune_dir is not None else None
-    if out is not None and extra is not None:
-        out["heads"].update(extra["heads"])  # the fine-tuned classifier is one more head
-    return out
-
-
-def _read_heads(heads_dir: Path) -> dict | None:
-    raw = load_json(Path(heads_dir) / "metrics.json")
-    if not isinstance(raw, Mapping):
-        return None
-    classes = raw.get("classes")
-    heads_raw = raw.get("heads") if isinstance(raw.get("heads"), Mapping) else {
-        k: v for k, v in raw.items() if isinstance(v, Mapping) and _split_reports(v)}
-    heads = {}
-    for name, h in heads_raw.items():
-        if not isinstance(h, Mapping):
-            continue
-        hyper = next((h[k] for k in _HYPER_KEYS if isinstance(h.get(k), Mapping)), {})
-        curve = next((v for k, v in h.items() if "curve" in k), None)
-        extra = {k: v for k, v in h.items() if isinstance(v, (int, float, str, bool)) and k not in ("name",)}
-        heads[str(name)] = {"splits": _split_reports(h), "hyper": dict(hyper), "curve": curve, "extra": extra}
-    return {"classes": list(classes) if isinstance(classes, list) else None, "heads": heads,
-            "curve": raw.get("learning_curve")}
-
-
 def headline(split_metrics: Mapping[str, Any]) -> dict[str, float]:
     """The scalar metrics of one split that are worth a column (in a fixed order)."""
     keys = ("accuracy", "mean_per_class_accuracy", "log_loss", "top5_accuracy", "n")
@@ -312,52 +236,6 @@ def normalize_curve(curve: Any) -> tuple[str, list[float], dict[str, list], dict
               and not any(w in k.lower() for w in skip)}
     std = {k: cols[f"{k}_std"] for k in series if f"{k}_std" in cols}
     return (xk, cols[xk], series, std) if series else None
-
-
-def read_predictions(heads_dir: Path | None, head: str, classes: Sequence[str] | None) -> list[dict] | None:
-    """predictions_<head>.json as rows ``{id, true, pred, probs, conf, true_prob, top}``.
-
-    Accepts a bare list or ``{"predictions"|"items"|"records": [...]}``; labels as indices or
-    names (returned as indices); all probabilities under ``probs``/``probabilities``, or just
-    ``p_pred``/``p_true`` and a ``top`` list of [name, p].
-    """
-    if heads_dir is None:
-        return None
-    raw = load_json(Path(heads_dir) / f"predictions_{head}.json")
-    if raw is None:
-        return None
-    if isinstance(raw, Mapping):
-        classes = raw.get("classes") or classes
-        raw = next((raw[k] for k in ("predictions", "items", "records", "test") if isinstance(raw.get(k), list)), [])
-    index = {c: i for i, c in enumerate(classes or [])}
-
-    def label(v: Any) -> int | None:
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, int):
-            return v
-        return index.get(str(v))
-
-    rows = []
-    for r in raw if isinstance(raw, list) else []:
-        if not isinstance(r, Mapping):
-            continue
-        probs = next((r[k] for k in ("probs", "probabilities", "p", "proba") if isinstance(r.get(k), list)), None)
-        true = label(next((r[k] for k in ("true", "label", "y", "target", "true_label") if k in r), None))
-        pred = label(next((r[k] for k in ("pred", "prediction", "predicted", "pred_label") if k in r), None))
-        if pred is None and probs:
-            pred = max(range(len(probs)), key=lambda i: probs[i])
-        if true is None or pred is None:
-            continue
-        conf = probs[pred] if probs and pred < len(probs) else next(
-            (r[k] for k in ("p_pred", "confidence", "prob") if isinstance(r.get(k), (int, float))), None)
-        true_prob = probs[true] if probs and true < len(probs) else r.get("p_true")
-        top = r.get("top") if isinstance(r.get("top"), list) else None
-        rows.append({"id": str(r.get("id", r.get("path", ""))), "true": true, "pred": pred, "probs": probs,
-                     "conf": float(conf) if isinstance(conf, (int, float)) else None,
-                     "true_prob": float(true_prob) if isinstance(true_prob, (int, float)) else None,
-                     "top": top})
-    return rows
 
 
 # --- image galleries (ideal, adversarial) ----------------------------------------------------------

@@ -7,11 +7,12 @@ a run without the gradient stages still gets a useful page.
 
 from __future__ import annotations
 
-import math
 
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from pipeline.heads.primary import choose_primary, pick_split, selection_scores
+from pipeline.heads.read import read_heads_metrics, read_predictions
 from pipeline.report import galleries, readers
 from pipeline.report.common import Log, Options, num, pct, safe_name, seconds, thumbnail, top_k_text, value
 from pipeline.report.document import (ASSET_DIR, Asset, Bars, Card, Details, Document, Figure,
@@ -37,7 +38,7 @@ def overview_section(opts: Options, heads: dict | None, primary: str | None, cla
                      manifests: Mapping[str, Any], params: Mapping[str, Mapping]) -> Section:
     tiles = []
     if heads and primary:
-        split = _pick_split(heads["heads"][primary]["splits"], opts.split)
+        split = pick_split(heads["heads"][primary]["splits"], opts.split)
         m = heads["heads"][primary]["splits"].get(split, {})
         tiles.append((f"{split} accuracy", pct(m.get("accuracy")), f"head {primary}"))
         if "mean_per_class_accuracy" in m:
@@ -122,53 +123,6 @@ def _class_counts(recs: Sequence[Any], classes: Sequence[str]) -> dict[str, int]
     return out
 
 
-def _pick_split(splits: Mapping[str, Any], wanted: str) -> str:
-    if wanted in splits:
-        return wanted
-    for s in ("test", "val", "validation", "train"):
-        if s in splits:
-            return s
-    return next(iter(splits), wanted)
-
-
-def choose_primary(heads: dict | None, wanted: str, log: Log = lambda m: None) -> str | None:
-    """The head whose plots are shown: the one named, else the best by `selection_scores`."""
-    if not heads or not heads["heads"]:
-        return None
-    names = list(heads["heads"])
-    if wanted != "auto" and wanted in names:
-        return wanted
-    if wanted != "auto":
-        log(f"warning: report.primary_head {wanted!r} is not a head of this run ({', '.join(names)}); "
-            "showing the best by its selection score instead")
-    scores, _ = selection_scores(heads)
-    return max(names, key=lambda n: scores[n])  # the first maximum: ties go to the head listed first
-
-
-def selection_scores(heads: dict) -> tuple[dict[str, float], str]:
-    """(head -> the score heads are compared on, what that score is).
-
-    Where every head records the score its own hyperparameters were chosen on, by the same means
-    (``hyperparameters.selection``: CV accuracy, or val accuracy before any refit), that score:
-    after a refit on train+val, a head's val accuracy is an accuracy on its own training images.
-    Otherwise the val split's mean per-class accuracy (the test split's when there is no val).
-    """
-    sel = {n: (h.get("hyper") or {}).get("selection") for n, h in heads["heads"].items()}
-    usable = all(isinstance(v, Mapping) and isinstance(v.get("accuracy"), (int, float))
-                 and math.isfinite(v["accuracy"]) for v in sel.values())
-    if usable and len({v.get("by") for v in sel.values()}) == 1:
-        by = next(iter(sel.values())).get("by")
-        return {n: float(v["accuracy"]) for n, v in sel.items()}, (
-            "the best by cross-validated accuracy" if by == "cv" else "the best on val")
-
-    def score(n: str) -> float:
-        splits = heads["heads"][n]["splits"]
-        m = splits.get("val") or splits.get("validation") or splits.get(_pick_split(splits, "test")) or {}
-        return float(m.get("mean_per_class_accuracy", m.get("accuracy", -1.0)))
-
-    return {n: score(n) for n in heads["heads"]}, "the best on val"
-
-
 def metrics_section(heads: dict | None, primary: str | None, opts: Options, log: Log) -> Section:
     blocks: list = []
     rows, classes_ = [], []
@@ -203,9 +157,7 @@ def metrics_section(heads: dict | None, primary: str | None, opts: Options, log:
         blocks.append(Figure(Asset(f"{ASSET_DIR}/training.png", plots.training_png(panels, dpi=opts.dpi)),
                              alt="how the heads were fitted", caption="How each head was fitted (dashed: the "
                              "value chosen on the val split)."))
-    curves = {name: c for name, h in heads["heads"].items() if (c := readers.normalize_curve(h["curve"]))}
-    if (c := readers.normalize_curve(heads.get("curve"))):
-        curves = {"run": c, **curves}
+    curves = {"run": c} if (c := readers.normalize_curve(heads.get("curve"))) else {}
     # A curve needs two training-set sizes (a smoke run with one image per class has one).
     curves = {k: c for k, c in curves.items() if len({x for x in c[1] if x is not None}) >= 2}
     if curves:
@@ -253,7 +205,7 @@ def confusion_section(heads: dict, primary: str, classes: list[str], opts: Optio
     from pipeline.report import plots
 
     h = heads["heads"][primary]
-    split = _pick_split(h["splits"], opts.split)
+    split = pick_split(h["splits"], opts.split)
     cm = h["splits"].get(split, {}).get("confusion_matrix")
     if not cm or len(cm) != len(classes):
         return Section("confusion", "Confusion matrix", status="not run",
@@ -270,7 +222,7 @@ def per_class_section(heads: dict, primary: str, classes: list[str], opts: Optio
     from pipeline.report import plots
 
     h = heads["heads"][primary]
-    split = _pick_split(h["splits"], opts.split)
+    split = pick_split(h["splits"], opts.split)
     m = h["splits"].get(split, {})
     per = m.get("per_class") or {}
     if not per:
@@ -295,7 +247,7 @@ def per_class_section(heads: dict, primary: str, classes: list[str], opts: Optio
 
 def mistakes_section(heads_dir: Path, heads: dict, primary: str, classes: list[str], finder: readers.ImageFinder,
                      opts: Options) -> Section:
-    preds = readers.read_predictions(heads_dir, primary, classes)
+    preds = read_predictions(heads_dir, primary, classes)
     title = "Most confident mistakes"
     if preds is None:
         return Section("mistakes", title, status="not run", note=f"No predictions_{primary}.json in the heads output.")
@@ -392,7 +344,7 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
     params = readers.run_params(manifests, own_params)
     data_dir, feat_dir = inputs.get("data"), inputs.get("features")
     heads_dir = inputs.get("heads")
-    heads = readers.read_heads_metrics(heads_dir, inputs.get("finetune"))
+    heads = read_heads_metrics(heads_dir, inputs.get("finetune"))
     classes = readers.read_classes(data_dir, feat_dir) or (heads or {}).get("classes")
     sizes = readers.split_sizes(data_dir, feat_dir)
     primary = choose_primary(heads, opts.primary_head, log)
@@ -403,7 +355,7 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
                 params_section(params, readers.section_defaults(schema))]
     sections.append(data_section(data_dir, feat_dir, classes, sizes) if (data_dir or feat_dir)
                     else not_run("data", "Data", "data", inputs, manifests, "dataset summary"))
-    from pipeline.doctor import report as doctor_report  # the doctor's section lives with the doctor
+    from pipeline.report import doctor_section as doctor_report
 
     doctor_dir = inputs.get("doctor")
     finder = readers.ImageFinder(data_dir, params.get("data"))
