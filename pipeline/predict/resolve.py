@@ -19,9 +19,6 @@ from pipeline import cache, results, storage
 from pipeline.errors import UserError
 from pipeline.heads.read import read_heads_metrics
 
-#: Heads `--head` accepts besides the names in heads.json.
-CHOICES = ("logreg", "mlp", "finetune", "best")
-
 
 @dataclasses.dataclass(frozen=True)
 class RunRef:
