@@ -1,22 +1,22 @@
-"""Read each stage's output folder into plain data for the report, `show` and `compare`.
+"""Read the stages' output folders into what the report's sections draw.
 
-Every reader returns None (or an empty result) when its files are absent, so the report can say
-"not run" for that part instead of failing. The readers accept the few shapes a stage's JSON may
-reasonably take (a head's split metrics under ``splits`` or directly under the head, labels as
-indices or names) so that a small format change upstream is a one-line fix here, not a rewrite.
+Every reader returns None (or an empty result) when its stage did not run, so the report can say
+"not run" for that part instead of failing. Each reads a stage's output exactly as its topic
+package writes it (the data stage through `pipeline.sources.dataset`, the heads through
+`pipeline.heads.read`); none probes alternative keys.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from pipeline.params import to_plain
 from pipeline.plain import canonical, flatten, load_json  # noqa: F401 (the report's readers use them as readers.*)
+from pipeline.sources.dataset import DataSet, load_data
+from pipeline.sources.dataset import read_skipped as read_skipped_records
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
-SPLIT_ORDER = ("train", "val", "validation", "test")
 
 
 def manifest(folder: Path | None) -> dict | None:
@@ -69,132 +69,53 @@ def param_rows(params: Mapping[str, Mapping], defaults: Mapping[str, Mapping]) -
 
 # --- data -----------------------------------------------------------------------------------------
 
-def read_classes(*folders: Path | None) -> list[str] | None:
-    """classes.json from the first folder that has it (data, then features)."""
-    for f in folders:
-        if f is None:
-            continue
-        c = load_json(Path(f) / "classes.json")
-        if isinstance(c, Mapping):
-            c = c.get("classes") or c.get("names")
-        if isinstance(c, list) and c:
-            return [str(x) for x in c]
-    return None
+def read_data(data_dir: Path | None) -> DataSet | None:
+    """The data stage's output (`pipeline.sources.dataset`), or None when there is none."""
+    return load_data(data_dir) if data_dir is not None and (Path(data_dir) / "splits.json").is_file() else None
 
 
-def read_skipped(data_dir: Path | None) -> list[tuple[str, str]]:
-    """Files the data stage left out, as (path, reason). Accepts a list of records or a mapping."""
-    if data_dir is None:
+def read_classes(data: DataSet | None, features_dir: Path | None) -> list[str] | None:
+    """Class names: the data stage's, else the features stage's classes.json (the same list)."""
+    if data is not None:
+        return list(data.classes)
+    c = load_json(Path(features_dir) / "classes.json") if features_dir is not None else None
+    return [str(x) for x in c] if c else None
+
+
+def read_skipped(data: DataSet | None) -> list[tuple[str, str]]:
+    """Files the data stage left out, as (id, "kind: reason")."""
+    if data is None:
         return []
-    raw = load_json(Path(data_dir) / "skipped.json")
-    if isinstance(raw, Mapping):
-        raw = raw.get("skipped", raw)
-    out = []
-    if isinstance(raw, Mapping):
-        out = [(str(k), str(v)) for k, v in raw.items()]
-    elif isinstance(raw, list):
-        for r in raw:
-            if isinstance(r, Mapping):
-                path = r.get("path") or r.get("file") or r.get("id") or "?"
-                reason = str(r.get("reason") or r.get("error") or "")
-                kind = r.get("kind")
-                out.append((str(path), f"{kind}: {reason}" if kind and reason else str(kind or reason)))
-            elif isinstance(r, (list, tuple)) and len(r) >= 2:
-                out.append((str(r[0]), str(r[1])))
-            else:
-                out.append((str(r), ""))
-    return out
+    return [(s.id, f"{s.kind}: {s.reason}" if s.kind and s.reason else s.kind or s.reason)
+            for s in read_skipped_records(data.root)]
 
 
-def split_records(data_dir: Path | None) -> dict[str, list[Mapping]]:
-    """Per split, the data stage's records (``<split>.json``, ``splits.json`` or ``records.json``)."""
-    if data_dir is None:
-        return {}
-    data_dir = Path(data_dir)
-    out: dict[str, list[Mapping]] = {}
-    for split in SPLIT_ORDER:
-        for cand in (data_dir / f"{split}.json", data_dir / split / "records.json", data_dir / f"{split}.jsonl"):
-            if cand.suffix == ".jsonl" and cand.is_file():
-                out[split] = [json.loads(line) for line in cand.read_text().splitlines() if line.strip()]
-            else:
-                raw = load_json(cand)
-                if isinstance(raw, Mapping):
-                    raw = raw.get("records") or raw.get("items")
-                if isinstance(raw, list):
-                    out[split] = raw
-            if split in out:
-                break
-    for name in ("splits.json", "records.json"):
-        raw = load_json(data_dir / name)
-        if isinstance(raw, Mapping):
-            raw = raw.get("splits", raw)
-            for split, recs in raw.items():
-                if isinstance(recs, Mapping) and isinstance(recs.get("ids"), list):
-                    # Columns ({"ids": [...], "labels": [...]}) as the data stage writes them.
-                    labels = recs.get("labels") or [None] * len(recs["ids"])
-                    recs = [{"id": i, "label": lab} for i, lab in zip(recs["ids"], labels)]
-                if isinstance(recs, list):
-                    out.setdefault(split, recs)
-    return out
-
-
-def split_sizes(data_dir: Path | None, features_dir: Path | None) -> dict[str, int]:
-    """Images per split: from the data stage's records, else from the features' info.json."""
-    sizes = {s: len(r) for s, r in split_records(data_dir).items()}
-    info = load_json(Path(features_dir) / "info.json") if features_dir else None
-    for s, n in ((info or {}).get("splits") or {}).items():
-        sizes.setdefault(s, int(n))
-    if data_dir is not None and not sizes:
-        info = load_json(Path(data_dir) / "info.json") or {}
-        for s, n in (info.get("splits") or info.get("split_sizes") or {}).items():
-            sizes[s] = int(n if not isinstance(n, Mapping) else n.get("n", 0))
-    order = {s: i for i, s in enumerate(SPLIT_ORDER)}
-    return dict(sorted(sizes.items(), key=lambda kv: order.get(kv[0], 99)))
+def split_sizes(data: DataSet | None, features_dir: Path | None) -> dict[str, int]:
+    """Images per split: the data stage's, else the features stage's info.json ``splits``."""
+    if data is not None:
+        return {s: len(r) for s, r in data.splits.items()}
+    info = load_json(Path(features_dir) / "info.json") if features_dir is not None else None
+    return {s: int(n) for s, n in ((info or {}).get("splits") or {}).items()}
 
 
 class ImageFinder:
     """Finds the original photo of an image id, to draw a thumbnail from it.
 
-    Looks in the data stage's records (an ``id`` with a ``path``), then treats the id as a path
-    relative to the folder the data params name (``data.path``), then as an absolute path.
-    Images with no file on disk (a tfds id whose data lives in TFRecords) come from the
-    thumbnails the data stage kept (`pipeline.thumbs`), so the report never imports tensorflow.
+    A folder (or sample) id is a path relative to the folder the data stage read (info.json
+    ``path``). Images with no file on disk (a tfds id names a record inside TFRecords) come from
+    the thumbnails the data stage kept (`pipeline.thumbs`), so the report never imports tensorflow.
     """
 
-    def __init__(self, data_dir: Path | None, data_params: Mapping[str, Any] | None):
+    def __init__(self, data_dir: Path | None):
         from pipeline.thumbs import Thumbnails
 
         self.thumbs = Thumbnails(data_dir)
-        self.by_id: dict[str, str] = {}
-        for recs in split_records(data_dir).values():
-            for r in recs:
-                if isinstance(r, Mapping) and (r.get("path") or r.get("file")):
-                    path = str(r.get("path") or r.get("file"))
-                    self.by_id.setdefault(str(r.get("id", path)), path)
-        self.roots = []
-        info = (load_json(Path(data_dir) / "info.json") if data_dir else None) or {}
-        if info.get("source", "folder") == "tfds":
-            return  # tfds ids name records inside TFRecords, not files
-        for src in (info, data_params or {}):
-            for key in ("path", "root", "folder", "dir", "source_dir"):
-                v = src.get(key)
-                if isinstance(v, str) and v:
-                    self.roots.append(Path(v).expanduser())
+        data = read_data(data_dir)
+        self.root = Path(data.info["path"]) if data is not None and data.info["source"] != "tfds" else None
 
     def find(self, image_id: str) -> Path | None:
-        cands = []
-        if image_id in self.by_id:
-            p = Path(self.by_id[image_id])
-            cands.append(p)
-            cands += [r / p for r in self.roots]
-        cands += [r / image_id for r in self.roots]
-        cands.append(Path(image_id))
-        for c in cands:
-            if c.suffix.lower() in IMAGE_EXTS + (".bmp", ".tif", ".tiff") and c.is_file():
-                return c
-            if c.is_file():
-                return c
-        return None
+        path = self.root / image_id if self.root is not None else None
+        return path if path is not None and path.is_file() else None
 
     def source(self, image_id: str) -> Path | bytes | None:
         """The photo's file, else the data stage's thumbnail of it (JPEG bytes), else None."""

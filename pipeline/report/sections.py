@@ -7,9 +7,9 @@ a run without the gradient stages still gets a useful page.
 
 from __future__ import annotations
 
-
+from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from pipeline.heads.primary import choose_primary, pick_split, selection_scores
 from pipeline.heads.read import read_heads_metrics, read_predictions
@@ -17,6 +17,7 @@ from pipeline.report import galleries, readers
 from pipeline.report.common import Log, Options, num, pct, safe_name, seconds, thumbnail, top_k_text, value
 from pipeline.report.document import (ASSET_DIR, Asset, Bars, Card, Details, Document, Figure,
                                       Gallery, Section, Table, Text, Tiles)
+from pipeline.sources.dataset import DataSet
 
 # --- sections ------------------------------------------------------------------------------------
 
@@ -86,41 +87,26 @@ def params_section(params: Mapping[str, Mapping], defaults: Mapping[str, Mapping
     return Section("params", "Params", blocks)
 
 
-def data_section(data_dir: Path | None, features_dir: Path | None, classes: list[str] | None,
-                 sizes: Mapping[str, int]) -> Section:
+def data_section(data: DataSet | None, classes: list[str] | None, sizes: Mapping[str, int]) -> Section:
     blocks: list = []
     if sizes:
         blocks.append(Table(["split", "images"], [[s, num(n)] for s, n in sizes.items()] +
                             [["total", num(sum(sizes.values()))]]))
-    records = readers.split_records(data_dir)
     if classes:
-        counts = {s: _class_counts(recs, classes) for s, recs in records.items()}
+        counts = {s: Counter(classes[label] for label in rec.labels) for s, rec in (data.splits if data else {}).items()}
         if counts and any(counts.values()):
             head = ["class", *counts]
             rows = [[c, *(num(counts[s].get(c, 0)) for s in counts)] for c in classes]
             blocks.append(Details(f"{len(classes)} classes, images per split", [Table(head, rows)]))
         else:
             blocks.append(Text(f"{len(classes)} classes: " + ", ".join(classes) + "."))
-    skipped = readers.read_skipped(data_dir)
+    skipped = readers.read_skipped(data)
     if skipped:
         blocks.append(Text(f"{len(skipped)} file(s) were skipped:", kind="warn"))
         blocks.append(Table(["file", "reason"], [[p, r] for p, r in skipped]))
-    elif data_dir is not None:
+    elif data is not None:
         blocks.append(Text("No files were skipped.", kind="note"))
     return Section("data", "Data", blocks)
-
-
-def _class_counts(recs: Sequence[Any], classes: Sequence[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in recs:
-        if not isinstance(r, Mapping):
-            continue
-        lab = next((r[k] for k in ("label", "class", "class_name", "y") if k in r), None)
-        if isinstance(lab, int) and not isinstance(lab, bool) and 0 <= lab < len(classes):
-            lab = classes[lab]
-        if lab is not None:
-            out[str(lab)] = out.get(str(lab), 0) + 1
-    return out
 
 
 def metrics_section(heads: dict | None, primary: str | None, opts: Options, log: Log) -> Section:
@@ -322,15 +308,13 @@ def _inspect_sections(inputs: Mapping[str, Path], manifests: Mapping[str, Any], 
 
 # --- the page ------------------------------------------------------------------------------------
 
-STAGE_ORDER = ("data", "features", "doctor", "heads", "trunk", "finetune", "inspect", "ideal", "adversarial")
-
-
 def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Mapping[str, type],
           opts: Options, log: Log = lambda m: None, started: float | None = None) -> Document:
     """The whole report.
 
     Args:
-      inputs: upstream stage name -> its output folder (absent names: stage not in the graph).
+      inputs: upstream stage name -> its output folder, in the graph's order (absent names: stage
+        not in the graph).
       own_params: the report's declared params sections (dataclasses), shown with the others.
       schema: params section -> dataclass for every section (for the defaults).
       opts: the report's knobs.
@@ -340,25 +324,26 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
     Returns:
       The Document; `document.write` puts it on disk.
     """
-    manifests = {n: readers.manifest(inputs[n]) for n in STAGE_ORDER if n in inputs}
+    manifests = {n: readers.manifest(folder) for n, folder in inputs.items()}
     params = readers.run_params(manifests, own_params)
     data_dir, feat_dir = inputs.get("data"), inputs.get("features")
     heads_dir = inputs.get("heads")
     heads = read_heads_metrics(heads_dir, inputs.get("finetune"))
-    classes = readers.read_classes(data_dir, feat_dir) or (heads or {}).get("classes")
-    sizes = readers.split_sizes(data_dir, feat_dir)
+    data = readers.read_data(data_dir)
+    classes = readers.read_classes(data, feat_dir) or (heads or {}).get("classes")
+    sizes = readers.split_sizes(data, feat_dir)
     primary = choose_primary(heads, opts.primary_head, log)
     adv_dir = inputs.get("adversarial")
     adv_metrics = readers.load_json(adv_dir / "metrics.json") if adv_dir else None
 
     sections = [overview_section(opts, heads, primary, classes, sizes, adv_metrics, manifests, params),
                 params_section(params, readers.section_defaults(schema))]
-    sections.append(data_section(data_dir, feat_dir, classes, sizes) if (data_dir or feat_dir)
+    sections.append(data_section(data, classes, sizes) if (data_dir or feat_dir)
                     else not_run("data", "Data", "data", inputs, manifests, "dataset summary"))
     from pipeline.report import doctor_section as doctor_report
 
     doctor_dir = inputs.get("doctor")
-    finder = readers.ImageFinder(data_dir, params.get("data"))
+    finder = readers.ImageFinder(data_dir)
     sections.append((doctor_report.section(doctor_dir, finder, opts) if doctor_dir else None)
                     or not_run(doctor_report.ID, doctor_report.TITLE, "doctor", inputs, manifests, "doctor.json"))
     if heads and heads["heads"] and primary:
