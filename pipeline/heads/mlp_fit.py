@@ -36,11 +36,7 @@ def fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict):
     from pipeline.heads.trained import fold_standardization
 
     mp = p.mlp
-    cfg = mlp.MLPConfig(hidden=tuple(mp.hidden), activation=mp.activation, dropout=mp.dropout,
-                        learning_rate=mp.learning_rate, weight_decay=mp.weight_decay,
-                        label_smoothing=mp.label_smoothing, schedule=mp.schedule,
-                        warmup_epochs=mp.warmup_epochs, batch_size=mp.batch_size,
-                        max_epochs=mp.max_epochs, patience=mp.patience, skip=mp.skip)
+    cfg = mlp.MLPConfig(**{f.name: getattr(mp, f.name) for f in dataclasses.fields(mlp.MLPConfig)})
     ytr, yva = data["train"][1], data["val"][1]
     counts_w = class_weights(ytr, K, p.class_weight)
     val_w = None
