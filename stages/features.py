@@ -12,10 +12,9 @@ after their global image ranges); `finalize`, run by process 0 after all process
 assembles the shards into the output files below. Memory stays flat: one shard of rows and a few
 batches of pixels are in memory at a time, whatever the number of images.
 
-Decoding: a thread pool over PIL, not tf.data. Measured here (2 shared cores, 231 real JPEGs,
-decode + resize to 256 + crop 224): PIL with 2 threads 134 img/s, tf.data with AUTOTUNE 118
-img/s after warm-up; and tf.image.resize's bicubic differs from PIL's (which the backbone's
-reference preprocessing uses) by 1.1 grey levels on average, 12 at most.
+Decoding: a thread pool over PIL, not tf.data: it kept up with tf.data's AUTOTUNE on this
+project's CPUs, and tf.image.resize's bicubic differs from PIL's, which the backbone's reference
+preprocessing uses (figures: docs/benchmarks.md).
 
 Outputs (the contract with `heads`):
   classes.json           class names (index = label)
