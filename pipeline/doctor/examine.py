@@ -68,7 +68,7 @@ def examine(features_dir: Path, data_dir: Path | None, p: Any, log: Callable[[st
       log: progress lines.
 
     Returns:
-      The content of ``doctor.json`` (see the README, "Data doctor").
+      The fields of `pipeline.doctor.artifact.Findings` (doctor.json; docs/doctor.md).
     """
     t: dict[str, float] = {}
     t0 = time.perf_counter()
