@@ -35,7 +35,6 @@ from typing import Any, Literal, Mapping, Union
 import numpy as np
 
 from pipeline import shards
-from pipeline.features.artifact import load_split  # the reader of what this stage writes
 from pipeline.features.params import FeaturesParams, view_plan
 from pipeline.params import ParamsError, spec
 from pipeline.sources import SPLITS, load_data

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import shards
-from pipeline.finetune.artifact import TrunkInfo, load_split, write_trunk_info  # noqa: F401 (load_split: this stage's reader)
+from pipeline.finetune.artifact import TrunkInfo, write_trunk_info
 from pipeline.finetune.params import FinetuneParams, rows_per_image
 from pipeline.params import ParamsError
 from pipeline.sources import SPLITS, load_data
