@@ -7,7 +7,7 @@ report's `ImageFinder`, as the mistakes gallery does.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from pipeline.doctor import artifact, summary
 from pipeline.doctor.duplicates import SPLIT_RANK
@@ -49,6 +49,16 @@ def _group_card(g: Mapping[str, Any], finder, size: int, i: int, kind: str) -> C
                 foot=" = ".join(m["id"] for m in members))
 
 
+def _photo_gallery(finder: readers.ImageFinder, rows: list[dict], size: int, name: str, kind: str,
+                   title: Callable[[dict], str], lines: Callable[[dict], list[str]]) -> Gallery:
+    """One card per flagged photo (its thumbnail, a title, a few lines, its split/id)."""
+    cards = []
+    for i, r in enumerate(rows):
+        t = _thumb(finder, r, size, f"doctor_{name}_{i:03d}")
+        cards.append(Card([(t, "")] if t else [], title=title(r), lines=lines(r), kind=kind, foot=summary.img_name(r)))
+    return Gallery(cards, min_width=max(150, size))
+
+
 def section(doctor_dir: Path, finder: readers.ImageFinder, opts: Options) -> Section | None:
     """The doctor's section, or None when its output has no doctor.json."""
     found = artifact.read(doctor_dir)
@@ -79,23 +89,15 @@ def section(doctor_dir: Path, finder: readers.ImageFinder, opts: Options) -> Sec
     blocks.append(Text(f"Likely label errors: {len(issues)}, least confident first (out-of-fold logreg "
                        f"probability of the given label)." + _shown(len(issues), cap) if issues else "Likely label errors: none flagged."))
     if issues:
-        cards = []
-        for i, r in enumerate(issues[:cap]):
-            t = _thumb(finder, r, size, f"doctor_label_{i:03d}")
-            cards.append(Card([(t, "")] if t else [], title=f"labelled {r['label']}",
-                              lines=[f"looks like {r['suggested']} ({100 * r['p_suggested']:.0f}%)",
-                                     f"p(given) = {100 * r['p_given']:.0f}%"], kind="bad", foot=summary.img_name(r)))
-        blocks.append(Gallery(cards, min_width=max(150, size)))
+        blocks.append(_photo_gallery(finder, issues[:cap], size, "label", "bad", lambda r: f"labelled {r['label']}",
+                                     lambda r: [f"looks like {r['suggested']} ({100 * r['p_suggested']:.0f}%)",
+                                                f"p(given) = {100 * r['p_given']:.0f}%"]))
     outl = found.outliers
     blocks.append(Text(f"Outliers: {len(outl)} image(s) far from every other (kNN distance, robust z >= "
                        f"the threshold): off-domain photos, or rare views." + _shown(len(outl), cap) if outl else "Outliers: none flagged."))
     if outl:
-        cards = []
-        for i, r in enumerate(outl[:cap]):
-            t = _thumb(finder, r, size, f"doctor_outlier_{i:03d}")
-            cards.append(Card([(t, "")] if t else [], title=f"{r['label']}",
-                              lines=[f"kNN distance {r['score']:.3f}", f"z = {r['z']:.1f}"], foot=summary.img_name(r)))
-        blocks.append(Gallery(cards, min_width=max(150, size)))
+        blocks.append(_photo_gallery(finder, outl[:cap], size, "outlier", "", lambda r: f"{r['label']}",
+                                     lambda r: [f"kNN distance {r['score']:.3f}", f"z = {r['z']:.1f}"]))
     if found.unconfirmed:
         rows = [[summary.img_name(u["a"]), summary.img_name(u["b"]), f"{u['cosine']:.3f}",
                  "–" if u["pixel"] is None else f"{u['pixel']:.2f}"] for u in found.unconfirmed[:200]]
