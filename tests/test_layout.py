@@ -24,8 +24,8 @@ LINE_BUDGET = 300
 # Module -> the line count it may not exceed until it is split (see issue 24).
 OVERSIZE = {
     "pipeline/cache.py": 503,
-    "pipeline/report/sections.py": 391,
-    "pipeline/report/document.py": 427,
+    "pipeline/report/sections.py": 374,
+    "pipeline/report/document.py": 409,
     "pipeline/models/registry.py": 366,
     "pipeline/storage.py": 371,
     "pipeline/runner.py": 343,
