@@ -68,7 +68,7 @@ def features(cache_dir: Path, photos: Path, backbone: str, augment: str = "none"
     from pipeline import runner
     from pipeline.graph import load_graph
     from pipeline.progress import QuietReporter
-    from stages.features import load_split
+    from pipeline.features.artifact import load_split
 
     graph = load_graph()
     overrides = ["data.source=folder", f"data.path={photos}", f"backbone.name={backbone}",

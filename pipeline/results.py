@@ -2,9 +2,8 @@
 
 A run is identified by its stages' cache keys: `show` reads the keys of the latest `run` from
 ``<cache>/runs/latest.json``; `compare` takes a heads key (or a unique prefix, or ``latest``) for
-each side, or resolves the other side from ``-S`` overrides the way `run` would. Metrics come from
-the stages' output folders through `pipeline.report.readers`, so `show`, `compare` and the HTML
-report always agree. Nothing here imports jax or tensorflow.
+each side, or resolves the other side from ``-S`` overrides the way `run` would. Metrics come through
+the readers the HTML report uses (`pipeline.heads.read`), so they agree. No jax or tensorflow here.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pipeline import cache, storage
 from pipeline.errors import UserError
-from pipeline.report import readers
+from pipeline.heads.read import read_heads_metrics
+from pipeline.plain import canonical, flatten, load_json
 
 STAGES = ("data", "features", "heads", "trunk", "finetune", "ideal", "adversarial", "report")
 HEAD_METRICS = ("accuracy", "mean_per_class_accuracy", "log_loss")
@@ -143,7 +143,7 @@ def run_metrics(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
     """Flat metrics of a run: ``heads/<head>/<split>/<metric>``, ``adversarial/<method>/<metric>``,
     ``adversarial/transfer/<backbone>/<method>``, ``ideal/<recipe>/<metric>``."""
     out: dict[str, Any] = {}
-    heads = readers.read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")),
+    heads = read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")),
                                        _out(cache_dir, "finetune", keys.get("finetune")))
     for name, h in (heads or {}).get("heads", {}).items():
         for split, m in h["splits"].items():
@@ -151,7 +151,7 @@ def run_metrics(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
                 if metric in m:
                     out[f"heads/{name}/{split}/{metric}"] = m[metric]
     adv = _out(cache_dir, "adversarial", keys.get("adversarial"))
-    raw = readers.load_json(adv / "metrics.json") if adv is not None else None
+    raw = load_json(adv / "metrics.json") if adv is not None else None
     if isinstance(raw, Mapping) and isinstance(raw.get("methods"), Mapping):
         for method, mm in raw["methods"].items():
             for k in ADV_METRICS:
@@ -162,11 +162,11 @@ def run_metrics(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
                 if isinstance(v, (int, float)):
                     out[f"adversarial/transfer/{backbone}/{method}"] = v
     elif isinstance(raw, Mapping):  # another layout: every number outside lists
-        for k, v in readers.flatten({k: v for k, v in raw.items() if not isinstance(v, list)}).items():
+        for k, v in flatten({k: v for k, v in raw.items() if not isinstance(v, list)}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[f"adversarial/{k.replace('.', '/')}"] = v
     ideal = _out(cache_dir, "ideal", keys.get("ideal"))
-    raw = readers.load_json(ideal / "ideal.json") if ideal is not None else None
+    raw = load_json(ideal / "ideal.json") if ideal is not None else None
     if isinstance(raw, Mapping) and isinstance(raw.get("recipes"), Mapping):
         for recipe, r in raw["recipes"].items():
             for k in IDEAL_METRICS:
@@ -184,7 +184,7 @@ def run_params(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
     for stage in STAGES:
         m = _manifest(cache_dir, stage, keys.get(stage))
         for section, values in ((m or {}).get("params") or {}).items():
-            for k, v in readers.flatten(values, section).items():
+            for k, v in flatten(values, section).items():
                 out.setdefault(k, v)
     return out
 
@@ -222,7 +222,7 @@ def show_latest(cache_dir: Path) -> str:
     lines += [text_table(["stage", "key", "state", "time"], rows, right=[3]), ""]
 
     keys = {n: s.get("key") for n, s in stages.items()}
-    heads = readers.read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")),
+    heads = read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")),
                                        _out(cache_dir, "finetune", keys.get("finetune")))
     if heads and heads["heads"]:
         rows = []
@@ -312,7 +312,7 @@ def compare(args: argparse.Namespace, resolve: Callable[[argparse.Namespace], tu
     pa, pb = run_params(cache_dir, keys_a), run_params(cache_dir, keys_b)
     # Only params both runs have: a stage one side has not run (its report) is no difference.
     diff = [[k, _fmt(k, pa[k]), _fmt(k, pb[k])]
-            for k in sorted(set(pa) & set(pb)) if readers.canonical(pa[k]) != readers.canonical(pb[k])]
+            for k in sorted(set(pa) & set(pb)) if canonical(pa[k]) != canonical(pb[k])]
     out.append("")
     out.append(text_table(["param", "A", "B"], diff) if diff else "params: identical")
     return "\n".join(out)

@@ -33,7 +33,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -42,6 +41,7 @@ from pipeline import sources
 from pipeline.errors import UserError
 from pipeline.params import ParamsError, spec
 from pipeline.sources import DataSet, SplitRecords, load_data
+from pipeline.sources.dataset import Skipped, write_data
 
 __all__ = ["DataParams", "DataSet", "SplitRecords", "STAGE", "fingerprint", "load_data", "run"]
 from pipeline.stage import Stage, StageContext
@@ -110,31 +110,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
         splits, classes, skipped, info = _from_tfds(p, ctx)
     splits = {s: sources.limit_per_class(splits[s], p.max_per_class, p.seed, s) for s in splits}
     label_of = {c: i for i, c in enumerate(classes)}
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, SplitRecords] = {}
     for s in sources.SPLITS:
         items = [it for c in splits.get(s, {}) for it in splits[s][c]]
         # Reading order: by path for folders, by tfds index for tfds (sequential reads).
         items.sort(key=lambda it: it[2] if info["source"] == "tfds" else it[0])
-        rec: dict[str, Any] = {"ids": [it[0] for it in items], "labels": [label_of[it[1]] for it in items]}
-        if info["source"] == "tfds":
-            rec["tfds_split"] = info["tfds_splits"][s]
-            rec["indices"] = [it[2] for it in items]
-        records[s] = rec
-    sizes = {s: len(records[s]["ids"]) for s in records}
+        tfds = info["source"] == "tfds"
+        records[s] = SplitRecords(ids=[it[0] for it in items], labels=[label_of[it[1]] for it in items],
+                                  indices=[it[2] for it in items] if tfds else None,
+                                  tfds_split=info["tfds_splits"][s] if tfds else None)
+    sizes = {s: len(records[s]) for s in records}
     if sizes["train"] == 0:
         raise UserError(f"data: no usable training image in {info.get('path') or info.get('name')} "
                         f"({len(skipped)} file(s) skipped; see skipped.json in {ctx.out_dir}).")
-    missing = [c for c in classes if not any(label_of[c] == l for l in records["train"]["labels"])]
+    missing = [c for c in classes if not any(label_of[c] == l for l in records["train"].labels)]
     if missing:
         ctx.log(f"warning: {len(missing)} class(es) have no training image: {', '.join(missing[:5])}")
     kinds = collections.Counter(k for _, k, _ in skipped)
     info.update({"splits": sizes, "num_classes": len(classes), "fingerprint": fingerprint(ctx.params, ctx.cache_dir),
                  "skipped": dict(sorted(kinds.items()))})
-    out = Path(ctx.out_dir)
-    _write_json(out / "classes.json", classes)
-    _write_json(out / "splits.json", records)
-    _write_json(out / "skipped.json", [{"id": i, "kind": k, "reason": r} for i, k, r in skipped])
-    _write_json(out / "info.json", info)
+    write_data(ctx.out_dir, classes, records, [Skipped(i, k, r) for i, k, r in skipped], info)
     where = info.get("path") or info.get("name")
     line = (f"{sum(sizes.values())} images in {len(classes)} classes from {where} "
             f"(train {sizes['train']} / val {sizes['val']} / test {sizes['test']})")
@@ -143,13 +138,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         line += " (see skipped.json)"
     ctx.log(line)
     return {"images": sum(sizes.values()), "classes": len(classes), **sizes, "skipped": len(skipped)}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    # splits.json can hold 10^5 ids: compact. The others are small and meant to be read.
-    tmp.write_text(json.dumps(obj, indent=None if path.name == "splits.json" else 1))
-    os.replace(tmp, path)
 
 
 def _group(items: list[Item]) -> dict[str, list[Item]]:

@@ -15,7 +15,6 @@ The machinery is `pipeline.doctor`; this module holds the params and the stage d
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -80,7 +79,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     Returns:
       The headline counts (leaks, duplicates, label issues, outliers, dropped).
     """
-    from pipeline.doctor import drops, examine, summary
+    from pipeline.doctor import artifact, examine, summary
 
     p: DoctorParams = ctx.params["doctor"]
     feats = Path(ctx.inputs["features"])
@@ -88,12 +87,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         from pipeline.errors import UserError
 
         raise UserError(f"{feats} is not a features stage output (no classes.json); rerun --force features.")
-    found = examine.examine(feats, ctx.inputs.get("data"), p, log=ctx.log)
-    out = Path(ctx.out_dir)
-    (out / "doctor.json").write_text(json.dumps(found, indent=1))
-    (out / drops.FILE).write_text(json.dumps(found["drops"], indent=1))
+    found = artifact.Findings(**examine.examine(feats, ctx.inputs.get("data"), p, log=ctx.log))
+    artifact.write(ctx.out_dir, found)
     ctx.log("\n" + summary.text(found))
-    c = found["counts"]
+    c = found.counts
     return {"leaked_images": c["leaked_images"], "leak_groups": c["leak_groups"],
             "duplicate_groups": c["duplicate_groups"], "label_issues": c["label_issues"],
             "outliers": c["outliers"], "dropped": c["dropped"], "action": p.action}

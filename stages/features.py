@@ -12,10 +12,9 @@ after their global image ranges); `finalize`, run by process 0 after all process
 assembles the shards into the output files below. Memory stays flat: one shard of rows and a few
 batches of pixels are in memory at a time, whatever the number of images.
 
-Decoding: a thread pool over PIL, not tf.data. Measured here (2 shared cores, 231 real JPEGs,
-decode + resize to 256 + crop 224): PIL with 2 threads 134 img/s, tf.data with AUTOTUNE 118
-img/s after warm-up; and tf.image.resize's bicubic differs from PIL's (which the backbone's
-reference preprocessing uses) by 1.1 grey levels on average, 12 at most.
+Decoding: a thread pool over PIL, not tf.data: it kept up with tf.data's AUTOTUNE on this
+project's CPUs, and tf.image.resize's bicubic differs from PIL's, which the backbone's reference
+preprocessing uses (figures: docs/benchmarks.md).
 
 Outputs (the contract with `heads`):
   classes.json           class names (index = label)
@@ -28,8 +27,6 @@ Outputs (the contract with `heads`):
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -38,11 +35,10 @@ from typing import Any, Literal, Mapping, Union
 import numpy as np
 
 from pipeline import shards
+from pipeline.features.params import FeaturesParams, input_spec, view_plan
 from pipeline.params import ParamsError, spec
 from pipeline.sources import SPLITS, load_data
 from pipeline.stage import Stage, StageContext
-
-CROPS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,37 +86,6 @@ def fan_out(sections: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{**sections, "backbone": dataclasses.replace(bp, name=n)} for n in bp.names]
 
 
-@dataclasses.dataclass(frozen=True)
-class FeaturesParams:
-    """params.yaml section ``features``."""
-
-    image_size: int | None = spec(
-        None, min=32, max=1024,
-        help="side of the square crop fed to the backbone; null: its native size (Lite0 224, Lite2 "
-             "260). Larger sees the photo at a higher resolution (the resize keeps the native crop "
-             "fraction); predict and export use the same. Several backbones: each runs at this size")
-    batch_size: int = spec(32, min=1, help="images per backbone call")
-    dtype: Literal["float32", "float16"] = spec("float32", help="storage dtype of the features")
-    shard_size: int = spec(1024, min=1, help="images per checkpointed shard; a multiple of batch_size")
-    workers: int = spec(0, min=0, affects_output=False, help="decoding threads; 0 = one per CPU core")
-    augment: Literal["none", "flip", "crops", "flip_crops"] = spec(
-        "none", help="test-time augmentation views: none, flip (the mirror image too), crops (n_crops crops) or flip_crops (both)")
-    n_crops: int = spec(5, min=1, max=5, help="crops with augment crops/flip_crops: centre, then corners")
-    reduce: Literal["mean", "rows"] = spec("mean", help="average the views, or store each as a row")
-
-    def validate(self) -> None:
-        if self.shard_size % self.batch_size:
-            raise ParamsError(f"shard_size: {self.shard_size} is not a multiple of batch_size "
-                              f"{self.batch_size}; shards must hold whole batches so that a resumed "
-                              "run computes exactly the same batches.")
-
-
-def view_plan(fp: FeaturesParams) -> tuple[tuple[str, ...], bool]:
-    """(crop positions, flip) of the views taken of each image."""
-    crops = CROPS[:fp.n_crops] if fp.augment in ("crops", "flip_crops") else ("center",)
-    return crops, fp.augment in ("flip", "flip_crops")
-
-
 def _n_views(fp: FeaturesParams) -> int:
     crops, flip = view_plan(fp)
     return len(crops) * (2 if flip else 1)
@@ -138,18 +103,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     fp: FeaturesParams = ctx.params["features"]
     backbone = registry.load_backbone(bp.name, ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise)
     return extract(ctx, dataclasses.replace(backbone, spec=input_spec(backbone.spec, fp)))
-
-
-def input_spec(backbone_spec: Any, fp: FeaturesParams) -> Any:
-    """The backbone's spec at the input size the features use (``features.image_size``).
-
-    Raises:
-      ParamsError: the backbone cannot read another input size (VGG's dense fc1).
-    """
-    try:
-        return backbone_spec.at_size(fp.image_size)
-    except ValueError as e:
-        raise ParamsError(f"features.image_size: {e}; set it to null (native) for this backbone.") from None
 
 
 def extract(ctx: StageContext, backbone: Any) -> dict[str, Any]:
@@ -273,23 +226,6 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
             f"{computed} in {seconds:.1f} s ({summary['images_per_s']} img/s, compile "
             f"{summary['compile_seconds']} s), {summary['resumed_shards']} shard(s) resumed")
     return summary
-
-
-def load_split(features_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """One split of the features stage's output.
-
-    Args:
-      features_dir: the features stage's output folder.
-      split: ``train``, ``val`` or ``test``.
-
-    Returns:
-      (features (N, D) memory-mapped read-only, labels (N,) int32, ids: N image ids).
-    """
-    d = Path(features_dir) / split
-    feats = np.load(d / "features.npy", mmap_mode="r")
-    labels = np.load(d / "labels.npy")
-    ids = json.loads((d / "ids.json").read_text())
-    return feats, labels, ids
 
 
 STAGE = Stage(

@@ -13,7 +13,7 @@ Outputs:
                             probe's accuracy per split, "best_probe": the heads stage's best head on
                             test and the gain over it, "start", "history": per epoch, "seconds"}
   predictions_finetune.json per test image, as the heads stage's
-  finetune.npz + finetune.json   trained params (``top/...``, ``head/W``, ``head/b``) and the cut;
+  finetune.npz + finetune.json   trained params and `pipeline.finetune.artifact.Finetuned`;
                             `pipeline.finetune.model.load_finetuned` rebuilds the classifier on pixels
 With ``finetune.enabled: false`` (the trunk stage then wrote a stub) only metrics.json is written,
 ``{"enabled": false}``.
@@ -30,6 +30,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.finetune.artifact import Finetuned, TrunkInfo, read_trunk_info, write_finetuned
 from pipeline.params import spec
 from pipeline.stage import Stage, StageContext
 
@@ -59,14 +60,14 @@ class FinetuneTrainParams:
 def run(ctx: StageContext) -> dict[str, Any]:
     """Load the backbone the trunk stage cut, and fine-tune (see `train`)."""
     bp = ctx.params["backbone"]
-    info = json.loads((Path(ctx.inputs["trunk"]) / "info.json").read_text())
-    if not info.get("enabled"):
+    info = read_trunk_info(ctx.inputs["trunk"])
+    if not info.enabled:
         ctx.log("finetune.enabled is false: no fine-tuning (set it true, e.g. -S finetune.enabled=true)")
         (Path(ctx.out_dir) / "metrics.json").write_text(json.dumps({"enabled": False}))
         return {"enabled": False}
     from pipeline.models import registry
 
-    return train(ctx, registry.load_backbone(info["backbone"], ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise))
+    return train(ctx, registry.load_backbone(info.backbone, ctx.cache_dir, dtype=bp.dtype, depthwise=bp.depthwise))
 
 
 def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
@@ -85,14 +86,14 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
     from pipeline.heads.trained import load_head
     from pipeline.models import cut
     from pipeline.heads.outputs import write_predictions
-    from stages.trunk import load_split
+    from pipeline.finetune.artifact import load_split, read_trunk_classes
 
     p: FinetuneTrainParams = ctx.params["finetune_train"]
     out = Path(ctx.out_dir)
     trunk_dir, heads_dir = Path(ctx.inputs["trunk"]), Path(ctx.inputs["heads"])
-    info = json.loads((trunk_dir / "info.json").read_text())
+    info = read_trunk_info(trunk_dir)
     t_start = time.perf_counter()
-    classes = json.loads((trunk_dir / "classes.json").read_text())
+    classes = read_trunk_classes(trunk_dir)
     K = len(classes)
     data = {s: load_split(trunk_dir, s) for s in SPLITS if (trunk_dir / s / "ids.json").exists()}
     for s in ("train", "val"):
@@ -103,7 +104,7 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
     if list(probe.classes) != classes:
         raise UserError(f"finetune: the heads stage's classes ({len(probe.classes)}) differ from the trunk's "
                         f"({K}); both read the same data stage, so rerun with --force heads.")
-    c = cut.split(backbone, info["cut"])
+    c = cut.split(backbone, info.cut)
     W, b = np.asarray(probe.params["W"]), np.asarray(probe.params["b"])
     refit = _probe_refit(heads_dir, c, data["train"], K, ctx.log) if p.init == "logreg" else None
     W, b = full_weights(*(refit or (W, b)))
@@ -112,7 +113,7 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
     cfg = TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr_head=p.lr_head, lr_backbone=p.lr_backbone,
                       warmup_epochs=p.warmup_epochs, weight_decay=p.weight_decay, l2sp=p.l2sp,
                       label_smoothing=p.label_smoothing, patience=p.patience, seed=p.seed)
-    ctx.log(f"fine-tuning {info['backbone']} from {info['cut']} ({', '.join(c.top_layers)}; "
+    ctx.log(f"fine-tuning {info.backbone} from {info.cut} ({', '.join(c.top_layers)}; "
             f"{sum(int(np.prod(v.shape)) for v in _leaves(c.top_params(backbone.params)))} pretrained params) "
             f"on {len(data['train'][1])} images x {data['train'][0].shape[1]} views")
     result = fit(c, W, b, data["train"][:2], data["val"][:2], cfg, ctx.log)
@@ -122,7 +123,7 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
         best, refit_info = _refit(c, probe, data, result["best_epoch"], cfg, full_weights, fit, ctx.log)
     t_eval = time.perf_counter()
     head_metrics: dict[str, Any] = {"hyperparameters": {
-        **dataclasses.asdict(p), "cut": info["cut"], "views": info["views"], "best_epoch": result["best_epoch"],
+        **dataclasses.asdict(p), "cut": info.cut, "views": info.views, "best_epoch": result["best_epoch"],
         "seconds": result["seconds"], "batch_size": result["batch_size"],
         "refit": refit_info}}
     probe_metrics: dict[str, Any] = {}
@@ -224,13 +225,13 @@ def _leaves(tree: Any) -> list:
     return jax.tree.leaves(tree)
 
 
-def _save(out: Path, params: Any, info: dict, classes: list[str], top_keys: tuple[str, ...]) -> None:
+def _save(out: Path, params: Any, info: TrunkInfo, classes: list[str], top_keys: tuple[str, ...]) -> None:
     from pipeline.models.convert import flatten_params
 
     flat = {k: np.asarray(v, np.float32) for k, v in flatten_params(params).items()}
     np.savez(out / "finetune.npz", **flat)
-    (out / "finetune.json").write_text(json.dumps({"backbone": info["backbone"], "cut": info["cut"],
-                                                   "classes": classes, "top_keys": list(top_keys)}, indent=1))
+    write_finetuned(out, Finetuned(backbone=info.backbone, cut=info.cut, classes=list(classes),
+                                   top_keys=list(top_keys)))
 
 
 def downstream_key(sections: Mapping[str, Any]) -> str | None:

@@ -71,8 +71,8 @@ class InspectParams:
 def _pick_head(heads_dir: Path, wanted: str) -> str:
     """The head to explain: the one named, else the one the report picks (best by CV or val accuracy)."""
     from pipeline.heads.trained import available
-    from pipeline.report import readers
-    from pipeline.report.sections import choose_primary
+    from pipeline.heads.primary import choose_primary
+    from pipeline.heads.read import read_heads_metrics
 
     names = available(heads_dir)
     if not names:
@@ -82,7 +82,7 @@ def _pick_head(heads_dir: Path, wanted: str) -> str:
             raise UserError(f"inspect.head: {wanted!r} is not a head of this run; choose auto or one of "
                             f"{', '.join(names)}.")
         return wanted
-    choice = choose_primary(readers.read_heads_metrics(heads_dir), "auto")
+    choice = choose_primary(read_heads_metrics(heads_dir), "auto")
     return choice if choice in names else names[0]
 
 
@@ -122,7 +122,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from pipeline.heads.trained import fused_backbones, load_head
     from pipeline.inspect import mapping, mapplot, steps
     from pipeline.models import cut, registry
-    from pipeline.report import readers
+    from pipeline.heads.read import read_predictions
     from pipeline.sources import load_data
 
     p: InspectParams = ctx.params["inspect"]
@@ -147,7 +147,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # Every photo either part needs, decoded once.
     photos = steps.choose_photos(data, p.photos)
-    preds = readers.read_predictions(heads_dir, answer, classes) or []
+    preds = read_predictions(heads_dir, answer, classes) or []
     preds = [{"id": r["id"], "true": classes[r["true"]], "pred": classes[r["pred"]], "p_pred": r["conf"],
               "p_true": r["true_prob"]} for r in preds]
     examples = steps.pick_examples(preds, classes, p.max_mistakes, p.max_correct)

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pipeline.params import ParamsError, spec
 from pipeline.stage import Stage, StageContext
+from stages import STAGES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,8 @@ class ReportParams:
             raise ParamsError("primary_head: must be a head name or 'auto', got ''.")
 
 
-_UPSTREAM = ("data", "features", "doctor", "heads", "trunk", "finetune", "inspect", "ideal", "adversarial")
+# The report reads every other stage of the graph, in the graph's order (stages/__init__.py).
+_UPSTREAM = tuple(name for name in STAGES if name != "report")
 
 
 def params_schema() -> dict[str, type]:

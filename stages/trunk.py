@@ -13,62 +13,26 @@ Shards, resume and the multi-process split are the features stage's (`pipeline.s
 `pipeline.featurize.BatchEmbedder` over a trunk-shaped backbone): a killed pass resumes from its
 last finished shard. With ``finetune.enabled: false`` the stage writes only ``info.json``.
 
-Outputs (the contract with `finetune`):
-  info.json                  {"enabled", "backbone", "cut", "activation_shape": [h, w, c], "dtype",
-                              "rows_per_image": {split: r}, "images": {split: n}, ...}
-  classes.json               class names
-  <split>/activations.npy    (N * r, h * w * c) float16/float32, rows image-major (r = 1 + views for
-                             train, 1 otherwise); `load_split` memory-maps and reshapes it
-  <split>/labels.npy         (N,) int32, one per image
-  <split>/ids.json           N image ids
+Outputs (the contract with `finetune`): `pipeline.finetune.artifact` (`TrunkInfo`, `load_split`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from pipeline import shards
-from pipeline.params import ParamsError, spec
+from pipeline.finetune.artifact import TrunkInfo, write_trunk_info
+from pipeline.finetune.params import FinetuneParams, rows_per_image
+from pipeline.params import ParamsError
 from pipeline.sources import SPLITS, load_data
 from pipeline.stage import Stage, StageContext
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneParams:
-    """params.yaml section ``finetune``: where to cut and what to cache (the trunk stage's key)."""
-
-    enabled: bool = spec(False, help="run the trunk pass and fine-tuning (off: both stages write a stub)")
-    unfreeze: str = spec("block15", help="first trainable layer; it and all after it are fine-tuned "
-                                          "(lite0: stem, block0..block15, head_conv; a typo lists them all)")
-    views: int = spec(4, min=0, max=64, help="augmented views per training image, besides its centre view")
-    flip: bool = spec(True, help="augmented views are mirrored with probability 1/2")
-    crop: bool = spec(True, help="augmented views are random resized crops of the original photo")
-    min_scale: float = spec(0.35, min=0.05, max=1.0, help="smallest random crop, as a fraction of the photo's area")
-    color_jitter: float = spec(0.0, min=0.0, max=0.9, help="brightness/contrast/saturation factors in [1-s, 1+s]")
-    seed: int = spec(0, min=0, help="seed of the augmented views")
-    dtype: Literal["float16", "float32"] = spec("float16", help="storage dtype of the cached activations")
-    batch_size: int = spec(32, min=1, help="views per trunk call")
-    shard_size: int = spec(256, min=1, help="images per checkpointed shard; a multiple of batch_size")
-    workers: int = spec(0, min=0, affects_output=False, help="decoding threads; 0 = one per CPU core")
-
-    def validate(self) -> None:
-        if not self.unfreeze.strip():
-            raise ParamsError("unfreeze: must name a layer of the backbone, e.g. block15 or head_conv.")
-        if self.shard_size % self.batch_size:
-            raise ParamsError(f"shard_size: {self.shard_size} is not a multiple of batch_size {self.batch_size}; "
-                              "shards must hold whole batches so that a resumed run computes the same batches.")
-
-
-def rows_per_image(fp: FinetuneParams, split: str) -> int:
-    return 1 + fp.views if split == "train" else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +142,7 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
     fp: FinetuneParams = ctx.params["finetune"]
     out = Path(ctx.out_dir)
     if not fp.enabled:
-        shards.write_durable_json(out / "info.json", {"enabled": False})
+        write_trunk_info(out, TrunkInfo(enabled=False))
         return {"enabled": False}
     data = load_data(ctx.inputs["data"])
     stats = shards.read_process_stats(out)
@@ -201,32 +165,22 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
         shards.write_durable_json(out / split / "ids.json", list(rec.ids))  # last: marks the split done
         shutil.rmtree(folder)
     shards.write_durable_json(out / "classes.json", data.classes)
-    info = {"enabled": True, "backbone": stats[0]["backbone"], "cut": fp.unfreeze, "activation_shape": shape,
-            "dtype": fp.dtype, "views": fp.views, "images": {s: len(data.splits[s]) for s in SPLITS},
-            "rows_per_image": {s: rows_per_image(fp, s) for s in SPLITS}}
-    shards.write_durable_json(out / "info.json", info)
+    info = TrunkInfo(enabled=True, backbone=stats[0]["backbone"], cut=fp.unfreeze, activation_shape=tuple(shape),
+                     dtype=fp.dtype, views=fp.views, images={s: len(data.splits[s]) for s in SPLITS},
+                     rows_per_image={s: rows_per_image(fp, s) for s in SPLITS})
+    write_trunk_info(out, info)
     shutil.rmtree(out / "stats", ignore_errors=True)
     rows = sum(s["computed_rows"] for s in stats)
     seconds = max(s["seconds"] for s in stats)
-    summary = {"backbone": info["backbone"], "cut": fp.unfreeze, "activation_shape": shape,
+    summary = {"backbone": info.backbone, "cut": fp.unfreeze, "activation_shape": shape,
                "computed_views": rows, "resumed_shards": sum(s["resumed_shards"] for s in stats),
                "seconds": seconds, "views_per_s": round(rows / seconds, 2) if seconds else None,
                "compile_seconds": max(s["compile_seconds"] for s in stats),
                "megabytes": round(sum((out / s / "activations.npy").stat().st_size for s in SPLITS) / 1e6, 1)}
-    ctx.log(f"trunk of {info['backbone']} up to {fp.unfreeze}: {rows} views -> {shape} {fp.dtype} in "
+    ctx.log(f"trunk of {info.backbone} up to {fp.unfreeze}: {rows} views -> {shape} {fp.dtype} in "
             f"{seconds:.1f} s ({summary['views_per_s']} views/s, compile {summary['compile_seconds']} s), "
             f"{summary['resumed_shards']} shard(s) resumed, {summary['megabytes']} MB")
     return summary
-
-
-def load_split(trunk_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(activations (N, r, h, w, c) memory-mapped read-only, labels (N,), ids) of one split."""
-    info = json.loads((Path(trunk_dir) / "info.json").read_text())
-    d = Path(trunk_dir) / split
-    labels = np.load(d / "labels.npy")
-    acts = np.load(d / "activations.npy", mmap_mode="r")
-    r = info["rows_per_image"][split]
-    return acts.reshape(len(labels), r, *info["activation_shape"]), labels, json.loads((d / "ids.json").read_text())
 
 
 STAGE = Stage(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline import images
+from pipeline.features.artifact import load_split
 from pipeline.params import ParamsError
 from stages import data as data_stage
 from stages import features
@@ -78,7 +79,7 @@ def test_features_match_image_by_image_reference(data_dir, backbone, tmp_path):
     summary, ctx = extract(data_dir, tmp_path / "out", backbone, batch_size=4, shard_size=8)
     ds = data_stage.load_data(data_dir)
     for split in ("train", "val", "test"):
-        feats, labels, ids = features.load_split(tmp_path / "out", split)
+        feats, labels, ids = load_split(tmp_path / "out", split)
         assert isinstance(feats, np.memmap) and feats.dtype == np.float32
         assert feats.shape == (len(ds.splits[split]), 16)
         assert ids == ds.splits[split].ids and labels.tolist() == ds.splits[split].labels
@@ -96,7 +97,7 @@ def test_features_match_image_by_image_reference(data_dir, backbone, tmp_path):
 
 def test_flip_mean_in_float16(data_dir, backbone, tmp_path):
     extract(data_dir, tmp_path / "out", backbone, batch_size=4, shard_size=8, augment="flip", dtype="float16")
-    feats, _, ids = features.load_split(tmp_path / "out", "val")
+    feats, _, ids = load_split(tmp_path / "out", "val")
     assert feats.dtype == np.float16 and len(ids) == feats.shape[0]
     ref = reference(data_dir, backbone, "val", flip=True).mean(axis=1)
     np.testing.assert_allclose(feats.astype(np.float32), ref, rtol=2e-3, atol=2e-3)  # float16 storage
@@ -105,7 +106,7 @@ def test_flip_mean_in_float16(data_dir, backbone, tmp_path):
 def test_crops_as_rows(data_dir, backbone, tmp_path):
     extract(data_dir, tmp_path / "out", backbone, batch_size=2, shard_size=4, augment="crops", n_crops=3,
             reduce="rows")
-    feats, labels, ids = features.load_split(tmp_path / "out", "test")
+    feats, labels, ids = load_split(tmp_path / "out", "test")
     ds = data_stage.load_data(data_dir)
     n = len(ds.splits["test"])
     assert feats.shape == (3 * n, 16) and len(ids) == 3 * n and ids[:3] == [f"{ds.splits['test'].ids[0]}#{v}" for v in range(3)]
@@ -124,7 +125,7 @@ def test_two_processes_write_shards_that_assemble_to_the_same_result(data_dir, b
     assert s0["computed"] + s1["computed"] == 29
     features.finalize(make_ctx(features.STAGE, fparams(batch_size=4, shard_size=4), out, inputs={"data": data_dir}))
     for split in ("train", "val", "test"):
-        a, b = features.load_split(tmp_path / "one", split), features.load_split(out, split)
+        a, b = load_split(tmp_path / "one", split), load_split(out, split)
         assert np.array_equal(a[0], b[0]) and a[2] == b[2]
 
 
@@ -169,7 +170,7 @@ def test_sigkill_then_resume_gives_identical_features(data_dir, backbone, tmp_pa
     assert summary["resumed_shards"] == len(done) and summary["computed"] == 29 - 4 * len(done)
     extract(data_dir, tmp_path / "ref", backbone, batch_size=2, shard_size=4)
     for split in ("train", "val", "test"):
-        a, b = features.load_split(out, split), features.load_split(tmp_path / "ref", split)
+        a, b = load_split(out, split), load_split(tmp_path / "ref", split)
         assert np.array_equal(a[0], b[0]) and a[2] == b[2]       # bit-identical, same order
 
 
@@ -195,7 +196,7 @@ def test_two_devices_shard_the_batch(data_dir, backbone, tmp_path):
     assert proc.returncode == 0, stderr[-2000:]
     extract(data_dir, tmp_path / "ref", backbone, batch_size=3, shard_size=6)
     for split in ("train", "val", "test"):
-        a, b = features.load_split(tmp_path / "out", split), features.load_split(tmp_path / "ref", split)
+        a, b = load_split(tmp_path / "out", split), load_split(tmp_path / "ref", split)
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
 
 
@@ -210,7 +211,7 @@ def test_lite0_through_the_registry_on_real_photos(tmp_path):
     cache = REPO / "cache"  # converted weights are shared with the other real-weight tests
     summary, _ = run_stage(features.STAGE, fparams(batch_size=16, shard_size=32), tmp_path / "feat",
                            inputs={"data": tmp_path / "data"}, cache_dir=cache)
-    feats, labels, ids = features.load_split(tmp_path / "feat", "train")
+    feats, labels, ids = load_split(tmp_path / "feat", "train")
     assert feats.shape == (37, 1280) and summary["computed"] == 37
     bb = registry.load_backbone("efficientnet_lite0", cache)
     ds = data_stage.load_data(tmp_path / "data")
@@ -230,7 +231,7 @@ def test_tfds_source_through_shards_and_processes(backbone, tmp_path):
         extract(tmp_path / "data", tmp_path / "out", backbone, 1, 2, finalize=False, batch_size=2, shard_size=4)
         extract(tmp_path / "data", tmp_path / "out", backbone, 0, 2, batch_size=2, shard_size=4)
         for split in ("train", "val", "test"):
-            feats, labels, ids = features.load_split(tmp_path / "out", split)
+            feats, labels, ids = load_split(tmp_path / "out", split)
             rec = data_stage.load_data(tmp_path / "data").splits[split]
             assert ids == rec.ids and labels.tolist() == rec.labels
             np.testing.assert_allclose(feats, reference(tmp_path / "data", backbone, split)[:, 0],

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from pipeline import runner
+from pipeline.finetune.artifact import load_split
 from pipeline.graph import load_graph
 from pipeline.params import ParamsError
 from stages import data as data_stage
@@ -71,7 +72,7 @@ def test_trunk_rows_are_the_cut_of_the_centre_and_augmented_views(data_dir, trun
     c = cut.split(bb, "conv2")
     info = json.loads((trunk_dir / "info.json").read_text())
     assert info["activation_shape"] == [16, 16, 8] and info["rows_per_image"] == {"train": 3, "val": 1, "test": 1}
-    acts, labels, ids = trunk.load_split(trunk_dir, "train")
+    acts, labels, ids = load_split(trunk_dir, "train")
     assert acts.shape[:2] == (len(labels), 3) and acts.dtype == np.float16
     ds = data_stage.load_data(data_dir)
     src = next(ds.sources("train"))
@@ -106,7 +107,7 @@ def test_sigkill_then_resume_gives_identical_activations(data_dir, trunk_dir, tm
     assert stats["resumed_shards"] == 1
     trunk.finalize(ctx)
     for split in ("train", "val", "test"):
-        a, b = trunk.load_split(out, split), trunk.load_split(trunk_dir, split)
+        a, b = load_split(out, split), load_split(trunk_dir, split)
         assert np.array_equal(a[0], b[0]) and a[2] == b[2]  # bit-identical: the random views are seeded
 
 
@@ -119,7 +120,7 @@ def _probe(trunk_dir, out: Path) -> None:
 
     bb = tiny_backbone.make_cuttable()
     c = cut.split(bb, "conv2")
-    acts, y, _ = trunk.load_split(trunk_dir, "train")
+    acts, y, _ = load_split(trunk_dir, "train")
     feats = np.asarray(c.top(bb.params, acts[:, 0]))
     lr = LogisticRegression(C=0.01, max_iter=2000).fit(feats, y)  # weak on purpose: room to improve
     classes = json.loads((trunk_dir / "classes.json").read_text())
@@ -161,7 +162,7 @@ def _check_pixel_model(data_dir: Path, trunk_dir: Path, ft_dir: Path) -> None:
     bb = tiny_backbone.make_cuttable()
     merged, head = finetuned.load_finetuned(ft_dir, bb)
     preds = json.loads((ft_dir / "predictions_finetune.json").read_text())["predictions"]
-    acts, _, ids = trunk.load_split(trunk_dir, "test")
+    acts, _, ids = load_split(trunk_dir, "test")
     model, seg = model_lib.multi_head_model(bb, {"imagenet": "imagenet", "finetune": head}, {"finetune": merged})
     src = next(load_data(data_dir).sources("test"))
     img = images.decode_image(src, min_size=max(bb.spec.resize_size, bb.spec.input_size))
@@ -210,5 +211,5 @@ def test_refit_on_train_val_for_the_chosen_epochs(trunk_dir, tmp_path):
     hyper = json.loads((tmp_path / "ft" / "metrics.json").read_text())["heads"]["finetune"]["hyperparameters"]
     assert hyper["refit"]["epochs"] == hyper["best_epoch"] == summary["best_epoch"]
     if hyper["best_epoch"]:
-        n = sum(len(trunk.load_split(trunk_dir, s)[1]) for s in ("train", "val"))
+        n = sum(len(load_split(trunk_dir, s)[1]) for s in ("train", "val"))
         assert hyper["refit"]["images"] == n

@@ -372,7 +372,7 @@ def _real_graph():
 def test_features_and_report_written_to_and_read_back_from_the_bucket(root, tmp_path):
     import numpy as np
 
-    from stages import features
+    from pipeline.features.artifact import load_split
     from tests.test_features import write_photos
 
     write_photos(tmp_path / "photos", {"cat": 7, "dog": 6})
@@ -389,7 +389,7 @@ def test_features_and_report_written_to_and_read_back_from_the_bucket(root, tmp_
     assert local_plans["features"].key == plans["features"].key
     fresh = cache.local_copy(root, "features", plans["features"].key, tmp_path / "another-host")
     for split in ("train", "val", "test"):
-        got, want = features.load_split(fresh, split), features.load_split(local_plans["features"].out, split)
+        got, want = load_split(fresh, split), load_split(local_plans["features"].out, split)
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]
     # The report: in the bucket, read back through epath, and self-contained.
     report_dir = plans["report"].out

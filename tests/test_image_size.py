@@ -40,7 +40,7 @@ def test_image_size_keys_the_features_and_everything_after_them(tmp_path):
 def test_a_backbone_with_a_fixed_input_refuses_another_size():
     from pipeline.models import registry
     from pipeline.params import ParamsError
-    from stages.features import FeaturesParams, input_spec
+    from pipeline.features.params import FeaturesParams, input_spec
 
     with pytest.raises(ParamsError, match=r"features\.image_size: vgg16 reads a fixed 224"):
         input_spec(registry.get_spec("vgg16"), FeaturesParams(image_size=288))
@@ -57,7 +57,7 @@ def test_features_predict_and_export_follow_a_larger_image_size(tmp_path, monkey
     from pipeline.predict.model import load_classifier
     from pipeline.predict.predict import predict_files
     from pipeline.progress import QuietReporter
-    from stages.features import load_split
+    from pipeline.features.artifact import load_split
 
     cache = tmp_path / "cache"
     graph, params = _params([f"features.image_size={SIZE}"])

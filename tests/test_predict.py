@@ -79,7 +79,7 @@ def test_bad_files_are_listed_and_skipped(trained_run, classifiers, tmp_path):
 def test_choose_head(trained_run):
     from pipeline.errors import UserError
     from pipeline.predict import resolve
-    from pipeline.report.sections import choose_primary
+    from pipeline.heads.primary import choose_primary
 
     _, run = trained_run
     assert resolve.choose_head(run, None, "auto") == choose_primary(run.metrics, "auto")

@@ -509,7 +509,7 @@ def test_tfds_mistakes_get_thumbnails_from_the_data_stage(tmp_path):
     data_dir = tmp_path / "data"
     splits = json.loads((data_dir / "splits.json").read_text())
     ids = [i for s in splits.values() for i in s["ids"]]
-    finder = readers.ImageFinder(data_dir, {"source": "tfds"})
+    finder = readers.ImageFinder(data_dir)
     assert finder.find(ids[0]) is None                            # no file on disk for a tfds id ...
     for image_id in ids:                                          # ... but every photo has a thumbnail
         with Image.open(io.BytesIO(finder.source(image_id))) as im:

@@ -26,7 +26,7 @@ def load(features_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[st
     """
     import json
 
-    from stages.features import load_split
+    from pipeline.features.artifact import load_split
 
     classes = json.loads((features_dir / "classes.json").read_text())
     xs, ys, ids, split_of = [], [], [], []
@@ -68,7 +68,7 @@ def examine(features_dir: Path, data_dir: Path | None, p: Any, log: Callable[[st
       log: progress lines.
 
     Returns:
-      The content of ``doctor.json`` (see the README, "Data doctor").
+      The fields of `pipeline.doctor.artifact.Findings` (doctor.json; docs/doctor.md).
     """
     t: dict[str, float] = {}
     t0 = time.perf_counter()

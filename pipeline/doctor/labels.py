@@ -10,8 +10,8 @@ Estimating Uncertainty in Dataset Labels", JAIR 2021) as cleanlab 2.9.0 computes
 defaults (``filter_by="prune_by_noise_rate"``, ``min_examples_per_class=1``, ``frac_noise=1``),
 written out in numpy: the per-class thresholds, the calibrated confident joint, and pruning the
 largest-margin examples of each off-diagonal cell. `tests/test_doctor.py` checks it against
-cleanlab itself. It is written here rather than imported because cleanlab pulls pandas in and
-takes ~1.7 s to import, a third of the stage's budget on a small folder.
+cleanlab itself. It is written here rather than imported because cleanlab pulls pandas in, whose
+import alone costs a large share of the stage's time on a small folder.
 """
 
 from __future__ import annotations

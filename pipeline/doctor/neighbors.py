@@ -10,7 +10,7 @@ The search is all-pairs, N^2 D multiply-adds, done block by block so memory stay
 
 On accelerators the matmul runs in bfloat16 with float32 accumulation (`dtype="auto"`); the
 candidates it returns are then rescored exactly in float32 on the host, so thresholds never see
-the rounding. See the README ("Data doctor: cost model") for the flop and memory figures.
+the rounding. See docs/doctor.md ("Cost model") for the flop and memory figures.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ frozen trunk never runs here (its activations come from the `trunk` stage). Choi
   usual choice for small-batch fine-tuning); only kernels and biases train.
 
 Data-parallel over the local devices: batches are sharded along a 1-D ``data`` mesh axis, params
-replicated; XLA inserts the gradient all-reduce. Single host only (see README).
+replicated; XLA inserts the gradient all-reduce. Single host only (see docs/finetune.md).
 """
 
 from __future__ import annotations

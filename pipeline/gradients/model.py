@@ -145,10 +145,3 @@ def top1_in_group(logits: jax.Array, mask: jax.Array) -> jax.Array:
     top = jnp.argmax(logits, axis=-1)
     mask = jnp.broadcast_to(mask, logits.shape)
     return jnp.take_along_axis(mask, top[:, None], axis=-1)[:, 0]
-
-
-def topk_in_group(logits: jax.Array, mask: jax.Array, k: int = 5) -> jax.Array:
-    """(B,) bool: one of the k highest classes belongs to the group."""
-    _, top = jax.lax.top_k(logits, k)  # (B, k)
-    mask = jnp.broadcast_to(mask, logits.shape)
-    return jnp.any(jnp.take_along_axis(mask, top, axis=-1), axis=-1)

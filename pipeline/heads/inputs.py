@@ -21,7 +21,7 @@ SPLITS = ("train", "val", "test")
 
 def load_features(features_dir: Path) -> dict[str, Any]:
     """classes and (features float32, labels, ids) for every split present in one folder."""
-    from stages.features import load_split
+    from pipeline.features.artifact import load_split
 
     features_dir = Path(features_dir)
     classes_path = features_dir / "classes.json"

@@ -14,23 +14,27 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from pipeline.heads.params import MLPParams
+
+_DEFAULT = MLPParams()  # the one home of the defaults
+
 
 @dataclasses.dataclass(frozen=True)
 class MLPConfig:
-    """Everything that shapes the MLP and its training (a plain mirror of ``heads.mlp``)."""
+    """``heads.mlp`` less ``refit``: what shapes one fit (the compiled program's key)."""
 
-    hidden: tuple[int, ...] = (256,)
-    activation: Literal["relu", "gelu"] = "gelu"
-    dropout: float = 0.5
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: int = 1
-    batch_size: int = 256
-    max_epochs: int = 40
-    patience: int = 5
-    skip: bool = True
+    hidden: tuple[int, ...] = _DEFAULT.hidden
+    activation: Literal["relu", "gelu"] = _DEFAULT.activation
+    dropout: float = _DEFAULT.dropout
+    learning_rate: float = _DEFAULT.learning_rate
+    weight_decay: float = _DEFAULT.weight_decay
+    label_smoothing: float = _DEFAULT.label_smoothing
+    schedule: Literal["cosine", "constant"] = _DEFAULT.schedule
+    warmup_epochs: int = _DEFAULT.warmup_epochs
+    batch_size: int = _DEFAULT.batch_size
+    max_epochs: int = _DEFAULT.max_epochs
+    patience: int = _DEFAULT.patience
+    skip: bool = _DEFAULT.skip
 
 
 def make_module(num_classes: int, hidden: Sequence[int], activation: str = "gelu",

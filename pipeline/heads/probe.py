@@ -119,7 +119,7 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
             f"chosen by {lp.criterion}) "
             f"from {len(found['sweep'])} fits")
     chosen.update({"solver": lp.solver, "refit_on_train_val": lp.refit, "standardize": std})
-    # What every head reports for choosing between heads (see pipeline.report.sections.choose_primary).
+    # What every head reports for choosing between heads (see pipeline.heads.primary.choose_primary).
     # "n": the images the score counts (every train+val image under CV, else val's).
     chosen["selection"] = ({"by": "cv", "accuracy": chosen["cv_accuracy_at_C"], "n": len(ytr) + len(yva)}
                            if chosen["select"] == "cv"

@@ -1,7 +1,7 @@
 """A 2-D map of cached features: PCA to a few dozen dimensions, then t-SNE or UMAP.
 
 Which method is the default was measured (``benchmarks/bench_inspect.py``, 7,349 x 1,280
-features): see the README's benchmark table. All methods are seeded and run single-threaded
+features): see docs/benchmarks.md. All methods are seeded and run single-threaded
 where threads would make the layout depend on scheduling, so one seed gives one map.
 """
 

@@ -29,8 +29,9 @@ import numpy as np
 from pipeline.models import layers
 from pipeline.models.convert import StateReader, torch_conv_kernel, torch_linear_kernel
 from pipeline.models.spec import BackboneSpec
+from pipeline.models.families import convert_version
 
-CONVERT_VERSION = "1"  # bump when the converter's output changes: invalidates converted caches
+CONVERT_VERSION = convert_version("efficientnet_lite")  # registered in pipeline.models.families
 
 # B0 stage table: (repeats, kernel, stride, expand_ratio, in_filters, out_filters).
 BASE_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (

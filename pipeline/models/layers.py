@@ -2,9 +2,9 @@
 
 The one that matters for speed is `DepthwiseConv`. XLA:CPU lowers a grouped convolution with
 ``feature_group_count == C`` to a slow generic loop, while the same arithmetic written as k*k
-shifted multiply-adds over the padded input fuses into one elementwise loop: for a 3x3 stride-1
-depthwise on 32x56x56x144 on the project's 2-core machine, 0.55 vs 6.1 GFLOP/s (~11x). On
-GPU/TPU the native grouped convolution is the fast one. ``depthwise="auto"`` picks by backend.
+shifted multiply-adds over the padded input fuses into one elementwise loop, an order of
+magnitude faster on CPU (`benchmarks/bench_backbones.py`; docs/benchmarks.md). On GPU/TPU the
+native grouped convolution is the fast one. ``depthwise="auto"`` picks by backend.
 
 Padding is always explicit, ``((top, bottom), (left, right))``, so both PyTorch-style symmetric
 padding and TensorFlow/Keras ``'SAME'`` (asymmetric for stride 2: the extra row goes at the

@@ -34,8 +34,9 @@ from pipeline.models import keras_h5
 from pipeline.models.convert import StateReader
 from pipeline.models.layers import DepthwiseConv, fold_batchnorm, layer_span, resolve_depthwise
 from pipeline.models.spec import BackboneSpec
+from pipeline.models.families import convert_version
 
-CONVERT_VERSION = "1"  # bump when the converter's output changes: invalidates converted caches
+CONVERT_VERSION = convert_version("mobilenet_v2")  # registered in pipeline.models.families
 
 # (expansion t, output channels c, repeats n, first stride s), as in the paper's Table 2.
 BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),

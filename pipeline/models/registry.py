@@ -1,16 +1,8 @@
 """Backbone registry: names -> specs (cheap, no jax) and `load_backbone` (builds, converts, caches).
 
-Specs are data in the zoo modules (`ZOO_MODULES`); code lives in family modules (`FAMILIES`). A
-family module defines
-
-  build(spec, dtype: str, depthwise: str) -> flax.linen.Module
-      ``module.apply({"params": params["features"]}, normalised_pixels) -> (B, feature_dim)``
-  convert(state: dict[str, np.ndarray], spec) -> {"features": pytree, "head": {"kernel", "bias"}}
-      pure and checked (see `pipeline.models.convert.StateReader`); ``head`` is the ImageNet
-      classifier as a dense layer on the pooled features
-  CONVERT_VERSION: str          bump it when convert's output changes (invalidates caches)
-  load_state(path, spec) -> dict[str, np.ndarray]   optional: replaces the reader for
-      ``spec.weights.format`` (``pth`` -> `torch_pickle`, ``h5`` -> every HDF5 dataset by path)
+Specs are data in the zoo modules (`ZOO_MODULES`); code lives in family modules, registered as
+data with their converter's version in `pipeline.models.families` (`FAMILIES`; the family
+module's contract is there).
 
 Converted params are cached as ``<cache>/weights/converted/<name>-<checksum[:16]>-c<CONVERT_VERSION>.npz``
 (written to a temp file and renamed); a cache that fails to read back or does not match its own
@@ -36,15 +28,8 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.models import weights as weights_lib
+from pipeline.models.families import FAMILIES  # family name -> Family (module, convert version)
 from pipeline.models.spec import BackboneSpec
-
-# family name (spec.family) -> module implementing build/convert. Add one line per family.
-FAMILIES: dict[str, str] = {
-    "efficientnet_lite": "pipeline.models.efficientnet_lite",
-    "vgg": "pipeline.models.vgg",
-    "resnet": "pipeline.models.resnet",
-    "mobilenet_v2": "pipeline.models.mobilenet_v2",
-}
 
 # Modules defining ``SPECS = [BackboneSpec, ...]``; a missing one is skipped (helpers land separately).
 ZOO_MODULES: tuple[str, ...] = ("pipeline.models.zoo_lite", "pipeline.models.zoo_keras")
@@ -117,8 +102,8 @@ def family_module(spec: BackboneSpec) -> Any:
     """Import the module implementing `spec.family` (this imports jax/flax)."""
     if spec.family not in FAMILIES:
         raise UnknownBackboneError(f"Backbone {spec.name!r} has family {spec.family!r}, which has no entry in "
-                                   f"pipeline.models.registry.FAMILIES ({', '.join(sorted(FAMILIES))}).")
-    return importlib.import_module(FAMILIES[spec.family])
+                                   f"pipeline.models.families ({', '.join(sorted(FAMILIES))}).")
+    return importlib.import_module(FAMILIES[spec.family].module)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,10 +348,7 @@ def describe(cache_dir: str | os.PathLike) -> list[dict]:
     """
     rows = []
     for spec in specs():
-        conv_version = None
-        if spec.family in FAMILIES:
-            # Read CONVERT_VERSION without importing the family (which imports jax).
-            conv_version = _convert_version_without_import(FAMILIES[spec.family])
+        conv_version = FAMILIES[spec.family].convert_version if spec.family in FAMILIES else None
         conv = None
         if conv_version is not None:
             p = converted_path(spec, cache_dir, conv_version)
@@ -382,21 +364,3 @@ def describe(cache_dir: str | os.PathLike) -> list[dict]:
             "converted_cached": manifest is not None,
         })
     return rows
-
-
-@functools.cache
-def _convert_version_without_import(module_name: str) -> str | None:
-    """Find ``CONVERT_VERSION = "..."`` in a family module's source without executing it."""
-    import ast
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin:
-        return None
-    for node in ast.parse(Path(spec.origin).read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CONVERT_VERSION" for t in node.targets):
-            return str(ast.literal_eval(node.value))
-    return None

@@ -31,8 +31,9 @@ from pipeline.models import keras_h5
 from pipeline.models.convert import StateReader
 from pipeline.models.layers import fold_batchnorm, layer_span
 from pipeline.models.spec import BackboneSpec
+from pipeline.models.families import convert_version
 
-CONVERT_VERSION = "1"  # bump when the converter's output changes: invalidates converted caches
+CONVERT_VERSION = convert_version("resnet")  # registered in pipeline.models.families
 
 WIDTHS = (64, 128, 256, 512)  # bottleneck widths; block outputs are 4x these
 EXPANSION = 4

@@ -85,7 +85,7 @@ def decoded(files: Sequence[Path], spec: Any, crops: Sequence[str], flip: bool, 
     Args:
       files: image paths.
       spec: the backbone's `BackboneSpec` (resize size and filter, crop size).
-      crops, flip: the views the features stage took (see `stages.features.view_plan`).
+      crops, flip: the views the features stage took (see `pipeline.features.params.view_plan`).
       workers: decoding threads.
       depth: how many images may be decoded ahead of the consumer.
 

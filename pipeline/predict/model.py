@@ -54,7 +54,7 @@ class Preprocess:
 def preprocess_of(run: RunRef) -> Preprocess:
     """The preprocessing `run`'s features were computed with."""
     from pipeline.models import registry
-    from stages.features import FeaturesParams, input_spec, view_plan
+    from pipeline.features.params import FeaturesParams, input_spec, view_plan
 
     known = {f.name for f in dataclasses.fields(FeaturesParams)}
     fp = FeaturesParams(**{k: (tuple(v) if isinstance(v, list) else v)

@@ -96,11 +96,3 @@ def predict_files(clf: Classifier, paths: Sequence[str | Path], *, batch_size: i
     flat = np.concatenate(probs) if probs else np.zeros((0, len(clf.classes)), np.float32)
     preds = [Prediction(n, flat[i]) for i, n in enumerate(names)]
     return PredictResult(list(clf.classes), clf.head_name, preds, bad, time.perf_counter() - t0)
-
-
-def predict_arrays(clf: Classifier, views: np.ndarray, *, batch_size: int = 32, fn: Any = None) -> np.ndarray:
-    """Probabilities of already preprocessed uint8 (N, V, S, S, 3) views; (N, C) float32."""
-    fn = fn or clf.jitted()
-    batches = (views[i:i + batch_size] for i in range(0, len(views), batch_size))
-    out = list(run_batches(fn, clf, batches, batch_size))
-    return np.concatenate(out) if out else np.zeros((0, len(clf.classes)), np.float32)

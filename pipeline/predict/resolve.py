@@ -17,10 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from pipeline import cache, results, storage
 from pipeline.errors import UserError
-from pipeline.report import readers
-
-#: Heads `--head` accepts besides the names in heads.json.
-CHOICES = ("logreg", "mlp", "finetune", "best")
+from pipeline.heads.read import read_heads_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +31,7 @@ class RunRef:
       backbone: the ``backbone`` params the features stage used (name, dtype, depthwise).
       features: the ``features`` params it used (augment, n_crops, reduce, dtype, ...).
       classes: class names, index = label.
-      metrics: `pipeline.report.readers.read_heads_metrics` of the heads output.
+      metrics: `pipeline.heads.read.read_heads_metrics` of the heads output.
       params: flat ``section.key`` params of the run's stages (for the model card).
     """
 
@@ -116,7 +113,7 @@ def load_run(cache_dir: Any, heads_key: str) -> RunRef:
     index = json.loads((heads_dir / "heads.json").read_text())
     return RunRef(cache_dir=cache_dir, keys={k: v for k, v in keys.items() if k in ("data", "features", "heads")},
                   heads_dir=heads_dir, backbone=backbone, features=dict(fparams.get("features") or {}),
-                  classes=list(index["classes"]), metrics=readers.read_heads_metrics(heads_dir) or {"heads": {}},
+                  classes=list(index["classes"]), metrics=read_heads_metrics(heads_dir) or {"heads": {}},
                   params=results.run_params(cache_dir, keys))
 
 
@@ -133,7 +130,7 @@ def choose_head(run: RunRef, wanted: str | None, primary_head: str = "auto") -> 
       UserError: the head is not in this run (``finetune`` says which stage makes it).
     """
     from pipeline.heads.trained import available
-    from pipeline.report.sections import choose_primary
+    from pipeline.heads.primary import choose_primary
 
     names = available(run.heads_dir)
     if wanted is None:

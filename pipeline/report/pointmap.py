@@ -14,7 +14,7 @@ import html
 import json
 from typing import Sequence
 
-from pipeline.report.document import Asset
+from pipeline.report.asset import Asset
 
 
 @dataclasses.dataclass

@@ -1,44 +1,26 @@
-"""Read each stage's output folder into plain data for the report, `show` and `compare`.
+"""Read the stages' output folders into what the report's sections draw.
 
-Every reader returns None (or an empty result) when its files are absent, so the report can say
-"not run" for that part instead of failing. The readers accept the few shapes a stage's JSON may
-reasonably take (a head's split metrics under ``splits`` or directly under the head, labels as
-indices or names) so that a small format change upstream is a one-line fix here, not a rewrite.
+Every reader returns None (or an empty result) when its stage did not run, so the report can say
+"not run" for that part instead of failing. Each reads a stage's output exactly as its topic
+package writes it (the data stage through `pipeline.sources.dataset`, the heads through
+`pipeline.heads.read`); none probes alternative keys.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from pipeline.params import to_plain
+from pipeline.plain import canonical, flatten, load_json  # noqa: F401 (the report's readers use them as readers.*)
+from pipeline.sources.dataset import DataSet, load_data
+from pipeline.sources.dataset import read_skipped as read_skipped_records
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
-SPLIT_ORDER = ("train", "val", "validation", "test")
-
-
-def load_json(path: Path) -> Any | None:
-    """Parsed JSON, or None when the file is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def manifest(folder: Path | None) -> dict | None:
     return load_json(Path(folder) / "manifest.json") if folder else None
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one dotted-key mapping (lists stay values)."""
-    out: dict[str, Any] = {}
-    if isinstance(value, Mapping) and value:
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    else:
-        out[prefix] = value
-    return out
 
 
 # --- params ---------------------------------------------------------------------------------------
@@ -85,139 +67,55 @@ def param_rows(params: Mapping[str, Mapping], defaults: Mapping[str, Mapping]) -
     return rows
 
 
-def canonical(v: Any) -> str:
-    """A value as canonical JSON, so that a tuple and a list of the same items compare equal."""
-    return json.dumps(to_plain(v), sort_keys=True)
-
-
 # --- data -----------------------------------------------------------------------------------------
 
-def read_classes(*folders: Path | None) -> list[str] | None:
-    """classes.json from the first folder that has it (data, then features)."""
-    for f in folders:
-        if f is None:
-            continue
-        c = load_json(Path(f) / "classes.json")
-        if isinstance(c, Mapping):
-            c = c.get("classes") or c.get("names")
-        if isinstance(c, list) and c:
-            return [str(x) for x in c]
-    return None
+def read_data(data_dir: Path | None) -> DataSet | None:
+    """The data stage's output (`pipeline.sources.dataset`), or None when there is none."""
+    return load_data(data_dir) if data_dir is not None and (Path(data_dir) / "splits.json").is_file() else None
 
 
-def read_skipped(data_dir: Path | None) -> list[tuple[str, str]]:
-    """Files the data stage left out, as (path, reason). Accepts a list of records or a mapping."""
-    if data_dir is None:
+def read_classes(data: DataSet | None, features_dir: Path | None) -> list[str] | None:
+    """Class names: the data stage's, else the features stage's classes.json (the same list)."""
+    if data is not None:
+        return list(data.classes)
+    c = load_json(Path(features_dir) / "classes.json") if features_dir is not None else None
+    return [str(x) for x in c] if c else None
+
+
+def read_skipped(data: DataSet | None) -> list[tuple[str, str]]:
+    """Files the data stage left out, as (id, "kind: reason")."""
+    if data is None:
         return []
-    raw = load_json(Path(data_dir) / "skipped.json")
-    if isinstance(raw, Mapping):
-        raw = raw.get("skipped", raw)
-    out = []
-    if isinstance(raw, Mapping):
-        out = [(str(k), str(v)) for k, v in raw.items()]
-    elif isinstance(raw, list):
-        for r in raw:
-            if isinstance(r, Mapping):
-                path = r.get("path") or r.get("file") or r.get("id") or "?"
-                reason = str(r.get("reason") or r.get("error") or "")
-                kind = r.get("kind")
-                out.append((str(path), f"{kind}: {reason}" if kind and reason else str(kind or reason)))
-            elif isinstance(r, (list, tuple)) and len(r) >= 2:
-                out.append((str(r[0]), str(r[1])))
-            else:
-                out.append((str(r), ""))
-    return out
+    return [(s.id, f"{s.kind}: {s.reason}" if s.kind and s.reason else s.kind or s.reason)
+            for s in read_skipped_records(data.root)]
 
 
-def split_records(data_dir: Path | None) -> dict[str, list[Mapping]]:
-    """Per split, the data stage's records (``<split>.json``, ``splits.json`` or ``records.json``)."""
-    if data_dir is None:
-        return {}
-    data_dir = Path(data_dir)
-    out: dict[str, list[Mapping]] = {}
-    for split in SPLIT_ORDER:
-        for cand in (data_dir / f"{split}.json", data_dir / split / "records.json", data_dir / f"{split}.jsonl"):
-            if cand.suffix == ".jsonl" and cand.is_file():
-                out[split] = [json.loads(line) for line in cand.read_text().splitlines() if line.strip()]
-            else:
-                raw = load_json(cand)
-                if isinstance(raw, Mapping):
-                    raw = raw.get("records") or raw.get("items")
-                if isinstance(raw, list):
-                    out[split] = raw
-            if split in out:
-                break
-    for name in ("splits.json", "records.json"):
-        raw = load_json(data_dir / name)
-        if isinstance(raw, Mapping):
-            raw = raw.get("splits", raw)
-            for split, recs in raw.items():
-                if isinstance(recs, Mapping) and isinstance(recs.get("ids"), list):
-                    # Columns ({"ids": [...], "labels": [...]}) as the data stage writes them.
-                    labels = recs.get("labels") or [None] * len(recs["ids"])
-                    recs = [{"id": i, "label": lab} for i, lab in zip(recs["ids"], labels)]
-                if isinstance(recs, list):
-                    out.setdefault(split, recs)
-    return out
-
-
-def split_sizes(data_dir: Path | None, features_dir: Path | None) -> dict[str, int]:
-    """Images per split: from the data stage's records, else from the features' info.json."""
-    sizes = {s: len(r) for s, r in split_records(data_dir).items()}
-    info = load_json(Path(features_dir) / "info.json") if features_dir else None
-    for s, n in ((info or {}).get("splits") or {}).items():
-        sizes.setdefault(s, int(n))
-    if data_dir is not None and not sizes:
-        info = load_json(Path(data_dir) / "info.json") or {}
-        for s, n in (info.get("splits") or info.get("split_sizes") or {}).items():
-            sizes[s] = int(n if not isinstance(n, Mapping) else n.get("n", 0))
-    order = {s: i for i, s in enumerate(SPLIT_ORDER)}
-    return dict(sorted(sizes.items(), key=lambda kv: order.get(kv[0], 99)))
+def split_sizes(data: DataSet | None, features_dir: Path | None) -> dict[str, int]:
+    """Images per split: the data stage's, else the features stage's info.json ``splits``."""
+    if data is not None:
+        return {s: len(r) for s, r in data.splits.items()}
+    info = load_json(Path(features_dir) / "info.json") if features_dir is not None else None
+    return {s: int(n) for s, n in ((info or {}).get("splits") or {}).items()}
 
 
 class ImageFinder:
     """Finds the original photo of an image id, to draw a thumbnail from it.
 
-    Looks in the data stage's records (an ``id`` with a ``path``), then treats the id as a path
-    relative to the folder the data params name (``data.path``), then as an absolute path.
-    Images with no file on disk (a tfds id whose data lives in TFRecords) come from the
-    thumbnails the data stage kept (`pipeline.thumbs`), so the report never imports tensorflow.
+    A folder (or sample) id is a path relative to the folder the data stage read (info.json
+    ``path``). Images with no file on disk (a tfds id names a record inside TFRecords) come from
+    the thumbnails the data stage kept (`pipeline.thumbs`), so the report never imports tensorflow.
     """
 
-    def __init__(self, data_dir: Path | None, data_params: Mapping[str, Any] | None):
+    def __init__(self, data_dir: Path | None):
         from pipeline.thumbs import Thumbnails
 
         self.thumbs = Thumbnails(data_dir)
-        self.by_id: dict[str, str] = {}
-        for recs in split_records(data_dir).values():
-            for r in recs:
-                if isinstance(r, Mapping) and (r.get("path") or r.get("file")):
-                    path = str(r.get("path") or r.get("file"))
-                    self.by_id.setdefault(str(r.get("id", path)), path)
-        self.roots = []
-        info = (load_json(Path(data_dir) / "info.json") if data_dir else None) or {}
-        if info.get("source", "folder") == "tfds":
-            return  # tfds ids name records inside TFRecords, not files
-        for src in (info, data_params or {}):
-            for key in ("path", "root", "folder", "dir", "source_dir"):
-                v = src.get(key)
-                if isinstance(v, str) and v:
-                    self.roots.append(Path(v).expanduser())
+        data = read_data(data_dir)
+        self.root = Path(data.info["path"]) if data is not None and data.info["source"] != "tfds" else None
 
     def find(self, image_id: str) -> Path | None:
-        cands = []
-        if image_id in self.by_id:
-            p = Path(self.by_id[image_id])
-            cands.append(p)
-            cands += [r / p for r in self.roots]
-        cands += [r / image_id for r in self.roots]
-        cands.append(Path(image_id))
-        for c in cands:
-            if c.suffix.lower() in IMAGE_EXTS + (".bmp", ".tif", ".tiff") and c.is_file():
-                return c
-            if c.is_file():
-                return c
-        return None
+        path = self.root / image_id if self.root is not None else None
+        return path if path is not None and path.is_file() else None
 
     def source(self, image_id: str) -> Path | bytes | None:
         """The photo's file, else the data stage's thumbnail of it (JPEG bytes), else None."""
@@ -225,60 +123,6 @@ class ImageFinder:
 
 
 # --- heads ----------------------------------------------------------------------------------------
-
-_HYPER_KEYS = ("chosen", "hyperparameters", "hparams", "best", "selected", "chosen_hyperparameters")
-
-
-def _split_reports(head: Mapping) -> dict[str, dict]:
-    """split -> metrics dict for one head: ``{"splits": {...}}``, ``{"metrics": {...}}`` or flat."""
-    for key in ("splits", "metrics", "eval", "results"):
-        inner = head.get(key)
-        if isinstance(inner, Mapping) and any(isinstance(v, Mapping) and "accuracy" in v for v in inner.values()):
-            head = inner
-            break
-    out = {str(k): dict(v) for k, v in head.items() if isinstance(v, Mapping) and "accuracy" in v}
-    order = {s: i for i, s in enumerate(SPLIT_ORDER)}
-    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], 99)))
-
-
-def read_heads_metrics(heads_dir: Path | None, finetune_dir: Path | None = None) -> dict | None:
-    """The heads stage's metrics.json in one shape (plus the finetune stage's head, when given).
-
-    Returns:
-      ``{"classes": [...] | None, "heads": {name: {"splits": {split: metrics}, "hyper": {...},
-      "curve": the head's own learning curve or None, "extra": other scalars}}, "curve": the
-      run's learning curve (``learning_curve`` at the top) or None}``, or None when absent.
-      Each split's metrics has at least ``accuracy``; usually ``n``, ``mean_per_class_accuracy``,
-      ``log_loss``, ``per_class`` {name: {precision, recall, f1, support}}, ``confusion_matrix``.
-    """
-    if heads_dir is None:
-        return None
-    out = _read_heads(heads_dir)
-    extra = _read_heads(finetune_dir) if finetune_dir is not None else None
-    if out is not None and extra is not None:
-        out["heads"].update(extra["heads"])  # the fine-tuned classifier is one more head
-    return out
-
-
-def _read_heads(heads_dir: Path) -> dict | None:
-    raw = load_json(Path(heads_dir) / "metrics.json")
-    if not isinstance(raw, Mapping):
-        return None
-    classes = raw.get("classes")
-    heads_raw = raw.get("heads") if isinstance(raw.get("heads"), Mapping) else {
-        k: v for k, v in raw.items() if isinstance(v, Mapping) and _split_reports(v)}
-    heads = {}
-    for name, h in heads_raw.items():
-        if not isinstance(h, Mapping):
-            continue
-        hyper = next((h[k] for k in _HYPER_KEYS if isinstance(h.get(k), Mapping)), {})
-        curve = next((v for k, v in h.items() if "curve" in k), None)
-        extra = {k: v for k, v in h.items() if isinstance(v, (int, float, str, bool)) and k not in ("name",)}
-        heads[str(name)] = {"splits": _split_reports(h), "hyper": dict(hyper), "curve": curve, "extra": extra,
-                            "vs_plain_probe": h.get("vs_plain_probe")}
-    return {"classes": list(classes) if isinstance(classes, list) else None, "heads": heads,
-            "curve": raw.get("learning_curve"), "baseline": raw.get("baseline")}
-
 
 def headline(split_metrics: Mapping[str, Any]) -> dict[str, float]:
     """The scalar metrics of one split that are worth a column (in a fixed order)."""
@@ -313,52 +157,6 @@ def normalize_curve(curve: Any) -> tuple[str, list[float], dict[str, list], dict
               and not any(w in k.lower() for w in skip)}
     std = {k: cols[f"{k}_std"] for k in series if f"{k}_std" in cols}
     return (xk, cols[xk], series, std) if series else None
-
-
-def read_predictions(heads_dir: Path | None, head: str, classes: Sequence[str] | None) -> list[dict] | None:
-    """predictions_<head>.json as rows ``{id, true, pred, probs, conf, true_prob, top}``.
-
-    Accepts a bare list or ``{"predictions"|"items"|"records": [...]}``; labels as indices or
-    names (returned as indices); all probabilities under ``probs``/``probabilities``, or just
-    ``p_pred``/``p_true`` and a ``top`` list of [name, p].
-    """
-    if heads_dir is None:
-        return None
-    raw = load_json(Path(heads_dir) / f"predictions_{head}.json")
-    if raw is None:
-        return None
-    if isinstance(raw, Mapping):
-        classes = raw.get("classes") or classes
-        raw = next((raw[k] for k in ("predictions", "items", "records", "test") if isinstance(raw.get(k), list)), [])
-    index = {c: i for i, c in enumerate(classes or [])}
-
-    def label(v: Any) -> int | None:
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, int):
-            return v
-        return index.get(str(v))
-
-    rows = []
-    for r in raw if isinstance(raw, list) else []:
-        if not isinstance(r, Mapping):
-            continue
-        probs = next((r[k] for k in ("probs", "probabilities", "p", "proba") if isinstance(r.get(k), list)), None)
-        true = label(next((r[k] for k in ("true", "label", "y", "target", "true_label") if k in r), None))
-        pred = label(next((r[k] for k in ("pred", "prediction", "predicted", "pred_label") if k in r), None))
-        if pred is None and probs:
-            pred = max(range(len(probs)), key=lambda i: probs[i])
-        if true is None or pred is None:
-            continue
-        conf = probs[pred] if probs and pred < len(probs) else next(
-            (r[k] for k in ("p_pred", "confidence", "prob") if isinstance(r.get(k), (int, float))), None)
-        true_prob = probs[true] if probs and true < len(probs) else r.get("p_true")
-        top = r.get("top") if isinstance(r.get("top"), list) else None
-        rows.append({"id": str(r.get("id", r.get("path", ""))), "true": true, "pred": pred, "probs": probs,
-                     "conf": float(conf) if isinstance(conf, (int, float)) else None,
-                     "true_prob": float(true_prob) if isinstance(true_prob, (int, float)) else None,
-                     "top": top})
-    return rows
 
 
 # --- image galleries (ideal, adversarial) ----------------------------------------------------------

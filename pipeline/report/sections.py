@@ -7,15 +7,18 @@ a run without the gradient stages still gets a useful page.
 
 from __future__ import annotations
 
-import math
-
+from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
+from pipeline.heads.primary import choose_primary, pick_split
+from pipeline.heads.read import read_heads_metrics, read_predictions
 from pipeline.report import galleries, readers
+from pipeline.report.heads_section import metrics_section
 from pipeline.report.common import Log, Options, num, pct, safe_name, seconds, thumbnail, top_k_text, value
 from pipeline.report.document import (ASSET_DIR, Asset, Bars, Card, Details, Document, Figure,
                                       Gallery, Section, Table, Text, Tiles)
+from pipeline.sources.dataset import DataSet
 
 # --- sections ------------------------------------------------------------------------------------
 
@@ -37,7 +40,7 @@ def overview_section(opts: Options, heads: dict | None, primary: str | None, cla
                      manifests: Mapping[str, Any], params: Mapping[str, Mapping]) -> Section:
     tiles = []
     if heads and primary:
-        split = _pick_split(heads["heads"][primary]["splits"], opts.split)
+        split = pick_split(heads["heads"][primary]["splits"], opts.split)
         m = heads["heads"][primary]["splits"].get(split, {})
         tiles.append((f"{split} accuracy", pct(m.get("accuracy")), f"head {primary}"))
         if "mean_per_class_accuracy" in m:
@@ -85,214 +88,33 @@ def params_section(params: Mapping[str, Mapping], defaults: Mapping[str, Mapping
     return Section("params", "Params", blocks)
 
 
-def data_section(data_dir: Path | None, features_dir: Path | None, classes: list[str] | None,
-                 sizes: Mapping[str, int]) -> Section:
+def data_section(data: DataSet | None, classes: list[str] | None, sizes: Mapping[str, int]) -> Section:
     blocks: list = []
     if sizes:
         blocks.append(Table(["split", "images"], [[s, num(n)] for s, n in sizes.items()] +
                             [["total", num(sum(sizes.values()))]]))
-    records = readers.split_records(data_dir)
     if classes:
-        counts = {s: _class_counts(recs, classes) for s, recs in records.items()}
+        counts = {s: Counter(classes[label] for label in rec.labels) for s, rec in (data.splits if data else {}).items()}
         if counts and any(counts.values()):
             head = ["class", *counts]
             rows = [[c, *(num(counts[s].get(c, 0)) for s in counts)] for c in classes]
             blocks.append(Details(f"{len(classes)} classes, images per split", [Table(head, rows)]))
         else:
             blocks.append(Text(f"{len(classes)} classes: " + ", ".join(classes) + "."))
-    skipped = readers.read_skipped(data_dir)
+    skipped = readers.read_skipped(data)
     if skipped:
         blocks.append(Text(f"{len(skipped)} file(s) were skipped:", kind="warn"))
         blocks.append(Table(["file", "reason"], [[p, r] for p, r in skipped]))
-    elif data_dir is not None:
+    elif data is not None:
         blocks.append(Text("No files were skipped.", kind="note"))
     return Section("data", "Data", blocks)
-
-
-def _class_counts(recs: Sequence[Any], classes: Sequence[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in recs:
-        if not isinstance(r, Mapping):
-            continue
-        lab = next((r[k] for k in ("label", "class", "class_name", "y") if k in r), None)
-        if isinstance(lab, int) and not isinstance(lab, bool) and 0 <= lab < len(classes):
-            lab = classes[lab]
-        if lab is not None:
-            out[str(lab)] = out.get(str(lab), 0) + 1
-    return out
-
-
-def _pick_split(splits: Mapping[str, Any], wanted: str) -> str:
-    if wanted in splits:
-        return wanted
-    for s in ("test", "val", "validation", "train"):
-        if s in splits:
-            return s
-    return next(iter(splits), wanted)
-
-
-def choose_primary(heads: dict | None, wanted: str, log: Log = lambda m: None) -> str | None:
-    """The head whose plots are shown: the one named, else the best by `selection_scores`."""
-    if not heads or not heads["heads"]:
-        return None
-    names = list(heads["heads"])
-    if wanted != "auto" and wanted in names:
-        return wanted
-    if wanted != "auto":
-        log(f"warning: report.primary_head {wanted!r} is not a head of this run ({', '.join(names)}); "
-            "showing the best by its selection score instead")
-    scores, _ = selection_scores(heads)
-    best = names[0]
-    for name in names[1:]:  # heads are listed simplest first: logreg, mlp, finetune
-        if scores[name] > scores[best] + selection_margin(heads, best):
-            best = name
-    return best
-
-
-def selection_margin(heads: dict, leader: str) -> float:
-    """How far a later (more complex) head must beat `leader`'s selection accuracy to replace it.
-
-    One binomial standard error of the leader's score over the images it counts
-    (``selection.n``). The MLP picks its epoch count as the best of dozens of CV scores (epoch 0,
-    the probe itself, among them), so its score is the larger of many noisy numbers and ties or
-    beats the probe's by construction; a win inside the noise is not evidence. Measured on the five
-    tuning sets (`benchmarks/bench_accuracy.py`), the MLP chosen by the plain maximum lost to the
-    probe on test on every set. Without a count (older outputs), any strict win counts.
-    """
-    sel = (heads["heads"][leader].get("hyper") or {}).get("selection") or {}
-    n, a = sel.get("n"), sel.get("accuracy")
-    if not isinstance(n, int) or n <= 0 or not isinstance(a, (int, float)):
-        return 0.0
-    return math.sqrt(max(a * (1 - a), 0.0) / n)
-
-
-def selection_scores(heads: dict) -> tuple[dict[str, float], str]:
-    """(head -> the score heads are compared on, what that score is).
-
-    Where every head records the score its own hyperparameters were chosen on, by the same means
-    (``hyperparameters.selection``: CV accuracy, or val accuracy before any refit), that score:
-    after a refit on train+val, a head's val accuracy is an accuracy on its own training images.
-    Otherwise the val split's mean per-class accuracy (the test split's when there is no val).
-    """
-    sel = {n: (h.get("hyper") or {}).get("selection") for n, h in heads["heads"].items()}
-    usable = all(isinstance(v, Mapping) and isinstance(v.get("accuracy"), (int, float))
-                 and math.isfinite(v["accuracy"]) for v in sel.values())
-    if usable and len({v.get("by") for v in sel.values()}) == 1:
-        by = next(iter(sel.values())).get("by")
-        return {n: float(v["accuracy"]) for n, v in sel.items()}, (
-            "the best by cross-validated accuracy" if by == "cv" else "the best on val")
-
-    def score(n: str) -> float:
-        splits = heads["heads"][n]["splits"]
-        m = splits.get("val") or splits.get("validation") or splits.get(_pick_split(splits, "test")) or {}
-        return float(m.get("mean_per_class_accuracy", m.get("accuracy", -1.0)))
-
-    return {n: score(n) for n in heads["heads"]}, "the best on val"
-
-
-def metrics_section(heads: dict | None, primary: str | None, opts: Options, log: Log) -> Section:
-    blocks: list = []
-    rows, classes_ = [], []
-    for name, h in heads["heads"].items():
-        for split, m in h["splits"].items():
-            hl = readers.headline(m)
-            ci = m.get("ci95") if isinstance(m.get("ci95"), Mapping) else {}
-            rows.append([name, split, num(hl.get("n", "–")), pct(hl.get("accuracy")) + _ci(ci.get("accuracy")),
-                         pct(hl.get("mean_per_class_accuracy")) + _ci(ci.get("mean_per_class_accuracy")),
-                         num(hl.get("log_loss", "–"))])
-            # Highlight the head chosen without looking at test; the best test row would be a
-            # choice made on the test split, and its figure an optimistic one.
-            classes_.append("best" if name == primary and split == opts.split else "")
-    how = (selection_scores(heads)[1] if opts.primary_head == "auto" or opts.primary_head not in heads["heads"]
-           else "named by report.primary_head")
-    blocks.append(Table(["head", "split", "images", "accuracy [95% CI]", "mean per-class acc. [95% CI]",
-                         "log loss"], rows, row_classes=classes_,
-                        caption=f"Brackets: 95% bootstrap interval over the split's images. "
-                                f"Highlighted: head {primary!r} on {opts.split}, the head chosen {how} "
-                                f"(report.primary_head), not the best {opts.split} row: a head picked on "
-                                f"the {opts.split} split would make its {opts.split} figure optimistic. "
-                                "The plots below use it."))
-    if (vs := _against_plain_probe(heads, primary)):
-        blocks.append(vs)
-    hyper_rows = [[name, ", ".join(f"{k}={value(v)}" for k, v in readers.flatten(h["hyper"]).items()
-                                   if isinstance(v, (int, float, str, bool)) and k != "seconds") or "–"]
-                  for name, h in heads["heads"].items()]
-    if any(r[1] != "–" for r in hyper_rows):
-        blocks.append(Table(["head", "chosen hyperparameters"], hyper_rows))
-    from pipeline.report import plots
-
-    panels = [p for name, h in heads["heads"].items() for p in _training_panels(name, h["hyper"])]
-    if panels:
-        blocks.append(Figure(Asset(f"{ASSET_DIR}/training.png", plots.training_png(panels, dpi=opts.dpi)),
-                             alt="how the heads were fitted", caption="How each head was fitted (dashed: the "
-                             "value chosen on the val split)."))
-    curves = {name: c for name, h in heads["heads"].items() if (c := readers.normalize_curve(h["curve"]))}
-    if (c := readers.normalize_curve(heads.get("curve"))):
-        curves = {"run": c, **curves}
-    # A curve needs two training-set sizes (a smoke run with one image per class has one).
-    curves = {k: c for k, c in curves.items() if len({x for x in c[1] if x is not None}) >= 2}
-    if curves:
-        png = plots.learning_curves_png(curves, dpi=opts.dpi)
-        blocks.append(Figure(Asset(f"{ASSET_DIR}/learning_curve.png", png), alt="learning curve",
-                             caption="Accuracy on the test split against the number of training images "
-                                     "(mean over seeded draws; band: ±1 std).", max_width=900))
-    return Section("metrics", "Heads: metrics", blocks)
-
-
-def _against_plain_probe(heads: dict, primary: str | None) -> Text | None:
-    """One sentence: the highlighted head against the plain probe on the same images (paired)."""
-    base = heads.get("baseline")
-    vs = (heads["heads"].get(primary) or {}).get("vs_plain_probe") if primary else None
-    if not (isinstance(base, Mapping) and isinstance(vs, Mapping)):
-        return None
-    lo, hi = vs["ci95"]
-    word = {"above": "above", "below": "BELOW", "tied": "level with"}[vs["verdict"]]
-    return Text(f"Head {primary!r} is {word} the plain probe on the {vs['split']} split: "
-                f"{100 * vs['difference']:+.1f} points of mean per-class accuracy (95% paired bootstrap "
-                f"interval {100 * lo:+.1f} to {100 * hi:+.1f}); the plain probe scores "
-                f"{pct(base['mean_per_class_accuracy'])}. The plain probe is the 20-line baseline: "
-                f"{base['description'].removeprefix('plain probe: ')}.",
-                kind="warn" if vs["verdict"] == "below" else "p")
-
-
-def _ci(interval: Any) -> str:
-    """`` [lo–hi]`` in percent for a bootstrap interval, or nothing."""
-    if not (isinstance(interval, (list, tuple)) and len(interval) == 2):
-        return ""
-    return f" [{pct(interval[0])}–{pct(interval[1])}]"
-
-
-def _training_panels(name: str, hyper: Mapping[str, Any]) -> list[dict]:
-    """Plot panels from a head's hyperparameter record: a sweep (list of points with a swept
-    value such as C) and per-epoch losses (numeric lists named ``*loss*``)."""
-    panels = []
-    sweep = next((v for v in hyper.values() if isinstance(v, list) and len(v) > 1
-                  and all(isinstance(p, Mapping) for p in v)), None)
-    if sweep:
-        xk = next(iter(sweep[0]))
-        ys = {k: [p.get(k) for p in sweep] for k in sweep[0] if k != xk and "accuracy" in k}
-        pts = sorted(range(len(sweep)), key=lambda i: sweep[i][xk])
-        if ys and all(isinstance(sweep[i][xk], (int, float)) for i in pts):
-            panels.append({"title": f"{name}: {xk} sweep", "xlabel": xk, "x": [sweep[i][xk] for i in pts],
-                           "series": {k: [v[i] for i in pts] for k, v in ys.items()}, "percent": True,
-                           "logx": min(sweep[i][xk] for i in pts) > 0,
-                           "mark": hyper.get(xk) if isinstance(hyper.get(xk), (int, float)) else None})
-    losses = {k: v for k, v in hyper.items() if "loss" in k and isinstance(v, list) and len(v) > 1
-              and all(isinstance(x, (int, float)) for x in v)}
-    if losses:
-        n = max(len(v) for v in losses.values())
-        best = hyper.get("best_epoch")
-        panels.append({"title": f"{name}: loss per epoch", "xlabel": "epoch", "x": list(range(1, n + 1)),
-                       "series": {k: v + [None] * (n - len(v)) for k, v in losses.items()},
-                       "mark": best if isinstance(best, int) else None})  # best_epoch is 1-based
-    return panels
 
 
 def confusion_section(heads: dict, primary: str, classes: list[str], opts: Options) -> Section:
     from pipeline.report import plots
 
     h = heads["heads"][primary]
-    split = _pick_split(h["splits"], opts.split)
+    split = pick_split(h["splits"], opts.split)
     cm = h["splits"].get(split, {}).get("confusion_matrix")
     if not cm or len(cm) != len(classes):
         return Section("confusion", "Confusion matrix", status="not run",
@@ -309,7 +131,7 @@ def per_class_section(heads: dict, primary: str, classes: list[str], opts: Optio
     from pipeline.report import plots
 
     h = heads["heads"][primary]
-    split = _pick_split(h["splits"], opts.split)
+    split = pick_split(h["splits"], opts.split)
     m = h["splits"].get(split, {})
     per = m.get("per_class") or {}
     if not per:
@@ -334,7 +156,7 @@ def per_class_section(heads: dict, primary: str, classes: list[str], opts: Optio
 
 def mistakes_section(heads_dir: Path, heads: dict, primary: str, classes: list[str], finder: readers.ImageFinder,
                      opts: Options) -> Section:
-    preds = readers.read_predictions(heads_dir, primary, classes)
+    preds = read_predictions(heads_dir, primary, classes)
     title = "Most confident mistakes"
     if preds is None:
         return Section("mistakes", title, status="not run", note=f"No predictions_{primary}.json in the heads output.")
@@ -409,15 +231,13 @@ def _inspect_sections(inputs: Mapping[str, Path], manifests: Mapping[str, Any], 
 
 # --- the page ------------------------------------------------------------------------------------
 
-STAGE_ORDER = ("data", "features", "doctor", "heads", "trunk", "finetune", "inspect", "ideal", "adversarial")
-
-
 def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Mapping[str, type],
           opts: Options, log: Log = lambda m: None, started: float | None = None) -> Document:
     """The whole report.
 
     Args:
-      inputs: upstream stage name -> its output folder (absent names: stage not in the graph).
+      inputs: upstream stage name -> its output folder, in the graph's order (absent names: stage
+        not in the graph).
       own_params: the report's declared params sections (dataclasses), shown with the others.
       schema: params section -> dataclass for every section (for the defaults).
       opts: the report's knobs.
@@ -427,25 +247,26 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
     Returns:
       The Document; `document.write` puts it on disk.
     """
-    manifests = {n: readers.manifest(inputs[n]) for n in STAGE_ORDER if n in inputs}
+    manifests = {n: readers.manifest(folder) for n, folder in inputs.items()}
     params = readers.run_params(manifests, own_params)
     data_dir, feat_dir = inputs.get("data"), inputs.get("features")
     heads_dir = inputs.get("heads")
-    heads = readers.read_heads_metrics(heads_dir, inputs.get("finetune"))
-    classes = readers.read_classes(data_dir, feat_dir) or (heads or {}).get("classes")
-    sizes = readers.split_sizes(data_dir, feat_dir)
+    heads = read_heads_metrics(heads_dir, inputs.get("finetune"))
+    data = readers.read_data(data_dir)
+    classes = readers.read_classes(data, feat_dir) or (heads or {}).get("classes")
+    sizes = readers.split_sizes(data, feat_dir)
     primary = choose_primary(heads, opts.primary_head, log)
     adv_dir = inputs.get("adversarial")
     adv_metrics = readers.load_json(adv_dir / "metrics.json") if adv_dir else None
 
     sections = [overview_section(opts, heads, primary, classes, sizes, adv_metrics, manifests, params),
                 params_section(params, readers.section_defaults(schema))]
-    sections.append(data_section(data_dir, feat_dir, classes, sizes) if (data_dir or feat_dir)
+    sections.append(data_section(data, classes, sizes) if (data_dir or feat_dir)
                     else not_run("data", "Data", "data", inputs, manifests, "dataset summary"))
-    from pipeline.doctor import report as doctor_report  # the doctor's section lives with the doctor
+    from pipeline.report import doctor_section as doctor_report
 
     doctor_dir = inputs.get("doctor")
-    finder = readers.ImageFinder(data_dir, params.get("data"))
+    finder = readers.ImageFinder(data_dir)
     sections.append((doctor_report.section(doctor_dir, finder, opts) if doctor_dir else None)
                     or not_run(doctor_report.ID, doctor_report.TITLE, "doctor", inputs, manifests, "doctor.json"))
     if heads and heads["heads"] and primary:

@@ -1,4 +1,11 @@
-"""The data stage's output read back: splits, classes, and the images of a split in order."""
+"""The data stage's output: its one writer (`write_data`) and readers (`load_data`, `read_skipped`).
+
+  classes.json  list of class names; index = label
+  splits.json   {split: {"ids": [...], "labels": [...]}} (+ "tfds_split", "indices" for tfds)
+  skipped.json  [{"id": ..., "kind": ..., "reason": ...}] files left out, with why
+  info.json     source, "path" (folder and sample) or "name"/"version"/"data_dir" (tfds), split
+                sizes, class count, the input fingerprint and a content digest
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from typing import Any, Iterator, Mapping
 
 from pipeline.errors import UserError
 from pipeline.sources.tfds_source import tfds_read
+
 
 @dataclasses.dataclass(frozen=True)
 class SplitRecords:
@@ -79,6 +87,40 @@ class DataSet:
                 return
         raise UserError(f"tfds dataset {self.info['name']} has fewer records in {rec.tfds_split} "
                         "than when the data stage ran. Rerun with --force data.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A file the data stage left out: its id, the kind of problem, and a readable reason."""
+
+    id: str
+    kind: str
+    reason: str
+
+
+def write_data(out_dir: str | os.PathLike, classes: list[str], splits: Mapping[str, SplitRecords],
+               skipped: list[Skipped], info: Mapping[str, Any]) -> None:
+    """Write the data stage's output files (each replaced atomically)."""
+    out = Path(out_dir)
+    records = {s: {"ids": r.ids, "labels": r.labels,
+                   **({"tfds_split": r.tfds_split, "indices": r.indices} if r.tfds_split is not None else {})}
+               for s, r in splits.items()}
+    _write_json(out / "classes.json", classes)
+    _write_json(out / "splits.json", records)
+    _write_json(out / "skipped.json", [dataclasses.asdict(s) for s in skipped])
+    _write_json(out / "info.json", info)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    # splits.json can hold 10^5 ids: compact. The others are small and meant to be read.
+    tmp.write_text(json.dumps(obj, indent=None if path.name == "splits.json" else 1))
+    os.replace(tmp, path)
+
+
+def read_skipped(data_dir: str | os.PathLike) -> list[Skipped]:
+    """The files the data stage left out (skipped.json)."""
+    return [Skipped(**r) for r in json.loads((Path(data_dir) / "skipped.json").read_text())]
 
 
 def load_data(data_dir: str | os.PathLike) -> DataSet:

@@ -7,9 +7,9 @@ report's `ImageFinder`, as the mistakes gallery does.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from pipeline.doctor import summary
+from pipeline.doctor import artifact, summary
 from pipeline.doctor.duplicates import SPLIT_RANK
 from pipeline.report import readers
 from pipeline.report.common import Options, thumbnail
@@ -49,20 +49,30 @@ def _group_card(g: Mapping[str, Any], finder, size: int, i: int, kind: str) -> C
                 foot=" = ".join(m["id"] for m in members))
 
 
+def _photo_gallery(finder: readers.ImageFinder, rows: list[dict], size: int, name: str, kind: str,
+                   title: Callable[[dict], str], lines: Callable[[dict], list[str]]) -> Gallery:
+    """One card per flagged photo (its thumbnail, a title, a few lines, its split/id)."""
+    cards = []
+    for i, r in enumerate(rows):
+        t = _thumb(finder, r, size, f"doctor_{name}_{i:03d}")
+        cards.append(Card([(t, "")] if t else [], title=title(r), lines=lines(r), kind=kind, foot=summary.img_name(r)))
+    return Gallery(cards, min_width=max(150, size))
+
+
 def section(doctor_dir: Path, finder: readers.ImageFinder, opts: Options) -> Section | None:
     """The doctor's section, or None when its output has no doctor.json."""
-    found = readers.load_json(Path(doctor_dir) / "doctor.json")
-    if not found:
+    found = artifact.read(doctor_dir)
+    if found is None:
         return None
-    c, size, cap = found["counts"], opts.thumbnail_size, max(opts.max_mistakes, 1)
+    c, size, cap = found.counts, opts.thumbnail_size, max(opts.max_mistakes, 1)
     blocks: list = [Tiles([
         ("leaked copies", str(c["leaked_images"]), f"{c['leak_groups']} group(s) across splits"),
         ("duplicate groups", str(c["duplicate_groups"]), "within a split"),
         ("likely label errors", str(c["label_issues"]), "confident learning, out-of-fold"),
         ("outliers", str(c["outliers"]), "kNN distance"),
-        ("dropped", str(c["dropped"]), f"doctor.action: {found['params']['action']}")])]
+        ("dropped", str(c["dropped"]), f"doctor.action: {found.params['action']}")])]
     blocks.append(Details("The stage's summary", [Table(["doctor"], [[line] for line in summary.lines(found, top=5)])]))
-    leaks = [g for g in found["groups"] if g["cross_split"]]
+    leaks = [g for g in found.groups if g["cross_split"]]
     blocks.append(Text(f"Leakage across splits: {len(leaks)} group(s) of copies in more than one split "
                        f"(near-duplicate features, confirmed on thumbnails). A held-out copy of a training "
                        f"image inflates every figure measured on it." + _shown(len(leaks), cap) if leaks else
@@ -70,38 +80,30 @@ def section(doctor_dir: Path, finder: readers.ImageFinder, opts: Options) -> Sec
     if leaks:
         blocks.append(Gallery([_group_card(g, finder, size, i, "leak") for i, g in enumerate(leaks[:cap])],
                               min_width=max(150, size)))
-    dups = [g for g in found["groups"] if not g["cross_split"]]
+    dups = [g for g in found.groups if not g["cross_split"]]
     if dups:
         blocks.append(Text(f"Duplicates within a split: {len(dups)} group(s)." + _shown(len(dups), cap)))
         blocks.append(Gallery([_group_card(g, finder, size, i, "dup") for i, g in enumerate(dups[:cap])],
                               min_width=max(150, size)))
-    issues = [r for r in found["label_issues"] if r["issue"]]
+    issues = [r for r in found.label_issues if r["issue"]]
     blocks.append(Text(f"Likely label errors: {len(issues)}, least confident first (out-of-fold logreg "
                        f"probability of the given label)." + _shown(len(issues), cap) if issues else "Likely label errors: none flagged."))
     if issues:
-        cards = []
-        for i, r in enumerate(issues[:cap]):
-            t = _thumb(finder, r, size, f"doctor_label_{i:03d}")
-            cards.append(Card([(t, "")] if t else [], title=f"labelled {r['label']}",
-                              lines=[f"looks like {r['suggested']} ({100 * r['p_suggested']:.0f}%)",
-                                     f"p(given) = {100 * r['p_given']:.0f}%"], kind="bad", foot=summary.img_name(r)))
-        blocks.append(Gallery(cards, min_width=max(150, size)))
-    outl = found["outliers"]
+        blocks.append(_photo_gallery(finder, issues[:cap], size, "label", "bad", lambda r: f"labelled {r['label']}",
+                                     lambda r: [f"looks like {r['suggested']} ({100 * r['p_suggested']:.0f}%)",
+                                                f"p(given) = {100 * r['p_given']:.0f}%"]))
+    outl = found.outliers
     blocks.append(Text(f"Outliers: {len(outl)} image(s) far from every other (kNN distance, robust z >= "
                        f"the threshold): off-domain photos, or rare views." + _shown(len(outl), cap) if outl else "Outliers: none flagged."))
     if outl:
-        cards = []
-        for i, r in enumerate(outl[:cap]):
-            t = _thumb(finder, r, size, f"doctor_outlier_{i:03d}")
-            cards.append(Card([(t, "")] if t else [], title=f"{r['label']}",
-                              lines=[f"kNN distance {r['score']:.3f}", f"z = {r['z']:.1f}"], foot=summary.img_name(r)))
-        blocks.append(Gallery(cards, min_width=max(150, size)))
-    if found.get("unconfirmed"):
+        blocks.append(_photo_gallery(finder, outl[:cap], size, "outlier", "", lambda r: f"{r['label']}",
+                                     lambda r: [f"kNN distance {r['score']:.3f}", f"z = {r['z']:.1f}"]))
+    if found.unconfirmed:
         rows = [[summary.img_name(u["a"]), summary.img_name(u["b"]), f"{u['cosine']:.3f}",
-                 "–" if u["pixel"] is None else f"{u['pixel']:.2f}"] for u in found["unconfirmed"][:200]]
-        blocks.append(Details(f"Similar features, different pixels ({len(found['unconfirmed'])} pairs, not counted)",
+                 "–" if u["pixel"] is None else f"{u['pixel']:.2f}"] for u in found.unconfirmed[:200]]
+        blocks.append(Details(f"Similar features, different pixels ({len(found.unconfirmed)} pairs, not counted)",
                               [Table(["image", "image", "cosine", "pixels"], rows)]))
-    dropped = [[s, i, found["drops"]["reasons"][s][i]] for s, ids in found["drops"]["ids"].items() for i in ids]
+    dropped = [[s, i, found.drops["reasons"][s][i]] for s, ids in found.drops["ids"].items() for i in ids]
     if dropped:
         blocks.append(Details(f"Dropped before the heads ({len(dropped)})", [Table(["split", "id", "why"], dropped)]))
     return Section(ID, TITLE, blocks)
