@@ -26,7 +26,7 @@ def test_defaults_validate_and_recipes_inherit_unset_fields():
     assert main.polish == round(0.1 * main.steps)  # params give a share of the steps, settings a count
     (_, short), = ideal.recipes(parse(steps=10, polish=0.5, compare=[]))
     assert short.polish == 5
-    assert [n for n, _ in ideal.recipes(parse())] == ["main", "lesson", "prob"]
+    assert [n for n, _ in ideal.recipes(parse())] == ["main", "lesson"]  # the rest: params.ideal-study.yaml
 
 
 def test_ideal_study_overlay_adds_the_ablations():
