@@ -38,39 +38,6 @@ Method = Literal["fgsm", "pgd", "unbounded"]
 METHODS = ("fgsm", "pgd", "unbounded")
 
 
-def _refine(apply, params, q, lo, hi, mask, steps):
-    """Integer-grid finishing: signed 1-level steps within [lo, hi], best image per row kept.
-
-    Stops early once every row's best image is finished (`_done`).
-
-    Args:
-      q: (B, S, S, 3) float holding integers, already inside [lo, hi].
-      lo, hi: (B, S, S, 3) integer bounds.
-      steps: traced most refinement steps.
-
-    Returns:
-      (best image, its target log-prob) per row, and the steps taken.
-    """
-    value_grad = jax.value_and_grad(lambda p, x, m: _logits_objective(apply, p, x, m), argnums=1, has_aux=True)
-
-    def cond(carry):
-        i, *_, best_done = carry
-        return (i < steps) & ~jnp.all(best_done)
-
-    def body(carry):
-        i, q, g, best, best_lp, best_done = carry
-        q = jnp.clip(q + jnp.sign(g), lo, hi)  # stays on the integer grid
-        (_, (lp, logits)), g = value_grad(params, q, mask)  # score of q, and where to go next
-        better = (lp > best_lp) & ~best_done  # a finished row keeps the image that finished it
-        best = jnp.where(better[:, None, None, None], q, best)
-        return i + 1, q, g, best, jnp.where(better, lp, best_lp), best_done | (better & _done(logits, mask))
-
-    (_, (lp0, logits0)), g0 = value_grad(params, q, mask)  # the rounded image: where it is finished, no steps
-    n, _, _, best, best_lp, _ = jax.lax.while_loop(
-        cond, body, (jnp.int32(0), q, g0, q, lp0, _done(logits0, mask)))
-    return best, best_lp, n
-
-
 def integer_bounds(x: jax.Array, epsilon: jax.Array | float | None):
     """[lo, hi] of the integer L-inf ball around integer image x, intersected with [0, 255]."""
     if epsilon is None:
@@ -80,6 +47,7 @@ def integer_bounds(x: jax.Array, epsilon: jax.Array | float | None):
 
 
 _SIGNED, _ADAM = 0, 1  # update rules: signed steps in a ball (FGSM, PGD), Adam on the pixels (unbounded)
+_ATTACK, _REFINE, _END = 0, 1, 2  # phases of the one loop
 
 
 def _done(logits: jax.Array, mask: jax.Array) -> jax.Array:
@@ -87,55 +55,83 @@ def _done(logits: jax.Array, mask: jax.Array) -> jax.Array:
     return top1_in_group(logits, mask) & (group_log_prob(logits, mask) > jnp.log(0.5))
 
 
+def _rows(flag: jax.Array) -> jax.Array:
+    return flag[:, None, None, None]
+
+
 @functools.cache
 def _attack_fn(apply: Callable):
     """Compile-once factory: one jitted program for every method, per model apply.
 
-    The method is a traced value (FGSM is one PGD step of size epsilon), so FGSM, PGD and the
-    unbounded attack share one compiled forward/backward. The loop is a `lax.while_loop` that
-    stops as soon as every image of the batch is finished (`_done`), or after `steps`; a
-    finished image is no longer changed (the batch's other images still pay for its gradient
-    until they finish too).
+    The method is a traced value (FGSM is one PGD step of size epsilon), and the attack and the
+    integer-grid finishing are two phases of one `lax.while_loop` whose body runs the network's
+    forward/backward once: the program holds one copy of the network, compiled once, for every
+    method. Phase 1 (attack): score the images, leave finished ones (`_done`) alone, step the
+    rest; after `steps` steps or once all are finished, round into the integer ball. Phase 2
+    (finishing): score the quantised images, keep each row's best (a finished row keeps the
+    image that finished it), step on the integer grid; end after `refine_steps` steps or once
+    every row's best is finished. Returned: the best uint8 images and their logits.
     """
-    value_grad = jax.value_and_grad(lambda p, x, m: _logits_objective(apply, p, x, m), argnums=1, has_aux=True)
+    value_grad = jax.value_and_grad(lambda p, x, m: _objective(apply, p, x, m), argnums=1, has_aux=True)
+    opt = optax.adam(1.0)
 
     @jax.jit
     def run(params, x_uint8, mask, rule, epsilon, step_size, steps, refine_steps, random_start, lr, key):
         x = x_uint8.astype(jnp.float32)  # (B, S, S, 3) integers in [0, 255]
         bounded = rule == _SIGNED
-        big = jnp.float32(255.0)
-        radius = jnp.where(bounded, epsilon, big)
+        radius = jnp.where(bounded, epsilon, jnp.float32(255.0))
         lo, hi = integer_bounds(x, radius)
         start = jax.random.uniform(key, x.shape, minval=-epsilon, maxval=epsilon)
         adv = jnp.clip(x + jnp.where(random_start & bounded, start, 0.0), 0.0, 255.0)
-        opt = optax.adam(1.0)
+        b = x.shape[0]
+        n_classes = jnp.broadcast_to(mask, (b,) + mask.shape[-1:]).shape[-1]
 
-        def cond(carry):
-            i, _, _, done = carry
-            return (i < steps) & ~jnp.all(done)
+        def cond(c):
+            return c["phase"] != _END
 
-        def body(carry):
-            i, adv, state, _ = carry
-            (_, (_, logits)), g = value_grad(params, adv, mask)
-            done = _done(logits, mask)  # judged before this step's change: finished images stay
-            signed = jnp.clip(jnp.clip(adv + step_size * jnp.sign(g), x - radius, x + radius), 0.0, 255.0)
-            upd, new_state = opt.update(-g, state, adv)
-            adam = jnp.clip(adv + lr * upd, 0.0, 255.0)
-            new = jnp.where(bounded, signed, adam)
-            adv = jnp.where(done[:, None, None, None], adv, new)
-            return i + 1, adv, new_state, done
+        def body(c):
+            (_, (lp, logits)), g = value_grad(params, c["cur"], mask)  # the one network pass
+            done = _done(logits, mask)
+            attacking = c["phase"] == _ATTACK
+            # Attack phase: step the unfinished images.
+            signed = jnp.clip(jnp.clip(c["cur"] + step_size * jnp.sign(g), x - radius, x + radius), 0.0, 255.0)
+            upd, state = opt.update(-g, c["state"], c["cur"])
+            adam = jnp.clip(c["cur"] + lr * upd, 0.0, 255.0)
+            stepped = jnp.where(_rows(done), c["cur"], jnp.where(bounded, signed, adam))
+            attack_over = (c["i"] + 1 >= steps) | jnp.all(done)
+            after_attack = jnp.where(attack_over, jnp.clip(jnp.round(stepped), lo, hi), stepped)
+            # Finishing phase: cur is a quantised image; keep the best per row, step on the grid.
+            better = (lp > c["best_lp"]) & ~c["best_done"]
+            best = jnp.where(_rows(better), c["cur"], c["best"])
+            best_logits = jnp.where(better[:, None], logits, c["best_logits"])
+            best_lp = jnp.where(better, lp, c["best_lp"])
+            best_done = c["best_done"] | (better & done)
+            refine_over = (c["j"] >= refine_steps) | jnp.all(best_done)
+            after_refine = jnp.clip(c["cur"] + jnp.sign(g), lo, hi)
+            return {
+                "phase": jnp.where(attacking, jnp.where(attack_over, _REFINE, _ATTACK),
+                                   jnp.where(refine_over, _END, _REFINE)),
+                "i": c["i"] + attacking, "j": c["j"] + (1 - attacking),
+                "cur": jnp.where(attacking, after_attack, after_refine),
+                "state": jax.tree.map(lambda new, old: jnp.where(attacking, new, old), state, c["state"]),
+                "best": jnp.where(attacking, c["best"], best),
+                "best_logits": jnp.where(attacking, c["best_logits"], best_logits),
+                "best_lp": jnp.where(attacking, c["best_lp"], best_lp),
+                "best_done": jnp.where(attacking, c["best_done"], best_done)}
 
-        none = jnp.zeros(x.shape[:1], bool)
-        n, adv, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), adv, opt.init(adv), none))
-        q = jnp.clip(jnp.round(adv), lo, hi)
-        best, logp, n_refine = _refine(apply, params, q, lo, hi, mask, refine_steps)
-        return best.astype(jnp.uint8), logp, n + n_refine + 1  # forward/backward passes of the batch
+        first = jnp.where(steps > 0, _ATTACK, _REFINE)
+        init = {"phase": jnp.int32(first), "i": jnp.int32(0), "j": jnp.int32(0),
+                "cur": jnp.where(steps > 0, adv, jnp.clip(jnp.round(adv), lo, hi)), "state": opt.init(adv),
+                "best": x, "best_logits": jnp.zeros((b, n_classes), jnp.float32),
+                "best_lp": jnp.full((b,), -jnp.inf), "best_done": jnp.zeros((b,), bool)}
+        out = jax.lax.while_loop(cond, body, init)
+        return out["best"].astype(jnp.uint8), out["best_logits"], out["i"] + out["j"]  # passes of the batch
 
     return run
 
 
-def _logits_objective(apply: Callable, params, x, mask):
-    logits = apply(params, x)
+def _objective(apply: Callable, params, x, mask):
+    logits = apply(params, x).astype(jnp.float32)
     logp = group_log_prob(logits, mask)  # (B,)
     return jnp.sum(logp), (logp, logits)
 
@@ -169,18 +165,19 @@ def attack(model: PixelModel, images: np.ndarray, mask: np.ndarray, method: Meth
 
 def attack_counted(model: PixelModel, images: np.ndarray, mask: np.ndarray, method: Method, epsilon: float,
                    steps: int = 10, step_size: float = 0.5, refine_steps: int = 5, random_start: bool = False,
-                   lr: float = 1.0, seed: int = 0) -> tuple[np.ndarray, int]:
-    """`attack`, and how many forward/backward passes of the batch it took (early stops included)."""
+                   lr: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """`attack`, the logits of the returned images, and how many forward/backward passes of the
+    batch it took (early stops included). ``steps=0, refine_steps=0`` scores the photos as they are."""
     if method not in METHODS:
         raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     run = _attack_fn(model.apply)
-    if method == "fgsm":  # one signed step of size epsilon
+    if method == "fgsm" and steps > 0:  # one signed step of size epsilon
         steps, step_size, random_start = 1, epsilon, False
     rule = _ADAM if method == "unbounded" else _SIGNED
-    adv, _, passes = run(model.params, jnp.asarray(images, jnp.uint8), jnp.asarray(mask), jnp.int32(rule),
+    adv, logits, passes = run(model.params, jnp.asarray(images, jnp.uint8), jnp.asarray(mask), jnp.int32(rule),
                          jnp.float32(epsilon), jnp.float32(step_size), jnp.int32(steps), jnp.int32(refine_steps),
                          jnp.bool_(random_start), jnp.float32(lr), jax.random.key(seed))
-    return np.asarray(adv), int(passes)
+    return np.asarray(adv), np.asarray(logits), int(passes)
 
 
 @functools.cache
