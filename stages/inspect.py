@@ -120,7 +120,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import numpy as np
 
     from pipeline.heads.trained import fused_backbones, load_head
-    from pipeline.inspect import mapping, mapplot, steps
+    from pipeline.inspect import mapplot, steps
     from pipeline.models import cut, registry
     from pipeline.report import readers
     from pipeline.sources import load_data
