@@ -21,6 +21,10 @@ All timed functions, ours and Keras', run interleaved in the same rounds (see `_
 ``ideal step, lesson recipe`` is our ideal step doing the lesson's work (plain pixels, no penalty,
 no transforms), the like-for-like comparison with the Keras loop.
 
+Steps/s against the machine's limit: XLA's FLOP count of one forward+backward, at the float32
+matmul ceiling measured in the same run, gives the most image-steps/s these cores could do; each
+step's rate is printed beside it.
+
 Run: python benchmarks/bench_gradients.py [--batches 1,8] [--steps 6] [--repeats 6]
 """
 
@@ -109,12 +113,13 @@ def jax_timers(batch: int, size: int, steps: int) -> tuple[dict, dict]:
     mask[281:286] = True
     x = jnp.asarray(images, jnp.float32)
     fwd = jax.jit(model.apply)
-    run = attacks._attack_fn(model.apply, "pgd")
+    run = attacks._attack_fn(model.apply)  # one program for every method; the rule is traced
 
-    def pgd(n):
-        return jax.block_until_ready(run(model.params, jnp.asarray(images), jnp.asarray(mask), jnp.float32(2.0),
-                                         jnp.float32(0.5), jnp.int32(n), jnp.int32(0), jnp.bool_(False),
-                                         jnp.float32(1.0), jax.random.key(0)))
+    def pgd(n):  # random weights never make p(cat) > 1/2: no early stop, n steps + 1 scoring pass
+        return jax.block_until_ready(run(model.params, jnp.asarray(images), jnp.asarray(mask),
+                                         jnp.int32(attacks._SIGNED), jnp.float32(2.0), jnp.float32(0.5),
+                                         jnp.int32(n), jnp.int32(0), jnp.bool_(False), jnp.float32(1.0),
+                                         jax.random.key(0)))
 
     masks = np.zeros((batch, 1000), bool)
     masks[np.arange(batch), (np.arange(batch) * 7) % 1000] = True
@@ -137,7 +142,41 @@ def jax_timers(batch: int, size: int, steps: int) -> tuple[dict, dict]:
         t = time.perf_counter()
         fns[name]()
         compile_s[name.removesuffix("_k")] = time.perf_counter() - t
-    return {"how": how, "compile_s": compile_s, "backend": jax.default_backend()}, fns
+    return {"how": how, "compile_s": compile_s, "backend": jax.default_backend(),
+            "fwd_bwd_flops": _fwd_bwd_flops(model, x, mask)}, fns
+
+
+def _fwd_bwd_flops(model, x, mask) -> float:
+    """XLA's count of the floating-point operations of one forward+backward (gradient with respect
+    to the pixels) of the batch: the work every PGD and ideal step has to do at least."""
+    import jax
+    import jax.numpy as jnp
+
+    from pipeline.gradients.model import group_log_prob
+
+    def loss(px):
+        return jnp.sum(group_log_prob(model.apply(model.params, px), jnp.asarray(mask)))
+
+    cost = jax.jit(jax.grad(loss)).lower(x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def matmul_ceiling(n: int = 1024, repeats: int = 10) -> float:
+    """FLOP/s of this machine's best float32 matmul through XLA (n x n by n x n, best of `repeats`):
+    the ceiling a convolutional network's forward+backward cannot beat on the same cores."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    mm = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(mm(a, a))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(mm(a, a))
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best
 
 
 def jax_figures(best: dict, steps: int) -> dict:
@@ -193,6 +232,7 @@ def main() -> None:
     args = ap.parse_args()
 
     results = []
+    ceiling = matmul_ceiling()
     for batch in [int(b) for b in args.batches.split(",")]:
         jinfo, jfns = jax_timers(batch, args.size, args.steps)
         kinfo, kfns = keras_timers(batch, args.size, args.steps)
@@ -232,8 +272,19 @@ def main() -> None:
               f"{'met' if worst <= 3.5 else 'NOT met'}); Keras eager step / our slowest step {speedup:.2f}x, "
               f"same work (PGD, lesson recipe) {same_work:.2f}x (target >= 2: "
               f"{'met' if speedup >= 2 else 'met for the same work' if same_work >= 2 else 'NOT met'})")
+    # Steps/s beside the FLOP limit: a step's forward+backward FLOPs (XLA's count) at the matmul
+    # ceiling measured above is the fastest any implementation could run it on these cores.
+    print(f"\nmatmul ceiling (float32 1024^3 through XLA, best of 10): {ceiling / 1e9:.1f} GFLOP/s; "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    for r in results:
+        f = r["fwd_bwd_flops"]
+        limit = ceiling / f * r["batch"]  # image-steps/s at the ceiling
+        for name in ("pgd", "ideal", "ideal_lesson"):
+            rate = r["batch"] / r[f"{name}_step_s"]
+            print(f"batch {r['batch']}: {name:12s} {rate:7.2f} image-steps/s; FLOP limit {limit:7.2f} "
+                  f"({f / r['batch'] / 1e9:.2f} GFLOP per image forward+backward): {rate / limit:.0%} of the limit")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps({"matmul_flops_per_s": ceiling, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -45,18 +45,18 @@ class AdversarialParams:
     head: str = spec("logreg", help="trained head that classifies (logreg or mlp); imagenet: targets use "
                                     "the backbone's ImageNet head")
     split: Literal["test", "val", "train"] = spec("test", help="split the source photos come from")
-    max_images: int = spec(32, min=1, help="attack at most this many source photos (in split order)")
+    max_images: int = spec(8, min=1, help="attack at most this many source photos (in split order)")
     methods: tuple[Method, ...] = spec(("fgsm", "pgd", "unbounded"), min_len=1, help="attacks to run")
     epsilon: float = spec(2.0, min=0, min_exclusive=True, max=255,
                           help="L-inf bound in grey levels of 0..255 (2 = 2/255), for fgsm and pgd")
-    steps: int = spec(10, min=1, help="PGD iterations")
+    steps: int = spec(10, min=1, help="most PGD iterations (an image stops once the head says target with p > 0.5)")
     step_size: float = spec(0.5, min=0, min_exclusive=True, help="PGD step, grey levels")
     random_start: bool = spec(False, help="start PGD from a random point of the epsilon ball")
-    refine_steps: int = spec(5, min=0, help="after rounding to uint8: signed one-level steps on the integer grid")
-    unbounded_steps: int = spec(30, min=1, help="Adam steps of the unbounded attack")
+    refine_steps: int = spec(5, min=0, help="after rounding to uint8: at most this many signed one-level steps on the integer grid")
+    unbounded_steps: int = spec(30, min=1, help="most Adam steps of the unbounded attack (it stops like PGD)")
     unbounded_lr: float = spec(1.0, min=0, min_exclusive=True, help="Adam learning rate of the unbounded attack, grey levels")
-    batch_size: int = spec(16, min=1, help="photos attacked together")
-    save_examples: int = spec(16, min=0, help="write PNGs for the first N attacked photos")
+    batch_size: int = spec(8, min=1, help="photos attacked together (a batch is padded to this size: one compiled shape)")
+    save_examples: int = spec(8, min=0, help="write PNGs for the first N attacked photos")
     transfer: tuple[str, ...] = spec(("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
                                      help="backbones whose ImageNet heads judge the adversarial images")
     seed: int = spec(0, help="seed of the PGD random start")
@@ -174,7 +174,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.log(f"attacking {len(ids)} {p.split} photo(s) of {source.label} -> {target.label} "
             f"through {model.name}, epsilon {p.epsilon:g}/255")
 
-    clean_logits = attacks.predict_logits(model, originals, batch_size=p.batch_size)
+    def batches():
+        """(start, n, the photos from start padded to one batch): one compiled shape for everything."""
+        for start in range(0, len(ids), p.batch_size):
+            batch = originals[start:start + p.batch_size]
+            n = len(batch)
+            if n < p.batch_size:
+                batch = np.concatenate([batch, np.repeat(batch[-1:], p.batch_size - n, axis=0)])
+            yield start, n, batch
+
+    # The clean photos are scored by the attack program itself (no steps): no second compilation.
+    clean_logits = np.concatenate([attacks.attack_counted(model, batch, mask, "pgd", p.epsilon, steps=0,
+                                                          refine_steps=0)[1][:n] for _, n, batch in batches()])
     clean_hit = attacks.success(clean_logits, mask)
     clean_prob = attacks.target_prob(clean_logits, mask)
     metrics: dict[str, Any] = {
@@ -187,30 +198,32 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for method in p.methods:
         task = ctx.reporter.task(f"attack {method}", total=len(ids), unit="img")
         t0 = time.perf_counter()
-        out = []
+        out, logits_out = [], []
+        passes = 0
         try:
-            for start in range(0, len(ids), p.batch_size):
-                batch = originals[start:start + p.batch_size]
-                n = len(batch)
-                if n < p.batch_size and len(ids) > p.batch_size:  # keep one compiled shape
-                    batch = np.concatenate([batch, np.repeat(batch[-1:], p.batch_size - n, axis=0)])
-                adv = attacks.attack(
+            for start, n, batch in batches():
+                adv, logits, k = attacks.attack_counted(
                     model, batch, mask, method, p.epsilon,
                     steps=p.unbounded_steps if method == "unbounded" else p.steps,
                     step_size=p.step_size, refine_steps=p.refine_steps, random_start=p.random_start,
                     lr=p.unbounded_lr, seed=p.seed + start)
                 out.append(adv[:n])
+                logits_out.append(logits[:n])
+                passes += k
                 task.advance(n)
         finally:
             task.close()
         seconds = time.perf_counter() - t0
         adversarial[method] = np.concatenate(out)
-        adv_logits[method] = attacks.predict_logits(model, adversarial[method], batch_size=p.batch_size)
+        adv_logits[method] = np.concatenate(logits_out)  # of the returned uint8 images
         metrics["methods"][method] = _method_metrics(originals, adversarial[method], adv_logits[method], mask,
                                                      seconds, bounded=method != "unbounded", epsilon=p.epsilon)
         m = metrics["methods"][method]
+        m["passes"] = passes
+        m["image_steps_per_second"] = round(passes * p.batch_size / max(seconds, 1e-9), 2)
         ctx.log(f"{method}: success {m['success_rate']:.3f}, target prob {m['mean_target_prob']:.3f}, "
-                f"L-inf {m['max_linf']:g}, PSNR {m['mean_psnr']:.1f} dB, {seconds:.1f}s")
+                f"L-inf {m['max_linf']:g}, PSNR {m['mean_psnr']:.1f} dB, {seconds:.1f}s: {passes} "
+                f"forward/backward pass(es) of {p.batch_size} images, {m['image_steps_per_second']:.1f} image-steps/s")
 
     metrics["transfer"] = _transfer(ctx, p, bp, target, originals, adversarial)
     metrics["examples"] = _save_examples(Path(ctx.out_dir), p, model, ids, originals, clean_logits, mask,
@@ -273,9 +286,9 @@ def _transfer(ctx: StageContext, p: AdversarialParams, bp: Any, target: Any, ori
         other = registry.load_backbone(name, ctx.cache_dir, bp.dtype, bp.depthwise)
         inet = model_lib.imagenet_model(other)
         row = {"clean": round(float(attacks.success(
-            attacks.predict_logits(inet, resize_batch(originals, other.spec), p.batch_size), mask).mean()), 4)}
+            attacks.predict_logits(inet, resize_batch(originals, other.spec)), mask).mean()), 4)}
         for method, adv in adversarial.items():
-            logits = attacks.predict_logits(inet, resize_batch(adv, other.spec), p.batch_size)
+            logits = attacks.predict_logits(inet, resize_batch(adv, other.spec))
             row[method] = round(float(attacks.success(logits, mask).mean()), 4)
         out[name] = row
         ctx.log(f"transfer to {name} (ImageNet head): " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()))
@@ -330,7 +343,7 @@ STAGE = Stage(
     deps=("data", "heads", "finetune"),
     reads_part=("finetune",),  # the fine-tuned head only, none while finetune is disabled
     sections=("backbone", "adversarial"),
-    version="1",
+    version="2",
     schemas={"adversarial": AdversarialParams},
     description="targeted FGSM / PGD / unbounded attacks (dog -> cat), judged on uint8 images, with transfer",
 )

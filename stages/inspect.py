@@ -120,7 +120,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import numpy as np
 
     from pipeline.heads.trained import fused_backbones, load_head
-    from pipeline.inspect import mapping, mapplot, steps
+    from pipeline.inspect import mapplot, steps
     from pipeline.models import cut, registry
     from pipeline.heads.read import read_predictions
     from pipeline.sources import load_data
@@ -158,7 +158,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     times["decode"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    fmaps = steps.feature_maps(backbone, layers, photos, pixels, p.channels, out, p.batch_size)
+    fmaps = steps.feature_maps(backbone, layers, photos, pixels, p.channels, out, p.batch_size,
+                               cache_dir=ctx.cache_dir)
     times["feature_maps"] = time.perf_counter() - t0
     ctx.log(f"feature maps: {len(photos)} photo(s) x {len(layers)} layer(s) ({', '.join(layers)})")
 
@@ -169,7 +170,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     pts = steps.map_points(Path(ctx.inputs["features"]), p.map_splits, head, p.map_max_points, p.seed)
-    xy = mapping.embed_2d(pts["features"], p.map_method, p.seed)
+    xy = _embed_2d(ctx.cache_dir, pts["features"], p.map_method, p.seed)
     times["map"] = time.perf_counter() - t0
     is_test = np.array([s == "test" for s in pts["split"]])
     wrong = pts["pred"] != pts["labels"]
@@ -191,6 +192,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
            "seconds": {k: round(v, 3) for k, v in times.items()}}
     (out / "inspect.json").write_text(json.dumps(doc, indent=1))
     return {"photos": len(photos), "layers": len(layers), "gradcam": len(cams), "map_points": len(xy)}
+
+
+def _embed_2d(cache_dir: Any, features: Any, method: str, seed: int) -> Any:
+    """The map's layout: it reads the features, the method and the seed, never the head, so it is
+    remembered (`pipeline.gradients.memo`) and a head change only recolours the points."""
+    from pipeline.gradients import memo
+    from pipeline.inspect import mapping
+
+    k = memo.key({"stage": "inspect.map", "features": memo.tree_digest(features), "method": method, "seed": seed})
+    found = memo.load(cache_dir, "inspect.map", k)
+    if found is not None and found["xy"].shape == (len(features), 2):
+        return found["xy"]
+    xy = mapping.embed_2d(features, method, seed)
+    memo.save(cache_dir, "inspect.map", k, {"xy": xy})
+    return xy
 
 
 STAGE = Stage(

@@ -65,6 +65,15 @@ def test_run_all_with_shipped_defaults_offline_then_touch_reruns_nothing(tmp_pat
     assert info["source"] == "sample" and info["num_classes"] == 37 and sum(info["splits"].values()) == 111
     page = (Path(by_name["report"]["out"]) / "report.html").read_text()
     assert len(page) > 100_000 and "111" in page
+    assert len(page.encode()) <= 5_000_000  # the report travels: photos as JPEG at the size shown
+    # The demo still makes its points: the attacks fool the head on every photo, and the ideal
+    # images of the main recipe read as their class on other networks where the lesson's noise does not.
+    attack = json.loads((Path(by_name["adversarial"]["out"]) / "metrics.json").read_text())
+    assert attack["clean_target_rate"] == 0.0 and attack["images"] >= 4
+    assert all(m["success_rate"] == 1.0 for m in attack["methods"].values()), attack["methods"]
+    ideal_doc = json.loads((Path(by_name["ideal"]["out"]) / "ideal.json").read_text())
+    for backbone, hits in ideal_doc["recipes"]["main"]["transfer"].items():
+        assert hits["top1_rate"] > ideal_doc["recipes"]["lesson"]["transfer"][backbone]["top1_rate"], ideal_doc["recipes"]
 
     # touch: new mtime, same bytes -> same data key, nothing reruns.
     photo = next((SAMPLE / "pets" / "beagle").iterdir())

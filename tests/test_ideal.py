@@ -26,7 +26,7 @@ def test_defaults_validate_and_recipes_inherit_unset_fields():
     assert main.polish == round(0.1 * main.steps)  # params give a share of the steps, settings a count
     (_, short), = ideal.recipes(parse(steps=10, polish=0.5, compare=[]))
     assert short.polish == 5
-    assert [n for n, _ in ideal.recipes(parse())] == ["main", "lesson", "prob"]
+    assert [n for n, _ in ideal.recipes(parse())] == ["main", "lesson"]  # the rest: params.ideal-study.yaml
 
 
 def test_ideal_study_overlay_adds_the_ablations():
@@ -115,3 +115,63 @@ def test_stage_real_weights_raises_target_probability(tmp_path):
     assert main["tabby"]["prob"] > 0.5 and main["logreg:cat"]["prob"] > 0.9
     assert (out / "grid.png").is_file() and (out / "no_transforms" / "00_tabby.png").is_file()
     assert summary["targets"] == 2
+
+
+@pytest.mark.slow
+def test_head_change_recomputes_only_head_targets_and_output_is_the_same_either_way(tmp_path):
+    """An ImageNet target's images are remembered across a head change (they never read the
+    head); a `logreg:cat` target's are recomputed. The stage's output after the change is the
+    same, byte for byte, as a run of the changed head on an empty cache (no memo)."""
+    import shutil
+
+    from pipeline.heads.trained import load_head, save_head
+    from stages import features
+    from tests.gradient_fixtures import lite0_world
+    from tests.stage_helpers import run_stage, section
+
+    world = lite0_world()
+    changed = tmp_path / "heads_changed"  # the same head, refitted differently: other weights
+    changed.mkdir()
+    head = load_head(world.heads, "logreg")
+    save_head(changed, "logreg", "linear", {"W": 1.5 * np.asarray(head.params["W"]), "b": np.asarray(head.params["b"])},
+              {}, world.classes)
+
+    def cache(name):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "weights").symlink_to(world.cache / "weights")  # converted weights, not memos
+        return root
+
+    params = {"ideal": parse(targets=["tabby", "logreg:cat"], steps=6, polish=0.5,
+                             compare=[{"name": "lesson", "param": "pixel", "lr": 0.05, "jitter": 0, "scale": 0,
+                                       "rotate": 0, "objective": "prob"}],
+                             transfer=["efficientnet_lite1"]),
+              "backbone": section(features.BackboneParams, "backbone")}
+    warm = cache("warm")
+    first, _ = run_stage(ideal.STAGE, params, tmp_path / "first", cache_dir=warm, inputs={"heads": world.heads})
+    assert first["reused"] == 0
+    after, _ = run_stage(ideal.STAGE, params, tmp_path / "after", cache_dir=warm, inputs={"heads": changed})
+    cold, _ = run_stage(ideal.STAGE, params, tmp_path / "cold", cache_dir=cache("cold"), inputs={"heads": changed})
+    assert after["reused"] == 1 and cold["reused"] == 0  # tabby reused; logreg:cat recomputed
+
+    def doc(name):
+        d = json.loads((tmp_path / name / "ideal.json").read_text())
+        for r in d["recipes"].values():
+            r.pop("seconds")
+        return {**d, "work": None}
+
+    assert json.loads((tmp_path / "after" / "ideal.json").read_text())["work"]["batches"] == 1
+    assert doc("after") == doc("cold")
+    files = sorted(p.relative_to(tmp_path / "cold") for p in (tmp_path / "cold").rglob("*.png"))
+    assert files and files == sorted(p.relative_to(tmp_path / "after") for p in (tmp_path / "after").rglob("*.png"))
+    for f in files:
+        assert (tmp_path / "after" / f).read_bytes() == (tmp_path / "cold" / f).read_bytes(), f
+    # The head target did change with the head; the ImageNet target did not.
+    assert (tmp_path / "first" / "00_tabby.png").read_bytes() == (tmp_path / "after" / "00_tabby.png").read_bytes()
+    assert (tmp_path / "first" / "01_logreg_cat.png").read_bytes() != (tmp_path / "after" / "01_logreg_cat.png").read_bytes()
+    # A damaged memo is recomputed, not trusted.
+    for m in (warm / "memo" / "ideal").glob("*.npz"):
+        m.write_bytes(b"not a memo")
+    again, _ = run_stage(ideal.STAGE, params, tmp_path / "again", cache_dir=warm, inputs={"heads": changed})
+    assert again["reused"] == 0 and doc("again") == doc("cold")
+    shutil.rmtree(warm / "memo")

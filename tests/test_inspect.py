@@ -249,3 +249,26 @@ def test_map_is_deterministic_for_a_seed_and_keeps_clusters_apart():
     # Clusters stay apart: every point's nearest neighbour on the map has its label.
     d = ((a[:, None] - a[None]) ** 2).sum(-1) + np.eye(len(a)) * 1e9
     assert (labels[d.argmin(1)] == labels).mean() > 0.95
+
+
+@pytest.mark.slow
+def test_feature_maps_are_remembered_and_redrawn_the_same(lite0, tmp_path, monkeypatch):
+    """Feature maps never read the head: with a cache they are remembered, and the second call
+    draws the same files without running the backbone (a damaged memo is drawn again)."""
+    from pipeline.inspect import steps
+
+    bb, _, x, y, _ = lite0
+    photos = [("test", f"p{i}", int(y[i])) for i in range(2)]
+    pixels = {f"p{i}": x[i].astype(np.uint8) for i in range(2)}
+    cache = tmp_path / "cache"
+    first = steps.feature_maps(bb, ["block5"], photos, pixels, 8, tmp_path / "a", cache_dir=cache)
+    computed = steps._feature_maps
+    monkeypatch.setattr(steps, "_feature_maps", lambda *a, **k: pytest.fail("recomputed despite the memo"))
+    again = steps.feature_maps(bb, ["block5"], photos, pixels, 8, tmp_path / "b", cache_dir=cache)
+    assert again == first
+    for r in first:
+        assert (tmp_path / "a" / r["image"]).read_bytes() == (tmp_path / "b" / r["image"]).read_bytes()
+    for m in (cache / "memo" / "inspect.featuremaps").glob("*.npz"):
+        m.write_bytes(b"damaged")
+    monkeypatch.setattr(steps, "_feature_maps", computed)
+    assert steps.feature_maps(bb, ["block5"], photos, pixels, 8, tmp_path / "c", cache_dir=cache) == first

@@ -1,23 +1,34 @@
-"""Ideal images: gradient ascent on a class's log-probability, all targets in one jitted batch.
+"""Ideal images: gradient ascent on a class score, every recipe of a target in one jitted batch.
 
-Loss per image t (summed over the batch, so each image gets its own gradient):
+Loss per image r (summed over the batch, so each image gets its own gradient):
 
-    -log p(target_t | T(render(z_t)))  +  tv_weight * TV(image_t)  +  l2_weight * L2(image_t)
+    -score_r(T_r(render_r(z_r)))  +  tv_weight_r * TV(image_r)  +  l2_weight_r * L2(image_r)
 
-where T is a fresh random shift/zoom/rotation each step (`transforms.random_affine`) and render is
-the chosen parameterisation (`parameterization`). The step loop is a `lax.scan` over a fixed
-chunk of steps inside one jitted function; the caller runs ceil(steps / chunk) chunks, with steps
-past the requested count masked out, so any number of steps uses the same compiled code and the
-host syncs once per chunk (for the progress bar), never per step. The compiled runner is built by
-a `functools.cache` factory keyed on the model's `apply` and the static choices (parameterisation,
-optimiser, image size); learning rate and all penalty/transform magnitudes are traced values.
+where score is the target's log-probability or its logit (per row), T_r a fresh random
+shift/zoom/rotation each step drawn from row r's own key (`transforms.warp_nchw`), and render the
+row's parameterisation (`parameterization`). Every recipe setting is a per-row traced value:
+the parameterisation (both are carried, a row renders the one it chose), the objective, the
+optimiser (Adam or SGD with momentum, both tracked, the row's own applied), learning rate,
+spectrum decay, penalties, transform magnitudes, polish and step count (a row stops changing
+after its own steps). So one compiled program runs every recipe of a target side by side; the
+stage runs one batch per target through it.
+
+Rows do not interact: a row's result depends on its settings, target, key and position, not on
+what the other rows hold, which is what lets the stage remember each target's batch on its own
+(`pipeline.gradients.memo`).
+
+The step loop is a `lax.scan` over a fixed chunk of steps inside one jitted function; the
+caller runs ceil(steps / chunk) chunks, with steps past each row's count masked out, so any
+number of steps uses the same compiled code and the host syncs once per chunk (for the progress
+bar), never per step. The compiled runner comes from a `functools.cache` factory keyed on the
+model's `apply`, the image size and the chunk length.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -94,14 +105,6 @@ class IdealResult:
     compiles: int
 
 
-def _make_optimizer(name: str) -> optax.GradientTransformation:
-    if name == "adam":
-        return optax.inject_hyperparams(optax.adam)(learning_rate=0.0)
-    if name == "sgd":
-        return optax.inject_hyperparams(optax.sgd)(learning_rate=0.0, momentum=0.9)
-    raise ValueError(f"optimizer: {name!r} is not one of {', '.join(OPTIMIZERS)}")
-
-
 def _group_logit(logits: jax.Array, mask: jax.Array, domain: jax.Array) -> jax.Array:
     """(T,) logsumexp of each target's logits; centred on a 2-class domain.
 
@@ -118,59 +121,110 @@ def _group_logit(logits: jax.Array, mask: jax.Array, domain: jax.Array) -> jax.A
 
 TRACE_COUNT = {"n": 0}  # incremented each time a step function is traced (tests check compile-once)
 
+# Per-row values of the compiled runner (all traced).
+_ROW_FIELDS = ("lr", "decay", "tv_weight", "l2_weight", "jitter", "scale", "rotate", "polish", "steps",
+               "fourier", "logit", "adam")
+
+
+def row_values(settings: Sequence[IdealSettings]) -> dict[str, np.ndarray]:
+    """(R,) float32 arrays of the per-row settings the compiled runner reads."""
+    for s in settings:
+        if s.objective not in OBJECTIVES:
+            raise ValueError(f"objective: {s.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if s.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: {s.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if s.param not in parameterization.KINDS:
+            raise ValueError(f"param: {s.param!r} is not one of {', '.join(parameterization.KINDS)}")
+    cols = {k: [float(getattr(s, k)) for s in settings] for k in _ROW_FIELDS[:9]}
+    cols["fourier"] = [float(s.param == "fourier") for s in settings]
+    cols["logit"] = [float(s.objective == "logit") for s in settings]
+    cols["adam"] = [float(s.optimizer == "adam") for s in settings]
+    return {k: np.asarray(v, np.float32) for k, v in cols.items()}
+
+
+def _rows(x: jax.Array, ndim: int) -> jax.Array:
+    """(R,) -> (R, 1, ..., 1) with `ndim` dimensions in all, to broadcast over one row's values."""
+    return x.reshape(x.shape + (1,) * (ndim - 1))
+
+
+def _draw(keys: jax.Array, h: dict, moving: jax.Array):
+    """Each row's random shift (R, 2), zoom (R,) and angle (R,) from its own key."""
+    def one(key):
+        k_shift, k_scale, k_rot = jax.random.split(key, 3)
+        return (jax.random.uniform(k_shift, (2,), minval=-1.0, maxval=1.0),
+                jax.random.uniform(k_scale, (), minval=-1.0, maxval=1.0),
+                jax.random.uniform(k_rot, (), minval=-1.0, maxval=1.0))
+
+    u_shift, u_zoom, u_rot = jax.vmap(one)(keys)
+    on = moving.astype(jnp.float32)
+    return (u_shift * (on * h["jitter"])[:, None], 1.0 + u_zoom * on * h["scale"],
+            jnp.deg2rad(u_rot * on * h["rotate"]))
+
 
 @functools.cache
-def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float, chunk: int,
-            objective: str = "prob"):
-    """Compile-once factory: returns (init_fn, chunk_fn), both jitted."""
-    opt = _make_optimizer(optimizer)
+def _runner(apply: Callable, size: int, chunk: int):
+    """Compile-once factory: returns (init_fn, chunk_fn, final_fn), all jitted."""
+    adam, sgd = optax.scale_by_adam(), optax.trace(decay=0.9)
 
-    def loss_fn(z, model_params, masks, hyper, key, transform_on):
-        # Channels-first until the network input: the inverse FFT yields it, the transforms want it.
-        images = parameterization.render_nchw(kind, z, size, decay)  # (T, 3, S, S) in [0, 255]
-        magnitudes = [transform_on * hyper[k] for k in ("jitter", "scale", "rotate")]
+    def render(z, h):  # -> (R, 3, S, S) in [0, 255], channels first
+        pixel, fourier = z
+        four = parameterization.render_nchw("fourier", fourier, size, h["decay"])
+        pix = parameterization.render_nchw("pixel", pixel, size)
+        return jnp.where(_rows(h["fourier"] > 0, 4), four, pix)
+
+    def loss_fn(z, model_params, masks, h, keys, moving):
+        images = render(z, h)
+        shift, zoom, angle = _draw(keys, h, moving)
         # No resampling at all when nothing moves (polish steps, recipes without transforms).
-        seen = jax.lax.cond(sum(magnitudes) > 0,
-                            lambda im: transforms.random_affine(key, im, *magnitudes, channels_first=True),
-                            lambda im: im, images)
-        logits = apply(model_params, jnp.transpose(seen, (0, 2, 3, 1))).astype(jnp.float32)  # (T, C)
-        logp = group_log_prob(logits, *masks)  # (T,)
-        score = _group_logit(logits, *masks) if objective == "logit" else logp
+        still = jnp.all((shift == 0) & (zoom == 1)[:, None]) & jnp.all(angle == 0)
+        seen = jax.lax.cond(still, lambda im: im,
+                            lambda im: transforms.warp_nchw(im, shift, zoom, angle), images)
+        logits = apply(model_params, jnp.transpose(seen, (0, 2, 3, 1))).astype(jnp.float32)  # (R, C)
+        logp = group_log_prob(logits, *masks)  # (R,)
+        score = jnp.where(h["logit"] > 0, _group_logit(logits, *masks), logp)
         unit = images / 255.0
-        penalty = hyper["tv_weight"] * regularizers.total_variation(unit, axes=(2, 3)) \
-            + hyper["l2_weight"] * regularizers.l2_to_grey(unit)
+        penalty = h["tv_weight"] * regularizers.total_variation(unit, axes=(2, 3)) \
+            + h["l2_weight"] * regularizers.l2_to_grey(unit)
         return jnp.sum(penalty - score), logp
 
     @jax.jit
-    def init_fn(key, lr, masks):
-        z = parameterization.init(kind, key, masks[0].shape[0], size)
-        state = opt.init(z)
-        state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-        return z, state
+    def init_fn(keys):
+        def one(key):
+            k_pix, k_four = jax.random.split(key)
+            return (parameterization.init("pixel", k_pix, 1, size)[0],
+                    parameterization.init("fourier", k_four, 1, size)[0])
+
+        z = jax.vmap(one)(keys)
+        return z, (adam.init(z), sgd.init(z))
 
     @jax.jit
-    def chunk_fn(z, opt_state, key, i, model_params, masks, hyper, n_steps):
+    def chunk_fn(z, opt_state, keys, i, model_params, masks, h):
         def step(carry, _):
-            z, opt_state, key, i = carry
+            z, (sa, ss), keys, i = carry
             TRACE_COUNT["n"] += 1
-            key, sub = jax.random.split(key)
-            transform_on = (i < n_steps - hyper["polish"]).astype(jnp.float32)  # off for the last steps
-            (_, logp), grad = jax.value_and_grad(loss_fn, has_aux=True)(z, model_params, masks, hyper, sub,
-                                                                          transform_on)
-            updates, new_state = opt.update(grad, opt_state, z)
-            new_z = parameterization.project(kind, optax.apply_updates(z, updates))
-            live = i < n_steps  # steps past the requested count (last chunk) change nothing
-            z = jnp.where(live, new_z, z)
-            opt_state = jax.tree.map(lambda new, old: jnp.where(live, new, old), new_state, opt_state)
-            return (z, opt_state, key, i + 1), logp
+            split = jax.vmap(jax.random.split)(keys)  # (R, 2) keys: the row's next key, this step's
+            keys, sub = split[:, 0], split[:, 1]
+            moving = i < h["steps"] - h["polish"]  # (R,) transforms off for each row's last steps
+            (_, logp), grad = jax.value_and_grad(loss_fn, has_aux=True)(z, model_params, masks, h, sub, moving)
+            ua, sa = adam.update(grad, sa, z)
+            us, ss = sgd.update(grad, ss, z)
+            live = i < h["steps"]  # (R,) a row past its own step count changes nothing
 
-        (z, opt_state, key, i), curve = jax.lax.scan(step, (z, opt_state, key, i), None,
-                                                     length=chunk)  # curve: (chunk, T)
-        return z, opt_state, key, i, curve
+            def apply_update(z, a, s):
+                u = jnp.where(_rows(h["adam"] > 0, z.ndim), a, s)
+                return jnp.where(_rows(live, z.ndim), z - _rows(h["lr"], z.ndim) * u, z)
+
+            pixel, fourier = jax.tree.map(apply_update, z, ua, us)
+            z = (parameterization.project("pixel", pixel), fourier)
+            return (z, (sa, ss), keys, i + 1), logp
+
+        (z, opt_state, keys, i), curve = jax.lax.scan(step, (z, opt_state, keys, i), None,
+                                                      length=chunk)  # curve: (chunk, R)
+        return z, opt_state, keys, i, curve
 
     @jax.jit
-    def final_fn(z, model_params, masks):
-        images = jnp.round(parameterization.render(kind, z, size, decay))  # what gets saved
+    def final_fn(z, model_params, masks, h):
+        images = jnp.round(jnp.transpose(render(z, h), (0, 2, 3, 1)))  # what gets saved, (R, S, S, 3)
         logits = apply(model_params, images)
         return (images.astype(jnp.uint8), group_log_prob(logits, *masks), logits,
                 regularizers.total_variation(images / 255.0))
@@ -178,47 +232,70 @@ def _runner(apply: Callable, kind: str, optimizer: str, size: int, decay: float,
     return init_fn, chunk_fn, final_fn
 
 
+def row_keys(seeds: Sequence[int], salts: Sequence[int]) -> jax.Array:
+    """(R,) PRNG keys: row r's is seed r's key folded with salt r (its initial image and transforms)."""
+    return jnp.stack([jax.random.fold_in(jax.random.key(int(s)), int(t) & 0x7FFFFFFF)
+                      for s, t in zip(seeds, salts)])
+
+
+def optimize_rows(model: PixelModel, masks: np.ndarray, settings: Sequence[IdealSettings],
+                  domains: np.ndarray | None = None, salts: Sequence[int] | None = None, chunk: int = 32,
+                  on_chunk: Callable[[int], Any] | None = None) -> IdealResult:
+    """Optimise one image per row, each row with its own recipe, all at once.
+
+    Args:
+      model: the pixel-space classifier.
+      masks: (R, C) boolean, row r = classes of its target (`model.class_mask`).
+      settings: R recipes, one per row.
+      domains: (R, C) boolean, the classes row r's softmax runs over (its head's segment of a
+        `model.multi_head_model`); None: all classes.
+      salts: per-row integers folded into the row's seed (`row_keys`); None: the row index.
+      chunk: steps per jitted call (host sync granularity).
+      on_chunk: called with the number of steps just done after each chunk (progress bars).
+
+    Returns:
+      An `IdealResult` (curve rows past a row's own step count repeat its last value's step).
+    """
+    size = model.input_size
+    h_np = row_values(settings)
+    steps = int(h_np["steps"].max())
+    init_fn, chunk_fn, final_fn = _runner(model.apply, size, int(chunk))
+    traced_before = TRACE_COUNT["n"]
+    masks = (jnp.asarray(masks), jnp.ones(masks.shape, bool) if domains is None else jnp.asarray(domains))
+    keys = row_keys([s.seed for s in settings], range(len(settings)) if salts is None else salts)
+    h = {k: jnp.asarray(v) for k, v in h_np.items()}
+    z, opt_state = init_fn(keys)
+    i = jnp.asarray(0, jnp.int32)
+    curves = []
+    done = 0
+    while done < steps:
+        z, opt_state, keys, i, curve = chunk_fn(z, opt_state, keys, i, model.params, masks, h)
+        curves.append(curve)
+        n = min(chunk, steps - done)
+        done += n
+        if on_chunk is not None:
+            jax.block_until_ready(z)
+            on_chunk(n)
+    images, logp, logits, tv = final_fn(z, model.params, masks, h)
+    curve = np.concatenate([np.asarray(c) for c in curves])[:steps] if curves else np.zeros((0, len(settings)))
+    return IdealResult(np.asarray(images), np.asarray(logp), np.asarray(logits), np.asarray(tv), curve,
+                       TRACE_COUNT["n"] - traced_before)
+
+
 def optimize(model: PixelModel, masks: np.ndarray, settings: IdealSettings, domains: np.ndarray | None = None,
              chunk: int = 32, on_chunk: Callable[[int], Any] | None = None) -> IdealResult:
-    """Optimise one image per target, all at once.
+    """Optimise one image per target with one recipe, all at once (`optimize_rows` with the same
+    settings on every row).
 
     Args:
       model: the pixel-space classifier.
       masks: (T, C) boolean, row t = classes of target t (`model.class_mask`).
-      domains: (T, C) boolean, the classes target t's softmax runs over (its head's segment of a
-        `model.multi_head_model`); None: all classes.
       settings: the recipe.
+      domains: (T, C) boolean, the classes target t's softmax runs over; None: all classes.
       chunk: steps per jitted call (host sync granularity).
       on_chunk: called with the number of steps just done after each chunk (progress bars).
 
     Returns:
       An `IdealResult`; probabilities and TV are measured on the final uint8 images.
     """
-    size = model.input_size
-    if settings.objective not in OBJECTIVES:
-        raise ValueError(f"objective: {settings.objective!r} is not one of {', '.join(OBJECTIVES)}")
-    init_fn, chunk_fn, final_fn = _runner(model.apply, settings.param, settings.optimizer, size,
-                                          float(settings.decay), int(chunk), settings.objective)
-    traced_before = TRACE_COUNT["n"]
-    masks = (jnp.asarray(masks), jnp.ones(masks.shape, bool) if domains is None else jnp.asarray(domains))
-    key = jax.random.key(settings.seed)
-    key, init_key = jax.random.split(key)
-    z, opt_state = init_fn(init_key, settings.lr, masks)
-    hyper = {k: jnp.asarray(getattr(settings, k), jnp.float32)
-             for k in ("tv_weight", "l2_weight", "jitter", "scale", "rotate", "polish")}
-    i = jnp.asarray(0, jnp.int32)
-    n_steps = jnp.asarray(settings.steps, jnp.int32)
-    curves = []
-    done = 0
-    while done < settings.steps:
-        z, opt_state, key, i, curve = chunk_fn(z, opt_state, key, i, model.params, masks, hyper, n_steps)
-        curves.append(curve)
-        n = min(chunk, settings.steps - done)
-        done += n
-        if on_chunk is not None:
-            jax.block_until_ready(z)
-            on_chunk(n)
-    images, logp, logits, tv = final_fn(z, model.params, masks)
-    curve = np.concatenate([np.asarray(c) for c in curves])[:settings.steps] if curves else np.zeros((0, len(masks[0])))
-    return IdealResult(np.asarray(images), np.asarray(logp), np.asarray(logits), np.asarray(tv), curve,
-                       TRACE_COUNT["n"] - traced_before)
+    return optimize_rows(model, masks, [settings] * len(masks), domains, None, chunk, on_chunk)

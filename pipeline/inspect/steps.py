@@ -69,9 +69,45 @@ def load_photos(data: Any, wanted: Sequence[tuple[str, str]], spec: Any) -> dict
 # --- feature maps --------------------------------------------------------------------------------
 
 def feature_maps(backbone: Any, layers: Sequence[str], photos: Sequence[tuple[str, str, int]],
-                 pixels: dict[str, np.ndarray], channels: int, out: Path, batch_size: int = 8) -> list[dict]:
-    """Write ``featuremaps/<NN>_<layer>.png`` per photo and layer; return one record per image."""
-    from pipeline.gradients import pictures
+                 pixels: dict[str, np.ndarray], channels: int, out: Path, batch_size: int = 8,
+                 cache_dir: Any = None) -> list[dict]:
+    """Write ``featuremaps/<NN>_<layer>.png`` per photo and layer; return one record per image.
+
+    With `cache_dir`, the panels are remembered (`pipeline.gradients.memo`, name
+    ``inspect.featuremaps``) under a key of what they read -- the backbone's weights, the layers,
+    the photos' pixels, `channels` -- never the head: a head change redraws none of them.
+    """
+    import json as json_lib
+
+    from pipeline.gradients import memo, pictures
+
+    k = None
+    if cache_dir is not None:
+        k = memo.key({"stage": "inspect.featuremaps", "backbone": [backbone.spec.name, backbone.dtype],
+                      "weights": memo.tree_digest(backbone.params), "layers": list(layers),
+                      "photos": [[s, str(i), int(lab)] for s, i, lab in photos], "channels": channels,
+                      "pixels": memo.tree_digest([pixels[pid] for _, pid, _ in photos])})
+        found = memo.load(cache_dir, "inspect.featuremaps", k)
+        if found is not None:
+            try:
+                records = json_lib.loads(str(found["records"]))
+                for n, r in enumerate(records):
+                    pictures.save_png(out / r["image"], found[f"panel_{n}"])
+                return records
+            except (KeyError, ValueError):
+                pass  # a memo from another layout: draw again
+    records, panels = _feature_maps(backbone, layers, photos, pixels, channels, batch_size)
+    for r, panel in zip(records, panels):
+        pictures.save_png(out / r["image"], panel)
+    if k is not None:
+        memo.save(cache_dir, "inspect.featuremaps", k, {"records": np.array(json_lib.dumps(records)),
+                                                          **{f"panel_{n}": q for n, q in enumerate(panels)}})
+    return records
+
+
+def _feature_maps(backbone: Any, layers: Sequence[str], photos: Sequence[tuple[str, str, int]],
+                  pixels: dict[str, np.ndarray], channels: int, batch_size: int) -> tuple[list[dict], list[np.ndarray]]:
+    """(records, panel images) of `feature_maps`, nothing written."""
     from pipeline.inspect import featuremaps as fm
     from pipeline.models import cut
 
@@ -82,18 +118,18 @@ def feature_maps(backbone: Any, layers: Sequence[str], photos: Sequence[tuple[st
     for i in range(0, len(x), batch_size):
         for j, a in enumerate(fm.activations(cuts, backbone.params, x[i:i + batch_size])):
             acts[j].append(a)
-    records = []
+    records, panels = [], []
     for j, layer in enumerate(layers):
         a = np.concatenate(acts[j])  # (N, h, w, C)
         for n, (split, pid, label) in enumerate(photos):
             top = fm.top_channels(a[n], channels)
             file = f"featuremaps/{n:02d}_{layer}.png"
-            pictures.save_png(out / file, fm.beside(pixels[pid], fm.channel_grid(a[n], top)))
+            panels.append(fm.beside(pixels[pid], fm.channel_grid(a[n], top)))
             records.append({"photo": n, "id": pid, "split": split, "label": label, "layer": layer,
                             "shape": list(a.shape[1:]), "channels": [int(c) for c in top],
                             "mean_activation": [round(float(a[n, ..., c].mean()), 5) for c in top],
                             "image": file})
-    return records
+    return records, panels
 
 
 # --- Grad-CAM ------------------------------------------------------------------------------------

@@ -86,8 +86,35 @@ def thumbnail(path: Path | bytes, size: int, name: str) -> Asset | None:
 
 
 def file_asset(path: Path, name: str) -> Asset:
-    """A stage's image file, copied as is (PNG perturbations must not be recompressed)."""
+    """A stage's image file, copied as is (plots, whose flat colours PNG keeps small and sharp)."""
     return Asset(f"{ASSET_DIR}/{name}{Path(path).suffix.lower()}", Path(path).read_bytes())
+
+
+PHOTO_QUALITY = 85  # JPEG quality of photo-like report images: no visible loss at the size shown
+
+
+def photo_asset(path: Path, name: str, max_width: int | None = None) -> Asset:
+    """A stage's photo-like image (a photo, an ideal image, a perturbation, a heat map) as a JPEG,
+    at most `max_width` pixels wide (the width it is shown at, about twice its CSS width for
+    sharp screens). The stage keeps its lossless PNG; the page only has to look the same: the
+    PNGs of 8-bit noise or amplified perturbations are 5-10x larger than JPEGs no one can tell
+    apart at that size. The file is copied as is when that is smaller, or when it cannot be decoded.
+    """
+    from PIL import Image
+
+    raw = Path(path).read_bytes()
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im = im.convert("RGB")
+            if max_width and im.width > max_width:
+                im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=PHOTO_QUALITY, optimize=True)
+    except (OSError, ValueError):
+        return file_asset(path, name)
+    if len(buf.getvalue()) >= len(raw):
+        return file_asset(path, name)
+    return Asset(f"{ASSET_DIR}/{name}.jpg", buf.getvalue())
 
 
 def safe_name(text: str) -> str:

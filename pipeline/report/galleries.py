@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from pipeline.report import readers
-from pipeline.report.common import Log, Options, file_asset, num, pct, safe_name, seconds, top_k_text, value
+from pipeline.report.common import Log, Options, num, pct, photo_asset, safe_name, seconds, top_k_text, value
 from pipeline.report.document import ASSET_DIR, Asset, Card, Details, Figure, Gallery, Section, Table, Text
 
 ATTACK_ORDER = ("pgd", "fgsm", "unbounded")  # PGD first: the attack the bounds are about
@@ -48,7 +48,8 @@ _IDEAL_KNOWN = ("target", "spec", "head", "option", "image", "prob", "tv", "top5
 
 def _ideal_card(rec: Mapping, folder: Path, i: int) -> Card:
     refs = readers.image_refs(rec, folder)
-    imgs = [(file_asset(p, f"ideal_{i:03d}_{safe_name(k)}"), "" if len(refs) == 1 else k) for k, p in refs.items()]
+    imgs = [(photo_asset(p, f"ideal_{i:03d}_{safe_name(k)}", max_width=448), "" if len(refs) == 1 else k)
+            for k, p in refs.items()]
     title = str(rec.get("target") or rec.get("spec") or rec.get("class") or "")
     lines = []
     if isinstance(rec.get("prob"), (int, float)):
@@ -117,7 +118,7 @@ def ideal_section(ideal_dir: Path, opts: Options, log: Log = lambda m: None) -> 
                            ". Under each image: the probability it reached, its top-5 classes, and what other "
                            "backbones see in it."))
     for g in sorted(ideal_dir.glob("*grid*.png"))[:2]:
-        blocks.append(Figure(file_asset(g, f"ideal_{safe_name(g.stem)}"), alt=f"ideal images {g.name}",
+        blocks.append(Figure(photo_asset(g, f"ideal_{safe_name(g.stem)}"), alt=f"ideal images {g.name}",
                              caption="Rows: recipes (main = the params; each other row changes a few settings); "
                                      "columns: targets."))
     if isinstance(data.get("recipes"), Mapping) and data["recipes"]:
@@ -180,7 +181,7 @@ def _role_label(key: str) -> str:
 
 def _adv_card(rec: Mapping, folder: Path, i: int) -> Card:
     refs = sorted(readers.image_refs(rec, folder).items(), key=lambda kv: _role_rank(kv[0]))
-    imgs = [(file_asset(p, f"adv_{i:03d}_{safe_name(k)}"), _role_label(k)) for k, p in refs]
+    imgs = [(photo_asset(p, f"adv_{i:03d}_{safe_name(k)}", max_width=192), _role_label(k)) for k, p in refs]
     lines = []
     for when, key in (("before", "original"), ("after", "adversarial")):
         pred, prob = rec.get(f"{key}_prediction"), rec.get(f"{key}_target_prob")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Mapping
 
 from pipeline.report import readers
-from pipeline.report.common import Options, file_asset, num, pct
+from pipeline.report.common import Options, file_asset, num, pct, photo_asset
 from pipeline.report.document import Card, Details, Figure, Gallery, Section, Text
 from pipeline.report.pointmap import PointMap
 
@@ -33,7 +33,7 @@ def _feature_maps(folder: Path, doc: Mapping) -> Section:
                          "channel (the most active first, each scaled to its own range, yellow = high). Early "
                          "layers respond to edges and colours at high resolution; the last to whole parts, coarsely.")]
     for n, (photo, rs) in enumerate(sorted(by_photo.items())):
-        figs = [Figure(file_asset(folder / r["image"], f"fmap_{photo:02d}_{r['layer']}"),
+        figs = [Figure(photo_asset(folder / r["image"], f"fmap_{photo:02d}_{r['layer']}"),
                        caption=f"{r['id']} · layer {r['layer']}: {r['shape'][2]} channels of "
                                f"{r['shape'][0]}×{r['shape'][1]}, the {len(r['channels'])} most active shown",
                        alt=f"feature maps of {r['layer']} for {r['id']}") for r in rs]
@@ -52,7 +52,8 @@ def _gradcam(folder: Path, doc: Mapping, opts: Options) -> Section:
         lines = [f"predicted {r['pred']} ({pct(r.get('p_pred'), 0)})"]
         if bad and r.get("p_true") is not None:
             lines.append(f"p(true class) = {pct(r['p_true'], 0)}")
-        cards.append(Card([(file_asset(folder / r["image"], f"gradcam_{i:03d}"), " | ".join(r.get("panels", [])))],
+        cards.append(Card([(photo_asset(folder / r["image"], f"gradcam_{i:03d}", max_width=448),
+                            " | ".join(r.get("panels", [])))],
                           title=f"true: {r['true']}", lines=lines, kind="bad" if bad else "good", foot=r["id"]))
     n_bad = sum(r["kind"] == "mistake" for r in recs)
     return Section("gradcam", title, [
