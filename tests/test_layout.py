@@ -29,13 +29,10 @@ OVERSIZE = {
     "pipeline/storage.py": 371,
     "pipeline/runner.py": 343,
     "pipeline/heads/mlp.py": 346,
-    "stages/adversarial.py": 349,
     "pipeline/cli.py": 333,
     "pipeline/models/layers.py": 319,
     "pipeline/results.py": 318,
-    "stages/ideal.py": 377,
     "pipeline/params.py": 301,
-    "pipeline/gradients/ideal.py": 301,
 }
 
 

@@ -14,8 +14,7 @@ after its own steps). So one compiled program runs every recipe of a target side
 stage runs one batch per target through it.
 
 Rows do not interact: a row's result depends on its settings, target, key and position, not on
-what the other rows hold, which is what lets the stage remember each target's batch on its own
-(`pipeline.gradients.memo`).
+what the other rows hold, so the stage remembers each target's batch alone (`gradients.memo`).
 
 The step loop is a `lax.scan` over a fixed chunk of steps inside one jitted function; the
 caller runs ceil(steps / chunk) chunks, with steps past each row's count masked out, so any
