@@ -286,16 +286,16 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from pipeline import results
+    from pipeline import show
 
-    print(results.show_latest(args.cache_dir))
+    print(show.show_latest(args.cache_dir))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipeline import results
+    from pipeline import show
 
-    print(results.compare(args, _resolve))
+    print(show.compare(args, _resolve))
     return 0
 
 

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pipeline import cli, results, runner
+from pipeline import cli, runner, show
 from pipeline.errors import UserError
 from pipeline.graph import load_graph
 from pipeline.progress import QuietReporter
@@ -426,7 +426,7 @@ def _metrics(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_show_prints_the_latest_runs_headline_metrics(small_run):
-    text = results.show_latest(small_run.cache_dir)
+    text = show.show_latest(small_run.cache_dir)
     m = _metrics(small_run.plans["heads"].out)
     for head, h in m["heads"].items():
         for split in ("train", "val", "test"):
@@ -438,7 +438,7 @@ def test_show_prints_the_latest_runs_headline_metrics(small_run):
 
 def test_show_without_a_run_says_how_to_make_one(tmp_path):
     with pytest.raises(UserError, match="run all"):
-        results.show_latest(tmp_path)
+        show.show_latest(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -460,7 +460,7 @@ def _rows(text: str) -> dict[str, list[str]]:
 def test_compare_two_keys_shows_both_values_and_the_change(small_run, second_run):
     key_a, key_b = small_run.plans["heads"].key, second_run.heads.key
     args = argparse.Namespace(a=key_a[:7], b=key_b[:7], cache_dir=small_run.cache_dir, overrides=[])
-    text = results.compare(args, resolve=None)
+    text = show.compare(args, resolve=None)
     rows = _rows(text)
     ma, mb = _metrics(small_run.plans["heads"].out), _metrics(second_run.heads.out)
     for head in ma["heads"]:

@@ -7,7 +7,7 @@ import io
 import json
 
 from pipeline.predict.predict import PredictResult
-from pipeline.results import text_table
+from pipeline.show import text_table
 
 FORMATS = ("table", "json", "csv")
 
