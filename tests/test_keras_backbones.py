@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.models import keras_h5, mobilenet_v2, registry, resnet, vgg
+from pipeline.models import converted, keras_h5, mobilenet_v2, registry, resnet, vgg
 from pipeline.models.convert import ConversionError
 from pipeline.models.keras_h5 import KerasWeightsError
 
@@ -265,7 +265,7 @@ def test_registry_end_to_end_224(cases, keras, tmp_path):
     write_legacy_h5(path, km, "keras2", {"predictions": "Logits"})
     family = registry.family_module(spec)
     params = family.convert(family.load_state(path, spec), spec)
-    registry._save_converted(registry.converted_path(spec, tmp_path, family.CONVERT_VERSION), params, spec)
+    converted.save(converted.converted_path(spec, tmp_path, family.CONVERT_VERSION), params, spec)
 
     backbone = registry.load_backbone("mobilenet_v2", tmp_path, depthwise="auto")
     pixels = np.random.default_rng(1).uniform(0, 255, (BATCH, 224, 224, 3)).astype(np.float32)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.models import registry
+from pipeline.models import converted, registry
 from pipeline.models.convert import ConversionError
 
 ROOT = Path(__file__).parents[1]
@@ -92,7 +92,7 @@ def test_converted_cache_is_reused_and_rebuilt_when_corrupt(lite0_cache, monkeyp
     from pipeline.models import efficientnet_lite
 
     cache, bb = lite0_cache
-    path = registry.converted_path(bb.spec, cache, efficientnet_lite.CONVERT_VERSION)
+    path = converted.converted_path(bb.spec, cache, efficientnet_lite.CONVERT_VERSION)
     assert path.is_file()
     calls = []
     real = efficientnet_lite.convert
@@ -107,7 +107,7 @@ def test_converted_cache_is_reused_and_rebuilt_when_corrupt(lite0_cache, monkeyp
     np.testing.assert_array_equal(p1["head"]["kernel"], p2["head"]["kernel"])
     path.write_bytes(path.read_bytes()[:1000])  # truncated
     registry.load_params(bb.spec, cache)
-    assert calls == [1, 1] and registry.read_manifest(path) is not None
+    assert calls == [1, 1] and converted.read_manifest(path) is not None
 
 
 def _lite0_state():

@@ -4,9 +4,8 @@ Specs are data in the zoo modules (`ZOO_MODULES`); code lives in family modules,
 data with their converter's version in `pipeline.models.families` (`FAMILIES`; the family
 module's contract is there).
 
-Converted params are cached as ``<cache>/weights/converted/<name>-<checksum[:16]>-c<CONVERT_VERSION>.npz``
-(written to a temp file and renamed); a cache that fails to read back or does not match its own
-stored manifest is deleted and rebuilt from the published weights.
+Converted params are cached once per weights checksum and converter version
+(`pipeline.models.converted`); a damaged cache is rebuilt from the published weights.
 
 Importing this module must not import jax: `get_spec`, `names`, `specs` and `describe` are used
 by the runner and the CLI to validate params and list backbones instantly.
@@ -17,16 +16,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import json
 import os
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.models import converted
 from pipeline.models import weights as weights_lib
 from pipeline.models.families import FAMILIES  # family name -> Family (module, convert version)
 from pipeline.models.spec import BackboneSpec
@@ -106,73 +103,6 @@ def family_module(spec: BackboneSpec) -> Any:
     return importlib.import_module(FAMILIES[spec.family].module)
 
 
-# ---------------------------------------------------------------------------------------------
-# Converted-params cache
-
-
-def converted_path(spec: BackboneSpec, cache_dir: str | os.PathLike, convert_version: str) -> Path:
-    """Where the converted params for `spec` are cached (depends on the weights' checksum).
-
-    For weights without a published checksum, the digest pinned at their first download stands in
-    (`weights.reference_checksum`), so a re-download of different bytes is converted afresh.
-    """
-    digest = weights_lib.reference_checksum(spec.weights, cache_dir).split(":", 1)[-1][:16]
-    return Path(cache_dir) / "weights" / "converted" / f"{spec.name}-{digest}-c{convert_version}.npz"
-
-
-def _manifest(flat: dict[str, np.ndarray], spec: BackboneSpec) -> dict:
-    return {"name": spec.name, "checksum": spec.weights.checksum,
-            "shapes": {k: list(v.shape) for k, v in sorted(flat.items())},
-            "params": int(sum(v.size for k, v in flat.items() if k.startswith("features/"))),
-            "head_params": int(sum(v.size for k, v in flat.items() if k.startswith("head/")))}
-
-
-def _save_converted(path: Path, params: dict, spec: BackboneSpec) -> None:
-    from pipeline.models.convert import flatten_params
-
-    flat = {k: np.asarray(v, np.float32) for k, v in flatten_params(params).items()}
-    manifest = np.frombuffer(json.dumps(_manifest(flat, spec)).encode(), np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, __manifest__=manifest, **flat)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared by users of a machine
-        os.replace(tmp, path)  # readers never see a half-written cache
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _load_converted(path: Path, spec: BackboneSpec) -> dict | None:
-    """Params from the converted cache, or None if it is missing or corrupt (then it is deleted)."""
-    from pipeline.models.convert import unflatten_params
-
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:  # zip CRCs are checked as members are read
-            manifest = json.loads(z["__manifest__"].tobytes().decode())
-            flat = {k: z[k] for k in z.files if k != "__manifest__"}
-        if manifest.get("checksum") != spec.weights.checksum or manifest != _manifest(flat, spec):
-            raise ValueError("manifest does not match contents")
-        if not all(np.isfinite(v).all() for v in flat.values()):
-            raise ValueError("non-finite values")
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError):
-        path.unlink(missing_ok=True)  # corrupt: rebuild from the published weights
-        return None
-    return unflatten_params(flat)
-
-
-def read_manifest(path: Path) -> dict | None:
-    """The manifest stored in a converted cache (cheap: reads one small member), or None."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return json.loads(z["__manifest__"].tobytes().decode())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-        return None
-
-
 def read_state(path: Path, spec: BackboneSpec, family: Any) -> dict[str, np.ndarray]:
     """Read a published weight file into a flat ``{key: array}`` dict."""
     if hasattr(family, "load_state"):
@@ -194,13 +124,13 @@ def read_state(path: Path, spec: BackboneSpec, family: Any) -> dict[str, np.ndar
 def load_params(spec: BackboneSpec, cache_dir: str | os.PathLike, *, progress: Callable | None = None) -> dict:
     """Converted float32 params for `spec`: from the cache, or fetched + verified + converted + cached."""
     family = family_module(spec)
-    path = converted_path(spec, cache_dir, family.CONVERT_VERSION)
-    params = _load_converted(path, spec)
+    path = converted.converted_path(spec, cache_dir, family.CONVERT_VERSION)
+    params = converted.load(path, spec)
     if params is None:
         src = weights_lib.fetch_weights(spec.weights, cache_dir, progress=progress)
         params = family.convert(read_state(src, spec, family), spec)
         # Recomputed: a first download of weights without a published checksum has just pinned one.
-        _save_converted(converted_path(spec, cache_dir, family.CONVERT_VERSION), params, spec)
+        converted.save(converted.converted_path(spec, cache_dir, family.CONVERT_VERSION), params, spec)
     return params
 
 
@@ -351,9 +281,9 @@ def describe(cache_dir: str | os.PathLike) -> list[dict]:
         conv_version = FAMILIES[spec.family].convert_version if spec.family in FAMILIES else None
         conv = None
         if conv_version is not None:
-            p = converted_path(spec, cache_dir, conv_version)
+            p = converted.converted_path(spec, cache_dir, conv_version)
             conv = p if p.is_file() else None
-        manifest = read_manifest(conv) if conv else None
+        manifest = converted.read_manifest(conv) if conv else None
         params = manifest["params"] if manifest else spec.extra.get("params")
         rows.append({
             "name": spec.name, "family": spec.family, "input_size": spec.input_size,
