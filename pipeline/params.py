@@ -1,13 +1,12 @@
 """Typed, closed params: one frozen dataclass per params.yaml section.
 
-A section class is a frozen dataclass whose fields carry their type and, through `field(metadata=
-...)`, their allowed range or choices. `parse_section` turns the plain dict read from YAML into
-such an instance and rejects anything it does not describe: an unknown key is an error that
-names the nearest valid key, a wrong type or out-of-range value names the key, the value and
-what is allowed. Nested sections (``heads.mlp``) are nested dataclasses.
+A section class is a frozen dataclass whose fields carry their type and, through `spec(...)`,
+their allowed range or choices. `parse_section` turns the plain dict read from YAML into such an
+instance and rejects anything it does not describe: an unknown key is an error naming the nearest
+valid key; a wrong type or out-of-range value names the key, the value and what is allowed. Nested sections (``heads.mlp``) are nested dataclasses.
 
 Only the standard library and PyYAML are imported here: the runner validates params before it
-decides what to run, and that must not pull in jax or tensorflow.
+decides what to run, without jax or tensorflow.
 """
 
 from __future__ import annotations
