@@ -15,7 +15,6 @@ are the benchmark's own (`split_halves`): every class halved at random per seed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +67,7 @@ def features(cache_dir: Path, photos: Path, backbone: str, augment: str = "none"
     from pipeline import runner
     from pipeline.graph import load_graph
     from pipeline.progress import QuietReporter
-    from pipeline.features.artifact import load_split
+    from pipeline.features.artifact import load_split, read_info
 
     graph = load_graph()
     overrides = ["data.source=folder", f"data.path={photos}", f"backbone.name={backbone}",
@@ -79,14 +78,14 @@ def features(cache_dir: Path, photos: Path, backbone: str, augment: str = "none"
     if not plan.up_to_date:
         print(f"  computing features: {photos.name} {backbone} augment={augment} size={image_size} ...", flush=True)
         runner.execute(graph, params, cache_dir, ["features"], QuietReporter())
-    info = json.loads((plan.out / "info.json").read_text())
+    info = read_info(plan.out)
     xs, ys, ids = [], [], []
     for split in ("train", "val", "test"):
         x, y, i = load_split(plan.out, split)
         xs.append(np.asarray(x, np.float32))
         ys.append(np.asarray(y))
         ids += i
-    views = int(info["views"])
+    views = info.views
     y = np.concatenate(ys)[::views]
     return np.concatenate(xs), y, [i.split("#")[0] for i in ids[::views]], views
 

@@ -35,6 +35,7 @@ from typing import Any, Literal, Mapping, Union
 import numpy as np
 
 from pipeline import shards
+from pipeline.features.artifact import FeaturesInfo, write_info
 from pipeline.features.params import FeaturesParams, input_spec, view_plan
 from pipeline.params import ParamsError, spec
 from pipeline.sources import SPLITS, load_data
@@ -205,23 +206,23 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
         shards.write_durable_json(out / split / "ids.json", ids)   # last: marks the split done
         shutil.rmtree(folder)
     shards.write_durable_json(out / "classes.json", data.classes)
-    info = {"backbone": spec["backbone"], "feature_dim": dim, "dtype": fp.dtype, "splits": sizes,
-            "images": {s: len(data.splits[s]) for s in SPLITS}, "views": _n_views(fp),
-            "augment": fp.augment, "reduce": fp.reduce, "input_size": spec["input_size"]}
-    shards.write_durable_json(out / "info.json", info)
+    info = FeaturesInfo(backbone=spec["backbone"], feature_dim=dim, dtype=fp.dtype, splits=sizes,
+                        images={s: len(data.splits[s]) for s in SPLITS}, views=_n_views(fp),
+                        augment=fp.augment, reduce=fp.reduce, input_size=spec["input_size"])
+    write_info(out, info)
     shutil.rmtree(out / "stats", ignore_errors=True)
     computed = sum(s["computed"] for s in stats)
     seconds = max((s["seconds"] for s in stats), default=0.0)
-    summary = {"backbone": spec["backbone"], "images": sum(info["images"].values()), "feature_dim": dim,
+    summary = {"backbone": spec["backbone"], "images": sum(info.images.values()), "feature_dim": dim,
                "dtype": fp.dtype, "computed": computed,
                "computed_per_process": [s["computed"] for s in stats],
                "resumed_shards": sum(s["resumed_shards"] for s in stats),
                "seconds": seconds, "images_per_s": round(computed / seconds, 2) if seconds else None,
                # Test-time augmentation multiplies the backbone's work: say by how much.
-               "views": info["views"], "augment": fp.augment, "reduce": fp.reduce,
-               "backbone_passes": computed * info["views"],
+               "views": info.views, "augment": fp.augment, "reduce": fp.reduce,
+               "backbone_passes": computed * info.views,
                "compile_seconds": max((s["compile_seconds"] for s in stats), default=None)}
-    views = f" x {info['views']} views ({fp.augment}, {fp.reduce})" if info["views"] > 1 else ""
+    views = f" x {info.views} views ({fp.augment}, {fp.reduce})" if info.views > 1 else ""
     ctx.log(f"{summary['images']} images{views} -> {dim}-d {fp.dtype} features with {spec['backbone']}: computed "
             f"{computed} in {seconds:.1f} s ({summary['images_per_s']} img/s, compile "
             f"{summary['compile_seconds']} s), {summary['resumed_shards']} shard(s) resumed")

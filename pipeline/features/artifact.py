@@ -1,7 +1,7 @@
-"""What the features stage writes, and its one reader (`load_split`).
+"""What the features stage writes, and its readers (`load_split`, `read_info`).
 
   classes.json           class names (index = label)
-  info.json              {"backbone", "feature_dim", "dtype", "splits": {split: rows}, "views", ...}
+  info.json              `FeaturesInfo`: backbone, width, dtype, rows and images per split, views
   <split>/features.npy   (N, D) float32 or float16 (N x views rows with ``reduce: rows``)
   <split>/labels.npy     (N,) int32
   <split>/ids.json       N image ids (``<id>#<view>`` with ``reduce: rows`` and several views)
@@ -9,11 +9,58 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import numpy as np
+
+INFO = "info.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesInfo:
+    """``info.json``: what the features in a folder are.
+
+    Attributes:
+      backbone: the registered backbone that computed them.
+      feature_dim: width D of each row.
+      dtype: storage dtype (``float32`` or ``float16``).
+      splits: rows per split (images x views with ``reduce: rows``).
+      images: images per split.
+      views: test-time views per image (1 without augmentation).
+      augment, reduce: the ``features`` params that made the views and combined them.
+      input_size: side of the crop the backbone saw (``features.image_size`` or its native size).
+    """
+
+    backbone: str
+    feature_dim: int
+    dtype: str
+    splits: dict[str, int]
+    images: dict[str, int] = dataclasses.field(default_factory=dict)
+    views: int = 1
+    augment: str = "none"
+    reduce: str = "mean"
+    input_size: int | None = None
+
+
+def write_info(out_dir: str | os.PathLike, info: FeaturesInfo) -> None:
+    """Write info.json durably (the stage's finalize may be killed and rerun)."""
+    from pipeline import shards
+
+    shards.write_durable_json(Path(out_dir) / INFO, dataclasses.asdict(info))
+
+
+def read_info(features_dir: str | os.PathLike) -> FeaturesInfo:
+    """The features folder's info.json.
+
+    Raises:
+      FileNotFoundError: the folder has no info.json.
+    """
+    raw = json.loads((Path(features_dir) / INFO).read_text())
+    known = {f.name for f in dataclasses.fields(FeaturesInfo)}
+    return FeaturesInfo(**{k: v for k, v in raw.items() if k in known})
 
 
 def load_split(features_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -36,10 +36,14 @@ def load_features(features_dir: Path) -> dict[str, Any]:
 
 
 def backbone_of(features_dir: Path) -> tuple[str, int]:
-    """(backbone name, feature width) from a features folder's info.json ('?' where absent)."""
-    path = Path(features_dir) / "info.json"
-    info = json.loads(path.read_text()) if path.exists() else {}
-    return str(info.get("backbone", "?")), int(info.get("feature_dim", -1))
+    """(backbone name, feature width) from a features folder's info.json ('?', -1 where absent)."""
+    from pipeline.features.artifact import read_info
+
+    try:
+        info = read_info(features_dir)
+    except FileNotFoundError:
+        return "?", -1
+    return info.backbone, info.feature_dim
 
 
 def load_fused(folders: Sequence[Path], fuse: str) -> tuple[dict[str, Any], list[dict]]:

@@ -94,8 +94,12 @@ def split_sizes(data: DataSet | None, features_dir: Path | None) -> dict[str, in
     """Images per split: the data stage's, else the features stage's info.json ``splits``."""
     if data is not None:
         return {s: len(r) for s, r in data.splits.items()}
-    info = load_json(Path(features_dir) / "info.json") if features_dir is not None else None
-    return {s: int(n) for s, n in ((info or {}).get("splits") or {}).items()}
+    from pipeline.features.artifact import read_info
+
+    try:
+        return {s: int(n) for s, n in read_info(features_dir).splits.items()} if features_dir is not None else {}
+    except FileNotFoundError:
+        return {}
 
 
 class ImageFinder:
