@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.errors import UserError, describe_os_error, is_expected_os_error
+from pipeline.errors import UserError, describe_os_error, is_expected_os_error, terminal_safe
 from pipeline.graph import DEFAULT_GRAPH, draw, load_graph
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -350,11 +350,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as e:  # noqa: BLE001 -- a bug: one sentence here, the traceback in a file
         return _unexpected(e, args)
-
-
-def terminal_safe(text: str) -> str:
-    """`text` on one line with control characters (newlines, terminal escapes) shown escaped."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def _check_cache_dir(path: object) -> None:

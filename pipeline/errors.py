@@ -47,3 +47,11 @@ def describe_os_error(e: OSError, what: str = "") -> str:
                                           "check the path"))
     subject = " ".join(x for x in (what, repr(name) if name else "") if x) or "a file"
     return f"{subject} {said}; {fix}."
+
+
+def terminal_safe(text: str) -> str:
+    """`text` on one line, safe to print: control characters (newlines, terminal escape codes)
+    and undecodable bytes of a file name (lone surrogates) shown as Python escapes (``\\x1b``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import re
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -176,8 +177,10 @@ def write(doc: Document, out_dir: Path, html_name: str = "report.html",
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(a.data)
     html_path, md_path = out_dir / html_name, out_dir / md_name
-    html_path.write_text(to_html(doc), encoding="utf-8")
-    md_path.write_text(to_markdown(doc), encoding="utf-8")
+    # A file name that is not UTF-8 reaches here as lone surrogates (os.fsdecode): written as
+    # visible \\udcxx escapes (inert text, and valid escapes inside the page's JSON).
+    html_path.write_text(to_html(doc), encoding="utf-8", errors="backslashreplace")
+    md_path.write_text(to_markdown(doc), encoding="utf-8", errors="backslashreplace")
     return html_path, md_path
 
 
@@ -374,34 +377,54 @@ def to_html(doc: Document) -> str:
 
 # --- Markdown ------------------------------------------------------------------------------------
 
+_MD_ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
+_MD_PUNCT = re.compile(r"([\\\[\]])")
+
+
+def md_text(text: object) -> str:
+    """Text from the data made inert in Markdown: no raw HTML (``<`` and ``>`` as entities, an
+    entity-like ``&`` escaped), no links (``[ ] \\`` backslashed), one line. Emphasis marks are
+    left alone: they make no element that can act, and escaping them would clutter every
+    ``efficientnet_lite0`` in the raw file."""
+    t = str(text)
+    t = _MD_ENTITY.sub(lambda m: "&amp;" + m.group(0)[1:], t)
+    t = t.replace("<", "&lt;").replace(">", "&gt;")
+    t = _MD_PUNCT.sub(r"\\\1", t)
+    return " ".join(t.splitlines()) if ("\n" in t or "\r" in t) else t
+
+
+_md = md_text
+
+
 def _md_cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _md(text).replace("|", "\\|")
 
 
 def _md_block(b: Block, level: int = 3) -> str:
     if isinstance(b, Text):
-        return f"> {b.text}" if b.kind == "warn" else (f"_{b.text}_" if b.kind == "note" else b.text)
+        return f"> {_md(b.text)}" if b.kind == "warn" else (f"_{_md(b.text)}_" if b.kind == "note" else _md(b.text))
     if isinstance(b, Table):
         num = _numeric_cols(b)
         lines = ["| " + " | ".join(_md_cell(h) for h in b.headers) + " |",
                  "|" + "|".join("---:" if j in num else "---" for j in range(len(b.headers))) + "|"]
         lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in b.rows]
         if b.caption:
-            lines += ["", f"_{b.caption}_"]
+            lines += ["", f"_{_md(b.caption)}_"]
         return "\n".join(lines)
     if isinstance(b, Figure):
-        return f"![{_md_cell(b.alt or b.caption)}]({b.asset.name})" + (f"\n\n_{b.caption}_" if b.caption else "")
+        return f"![{_md_cell(b.alt or b.caption)}]({b.asset.name})" + (f"\n\n_{_md(b.caption)}_" if b.caption else "")
     if isinstance(b, Gallery):
         # A table keeps galleries compact in a terminal and in code review.
         rows = []
         for c in b.cards:
             imgs = " ".join(f"![{_md_cell(label or c.title)}]({a.name})" for a, label in c.images)
-            text = "<br>".join(_md_cell(x) for x in [f"**{c.title}**" if c.title else "", *c.lines,
-                                                      f"`{c.foot}`" if c.foot else ""] if x)
+            text = "<br>".join(x for x in [f"**{_md_cell(c.title)}**" if c.title else "",
+                                           *(_md_cell(ln) for ln in c.lines),
+                                           _md_cell(c.foot) if c.foot else ""] if x)
             rows.append(f"| {imgs} | {text} |")
         return "\n".join(["| image | details |", "|---|---|", *rows])
     if isinstance(b, Tiles):
-        return "\n".join(f"- **{l}**: {v}" + (f" ({s})" if s else "") for l, v, s in b.items)
+        return "\n".join(f"- **{_md(l)}**: {_md(v)}" + (f" ({_md(s)})" if s else "") for l, v, s in b.items)
     if isinstance(b, Bars):
         return _md_block(Table(["", "", ""], [[l, t, "█" * max(1, round(20 * v / (max(x[1] for x in b.items) or 1)))]
                                              for l, v, t in b.items], numeric=[1]))
@@ -410,18 +433,19 @@ def _md_block(b: Block, level: int = 3) -> str:
 
         return pointmap.to_markdown(b)
     if isinstance(b, Details):
-        return f"{'#' * level} {b.summary}\n\n" + "\n\n".join(_md_block(x, level + 1) for x in b.blocks)
+        return f"{'#' * level} {_md(b.summary)}\n\n" + "\n\n".join(_md_block(x, level + 1) for x in b.blocks)
     raise TypeError(f"unknown report block {type(b).__name__}")
 
 
 def to_markdown(doc: Document) -> str:
     """The same report as Markdown; images are links to ``assets/`` beside the file."""
-    out = [f"# {doc.title}", "", doc.subtitle, ""]
-    out.append("Contents: " + " · ".join(f"[{s.title}](#{s.id})" for s in doc.sections))
+    out = [f"# {_md(doc.title)}", "", _md(doc.subtitle), ""]
+    out.append("Contents: " + " · ".join(f"[{_md(s.title)}](#{_e(s.id)})" for s in doc.sections))
     for s in doc.sections:
-        out += ["", f'<a id="{s.id}"></a>', "", f"## {s.title}" + ("" if s.status == "ok" else f" ({s.status})"), ""]
+        out += ["", f'<a id="{_e(s.id)}"></a>', "",
+                f"## {_md(s.title)}" + ("" if s.status == "ok" else f" ({_md(s.status)})"), ""]
         if s.note:
-            out += [f"_{s.note}_", ""]
+            out += [f"_{_md(s.note)}_", ""]
         for b in s.blocks:
             out += [_md_block(b), ""]
     return "\n".join(out).rstrip() + "\n"
