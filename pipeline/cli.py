@@ -343,6 +343,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; finished outputs are kept, a resumable stage continues where it stopped",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`... | head`): nothing to say, and nowhere to say it.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as e:
         if not is_expected_os_error(e):
             return _unexpected(e, args)

@@ -96,7 +96,9 @@ def check_folder(path: str | None) -> Path:
                         "data.source=tfds with data.data_dir on GCS.")
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise UserError(f"data.path: {path} is not a folder (resolved to {root.resolve()}). Pass "
+        why = ("a symbolic link loop" if root.is_symlink() and not root.exists() else
+               f"resolved to {os.path.realpath(root)}")
+        raise UserError(f"data.path: {path} is not a folder ({why}). Pass "
                         "-S data.path=FOLDER holding one sub-folder per class, or train/ val/ test/ "
                         "sub-folders each holding one sub-folder per class.")
     return root
