@@ -182,6 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{n}: {state} [{p.key}]" + (f" ({'; '.join(p.reasons)})" if p.reasons else ""))
         return 0
     if not todo and cfg.mode == "single":
+        if not storage.is_remote(args.cache_dir) and args.cache_dir.is_dir():
+            # A run killed after its last publish never recorded itself: this one does.
+            runner.record_latest(args.cache_dir, plans, files, args.overrides)
         for n in graph.upstream_closure(targets):
             print(f"{n:<12} reused  [{plans[n].key}]")
         return 0

@@ -200,6 +200,31 @@ def write_bytes(path: AnyPath, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk or a kill leaves no stray temporary file
         raise
+    _drop_dead_temporaries(path)
+
+
+def _drop_dead_temporaries(path: Path) -> None:
+    """Remove ``.<name>.<pid>.tmp`` files that a SIGKILLed writer of `path` left behind."""
+    for stray in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid = stray.name[len(path.name) + 2:-4]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            stray.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text(path: AnyPath, text: str) -> None:

@@ -22,3 +22,21 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(functools.partial(shutil.rmtree, _dir, ignore_errors=True))
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _dir
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")  # as the CLI
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--thorough", action="store_true", default=False,
+                     help="fault-injection tests kill runs at many more points (minutes, not seconds)")
+
+
+def _thorough(request) -> bool:
+    return bool(request.config.getoption("--thorough"))
+
+
+import pytest  # noqa: E402 -- after the environment above is set
+
+
+@pytest.fixture(scope="session")
+def thorough(request) -> bool:
+    """True under ``pytest --thorough``: sweep more kill points."""
+    return _thorough(request)
