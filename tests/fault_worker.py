@@ -1,13 +1,14 @@
 """Run one `python -m pipeline ...` command and SIGKILL it at a chosen file-system event.
 
-``python -m tests.fault_worker KILL_AT [--count FILE] -- ARGS...``
+``python -m tests.fault_worker KILL_AT[:SUBSTRING] [--count FILE] -- ARGS...``
 
 Events are counted, in order, over every ``os.replace`` (a shard, an output, a publish, a
 temporary file becoming its real name) and every `pipeline.storage.write_bytes` (manifests,
 ``runs/latest.json``, memos). At event number KILL_AT (1-based) the process kills itself with
 SIGKILL: before the rename for ``os.replace``; after writing only the first half of the bytes to
-the temporary file for ``write_bytes``, i.e. in the middle of writing a manifest. KILL_AT 0 never
-kills; with ``--count FILE`` the number of events (and their labels) is written to FILE at exit,
+the temporary file for ``write_bytes``, i.e. in the middle of writing a manifest. With
+``:SUBSTRING`` only events whose label (``replace PATH`` / ``write PATH``) contains it count, so a
+point can be named within one stage's writes (``3:/heads/``). KILL_AT 0 never kills; with ``--count FILE`` the number of events (and their labels) is written to FILE at exit,
 so a test can pick seeded kill points over an uninterrupted run.
 """
 
@@ -21,7 +22,8 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    kill_at = int(argv[0])
+    at, _, only = argv[0].partition(":")
+    kill_at = int(at)
     rest = argv[1:]
     count_file = None
     if rest[:1] == ["--count"]:
@@ -32,10 +34,14 @@ def main(argv: list[str]) -> int:
     from pipeline import storage
 
     events: list[str] = []
+    counted = [0]
 
     def event(label: str) -> bool:
         events.append(label)
-        return len(events) == kill_at
+        if only and only not in label:
+            return False
+        counted[0] += 1
+        return counted[0] == kill_at
 
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)

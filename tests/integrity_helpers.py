@@ -15,8 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def published(root: Path) -> dict[str, str]:
-    """``stage/path`` -> sha256 of every file every complete output lists (keys left out, so two
-    caches built by the same params compare equal); asserts every output verifies."""
+    """``stage/path`` -> content digest of every file every complete output lists (keys left
+    out, so two caches built by the same params compare equal); asserts every output verifies.
+
+    A JSON file's digest leaves out the wall-clock durations it records (any ``seconds`` key):
+    the heads and inspect stages time their parts, and no two runs take the same time.
+    """
     out: dict[str, str] = {}
     for stage_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()):
         for d in sorted(stage_dir.iterdir()):
@@ -25,8 +29,25 @@ def published(root: Path) -> dict[str, str]:
             why = cache.damage(root, stage_dir.name, d.name, digests=True)
             assert why is None, f"{d}: {why}"
             for f in cache.read_manifest(d)["files"]:
-                out[f"{stage_dir.name}/{f['path']}"] = f["sha256"]
+                digest = f["sha256"]
+                if f["path"].endswith(".json"):
+                    digest = _untimed(d / f["path"])
+                out[f"{stage_dir.name}/{f['path']}"] = digest
     return out
+
+
+def _untimed(path: Path) -> str:
+    import hashlib
+
+    def drop(v):
+        if isinstance(v, dict):
+            return {k: drop(x) for k, x in v.items() if k != "seconds"}
+        if isinstance(v, list):
+            return [drop(x) for x in v]
+        return v
+
+    text = json.dumps(drop(json.loads(path.read_text())), sort_keys=True)
+    return "json:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def leftovers(root: Path) -> list[str]:
@@ -45,9 +66,10 @@ def cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Comple
                           capture_output=True, text=True, timeout=timeout)
 
 
-def killed(kill_at: int, *args: str, count: Path | None = None, cwd: Path = ROOT,
+def killed(kill_at: int | str, *args: str, count: Path | None = None, cwd: Path = ROOT,
            timeout: float = 600) -> subprocess.CompletedProcess:
-    """The command run by `tests.fault_worker`, SIGKILLed at event `kill_at` (0: never)."""
+    """The command run by `tests.fault_worker`, SIGKILLed at event `kill_at` (0: never;
+    ``"3:/heads/"``: the third event whose path holds ``/heads/``)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     extra = ["--count", str(count)] if count else []
     return subprocess.run([sys.executable, "-m", "tests.fault_worker", str(kill_at), *extra, "--", *args],
@@ -55,7 +77,7 @@ def killed(kill_at: int, *args: str, count: Path | None = None, cwd: Path = ROOT
 
 
 def kill_points(events: list[str], n: int, seed: int) -> list[int]:
-    """`n` seeded event numbers (1-based), always including the first manifest write."""
+    """`n` seeded event numbers (1-based) of `events`, always including the first manifest write."""
     manifest = [i + 1 for i, e in enumerate(events) if e.startswith("write") and e.endswith("manifest.json")]
     rng = random.Random(seed)
     others = [i for i in range(1, len(events) + 1) if i not in manifest[:1]]

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, terminal_safe
 from pipeline.predict import formats as fmt_lib
 from pipeline.predict.model import Classifier, load_classifier
 from pipeline.predict.resolve import RunRef
@@ -75,6 +75,7 @@ def preprocess_config(clf: Classifier, written: Sequence[str], platform: str) ->
         "draft_margin": DRAFT_MARGIN, "flip_inside_model": pre.flip, "reduce": pre.reduce,
         "normalization_inside_model": {"kind": pre.normalization, "mean": list(pre.mean), "std": list(pre.std)},
         "formats": {f: fmt_lib.FILES[f] for f in written}, "stablehlo_platforms": [platform],
+        "labels": list(clf.classes),
     }
 
 
@@ -197,7 +198,9 @@ def _write_folder(run: RunRef, head: str, out: Path, fmts: Sequence[str],
             checks[f] = _check(f, path, clf)
         written.append(path)
     clf = next(iter(clfs.values()))
-    (out / "labels.txt").write_text("".join(f"{c}\n" for c in clf.classes))
+    # One class per line: a control character in a class name (a newline!) is written escaped,
+    # so line i is always column i; preprocess.json's "labels" keeps the exact names.
+    (out / "labels.txt").write_text("".join(f"{terminal_safe(c)}\n" for c in clf.classes))
     cfg = preprocess_config(clf, fmts, jax.default_backend())
     (out / "preprocess.json").write_text(json.dumps(cfg, indent=1))
     (out / "preprocess.py").write_text(resources.files("pipeline.predict").joinpath(

@@ -280,8 +280,18 @@ window.addEventListener('load', function () {
 """
 
 
+def visible(text: object) -> str:
+    """`text` with control characters (a terminal escape, a stray NUL) and the Unicode line
+    separators shown as escapes (``\\x1b``): a name from the data reads the same everywhere,
+    and a report printed in a terminal cannot drive it. Newlines and tabs stay."""
+    t = str(text)
+    if t.isprintable():
+        return t
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in t)
+
+
 def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    return html.escape(visible(text), quote=True)
 
 
 def _looks_numeric(cell: str) -> bool:
@@ -386,7 +396,7 @@ def md_text(text: object) -> str:
     entity-like ``&`` escaped), no links (``[ ] \\`` backslashed), one line. Emphasis marks are
     left alone: they make no element that can act, and escaping them would clutter every
     ``efficientnet_lite0`` in the raw file."""
-    t = str(text)
+    t = visible(text)
     t = _MD_ENTITY.sub(lambda m: "&amp;" + m.group(0)[1:], t)
     t = t.replace("<", "&lt;").replace(">", "&gt;")
     t = _MD_PUNCT.sub(r"\\\1", t)

@@ -14,7 +14,7 @@ import html
 import json
 from typing import Sequence
 
-from pipeline.report.document import Asset
+from pipeline.report.document import Asset, visible
 
 
 @dataclasses.dataclass
@@ -83,7 +83,7 @@ def to_html(b: PointMap) -> str:
     """The figure, its data and its script."""
     e = lambda t: html.escape(str(t), quote=True)  # noqa: E731
     data = inline_json({"pos": [[round(float(x), 5), round(float(y), 5)] for x, y in b.positions],
-                        "labels": [str(s) for s in b.labels]})
+                        "labels": [visible(s) for s in b.labels]})
     cap = f"<figcaption>{e(b.caption)}</figcaption>" if b.caption else ""
     return (f'<figure class="pointmap" id="{e(b.id)}"><div style="position:relative;display:inline-block;'
             f'max-width:100%"><img src="{b.asset.data_uri()}" alt="{e(b.alt or b.caption)}" loading="eager">'
