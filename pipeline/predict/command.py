@@ -67,7 +67,8 @@ def export(args: argparse.Namespace, resolve_params: Callable) -> int:
     run, primary = find_run(args, resolve_params)
     head = resolve.choose_head(run, args.head, primary)
     written = export_classifier(run, head, Path(args.out), formats=args.formats or ["stablehlo"],
-                                log=lambda m: print(m, file=sys.stderr), check=args.check)
+                                log=lambda m: print(m, file=sys.stderr), check=args.check,
+                                force=args.force)
     for path in written:
         print(path)
     return 0
