@@ -3,8 +3,8 @@
 ``python -m tests.fault_worker KILL_AT[:SUBSTRING] [--count FILE] -- ARGS...``
 
 Events are counted, in order, over every ``os.replace`` (a shard, an output, a publish, a
-temporary file becoming its real name) and every `pipeline.storage.write_bytes` (manifests,
-``runs/latest.json``, memos). At event number KILL_AT (1-based) the process kills itself with
+temporary file becoming its real name), every `pipeline.storage.write_bytes` (manifests,
+``runs/latest.json``, memos) and every `pipeline.storage.exchange` (an export replacing a folder). At event number KILL_AT (1-based) the process kills itself with
 SIGKILL: before the rename for ``os.replace``; after writing only the first half of the bytes to
 the temporary file for ``write_bytes``, i.e. in the middle of writing a manifest. With
 ``:SUBSTRING`` only events whose label (``replace PATH`` / ``write PATH``) contains it count, so a
@@ -66,8 +66,16 @@ def main(argv: list[str]) -> int:
             die()
         return real_write(path, data)
 
+    real_exchange = storage.exchange
+
+    def exchange(a, b):
+        if event(f"exchange {os.fspath(b)}"):
+            die()
+        return real_exchange(a, b)
+
     os.replace = replace
     storage.write_bytes = write_bytes
+    storage.exchange = exchange
     if count_file:
         atexit.register(lambda: open(count_file, "w").write(json.dumps(events)))
     from pipeline.cli import main as cli_main

@@ -19,7 +19,8 @@ def published(root: Path) -> dict[str, str]:
     out, so two caches built by the same params compare equal); asserts every output verifies.
 
     A JSON file's digest leaves out the wall-clock durations it records (any ``seconds`` key):
-    the heads and inspect stages time their parts, and no two runs take the same time.
+    the heads and inspect stages time their parts, and no two runs take the same time. The
+    report's pages likewise leave out their timing section (the report times itself).
     """
     out: dict[str, str] = {}
     for stage_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()):
@@ -32,8 +33,22 @@ def published(root: Path) -> dict[str, str]:
                 digest = f["sha256"]
                 if f["path"].endswith(".json"):
                     digest = _untimed(d / f["path"])
+                elif stage_dir.name == "report" and f["path"] in ("report.html", "report.md"):
+                    digest = _untimed_report(d / f["path"])
                 out[f"{stage_dir.name}/{f['path']}"] = digest
     return out
+
+
+def _untimed_report(path: Path) -> str:
+    import hashlib
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".html":
+        text = re.sub(r'<section id="timing".*?</section>', "", text, flags=re.S)
+    else:
+        text = text.split('<a id="timing"></a>')[0]
+    return "page:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _untimed(path: Path) -> str:
