@@ -10,6 +10,7 @@ same with the real stages lives in `test_faults.py`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,116 @@ def test_sigkill_at_seeded_points_then_rerun_gives_an_uninterrupted_runs_bytes(t
         assert again.returncode == 0, again.stderr
         assert published(root) == want, f"after a kill at {events[at - 1]}"
         assert not leftovers(root), f"after a kill at {events[at - 1]}: {leftovers(root)}"
+
+
+# --- the probe memo and the converted-weights cache: damage means a refit / a reconversion -------
+
+def _flipper(needle: bytes):
+    """Damage that flips one bit inside `needle` (an array's bytes) where it lies in the file."""
+    def flip(path: Path) -> None:
+        b = bytearray(path.read_bytes())
+        b[b.index(needle) + len(needle) // 2] ^= 0x10
+        path.write_bytes(bytes(b))
+    return flip
+
+
+def test_damaged_probe_memo_is_refit_not_read(tmp_path):
+    import numpy as np
+
+    from pipeline.heads import memo
+
+    result = {"W": np.arange(12.0).reshape(3, 4), "b": np.zeros(3), "train_only": (np.ones((3, 4)), np.ones(3)),
+              "mean": None, "scale": None, "standardize": False, "chosen": {"C": 1.0}}
+    path = tmp_path / "memo.npz"
+    for damage in (lambda p: p.write_bytes(p.read_bytes()[:200]), _flipper(result["W"].tobytes())):
+        memo._save(path, result)
+        assert memo._load(path) is not None
+        damage(path)
+        assert memo._load(path) is None   # the zip's CRC-32 per member catches a flipped bit
+
+
+def test_damaged_converted_weights_are_converted_again(tmp_path):
+    import numpy as np
+
+    from pipeline.models import registry
+    from tests import tiny_backbone
+
+    bb = tiny_backbone.make()
+    params = {k: np.asarray(v) if not isinstance(v, dict) else v for k, v in bb.params.items()}
+    path = tmp_path / "converted.npz"
+    kernel = np.asarray(bb.params["head"]["kernel"], np.float32).tobytes()
+    for damage in (lambda p: p.write_bytes(p.read_bytes()[:300]), _flipper(kernel)):
+        registry._save_converted(path, params, tiny_backbone.SPEC)
+        assert registry._load_converted(path, tiny_backbone.SPEC) is not None
+        damage(path)
+        assert registry._load_converted(path, tiny_backbone.SPEC) is None and not path.exists()
+
+
+# --- symlink loops, decompression-bomb warnings, a full disk -------------------------------------
+
+def _loopy(root: Path) -> Path:
+    photos = root / "photos"
+    (photos / "cats").mkdir(parents=True)
+    (photos / "cats" / "a.jpg").write_bytes(b"not decoded here")
+    os.symlink("self", photos / "cats" / "self")                       # a link to itself
+    os.symlink(photos / "cats" / "two", photos / "cats" / "one")       # one -> two -> one
+    os.symlink(photos / "cats" / "one", photos / "cats" / "two")
+    os.symlink(photos, photos / "cats" / "up")                          # a folder loop: followed once
+    os.symlink(photos / "gone", photos / "cats" / "broken.jpg")        # a link to nothing
+    return photos
+
+
+def test_symlink_loops_in_a_photo_folder_are_skipped_with_a_reason(tmp_path):
+    from pipeline.sources import scan_folder
+
+    scan = scan_folder(_loopy(tmp_path))
+    assert [f[0] for f in scan.files[None]] == ["cats/a.jpg"]
+    assert sorted((rel, kind) for rel, kind, _ in scan.ignored) == [
+        ("cats/broken.jpg", "broken_link"), ("cats/one", "symlink_loop"), ("cats/self", "symlink_loop"),
+        ("cats/two", "symlink_loop")]
+    st = cli("status", "--params", "/dev/null", "-S", "data.source=folder", "-S", f"data.path={tmp_path / 'photos'}",
+             "--cache-dir", str(tmp_path / "c"))
+    assert st.returncode == 0 and "Traceback" not in st.stderr and "data" in st.stdout, st.stderr
+
+
+def test_predict_names_a_loop_as_a_loop(tmp_path):
+    from pipeline.predict.inputs import expand
+
+    photos = _loopy(tmp_path)
+    files, bad = expand([str(photos / "cats" / "self"), str(photos), str(tmp_path / "absent.jpg")])
+    assert [f.name for f in files] == ["a.jpg"]
+    kinds = {Path(b.file).name: b.kind for b in bad}
+    assert kinds == {"self": "symlink_loop", "one": "symlink_loop", "two": "symlink_loop",
+                     "broken.jpg": "broken_link", "absent.jpg": "missing"}
+
+
+def test_decompression_bomb_warning_does_not_reach_stderr(tmp_path):
+    """An image over PIL's pixel limit is refused by decode_image with a reason; PIL's own
+    warning used to be printed to the terminal as well."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("1", (10_000, 9_500)).save(big)      # 95 M pixels: over the limit, a small file
+    code = ("from pipeline import images\n"
+            f"try:\n    images.decode_image({str(big)!r})\n"
+            "except images.ImageDecodeError as e:\n    print(e.kind)\n")
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.stdout.strip() == "too_large" and "DecompressionBomb" not in out.stderr, out.stderr
+
+
+def test_a_full_disk_is_one_sentence(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from pipeline import cli as cli_mod
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "c" / "features" / "k.partial" / "x.npy"))
+
+    monkeypatch.setitem(cli_mod.COMMANDS, "dag", full)
+    assert cli_mod.main(["dag"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "x.npy" in err and "the disk is full" in err and "Traceback" not in err
