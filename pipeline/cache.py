@@ -373,9 +373,11 @@ def local_copy(root: AnyPath, stage: str, key: str, local_root: Path | None = No
     try:
         storage.download(src, tmp, [f["path"] for f in manifest["files"]])
         storage.write_text(tmp / MANIFEST, text)
-        if not _copy_is_complete(tmp, manifest):
-            raise OSError(f"download of {src} into {tmp} is incomplete (a file is missing or has "
-                          f"the wrong size); rerun to try again.")
+        # A fresh download is checked against the digests too (it was just read in full anyway).
+        if not _copy_is_complete(tmp, manifest) or check_folder(tmp, digests=True):
+            raise OSError(f"download of {src} into {tmp} is incomplete or differs from what was "
+                          f"published ({check_folder(tmp, digests=True) or 'a file is missing'}); "
+                          f"rerun to try again.")
         if _copy_is_complete(dst, manifest):
             return dst  # another process on this host finished the same copy first
         _swap_into_place(tmp, dst)

@@ -104,8 +104,7 @@ class StagePlan:
         if self.state in ("up to date", "missing"):
             return self.state
         return f"{self.state}: " + "; ".join(
-            r.split(": ", 1)[1] if self.state == "damaged" and r.startswith("damaged: ") else r
-            for r in self.reasons)
+            r.replace("damaged: ", "", 1) if self.state == "damaged" else r for r in self.reasons)
 
     @property
     def dep_key(self) -> str:

@@ -86,6 +86,8 @@ def test_status_says_missing_once():
     assert p.describe() == "missing"
     q = StagePlan("x", "k", {}, {}, None, False, Path("."), ["a: missing: never run", "b: missing: never run"])
     assert q.describe() == "missing"
+    d = StagePlan("x", "k", {}, {}, None, False, Path("."), ["lite0: damaged: f.npy is 1 bytes, 2 written"])
+    assert d.state == "damaged" and d.describe() == "damaged: lite0: f.npy is 1 bytes, 2 written"
 
 
 def test_sigkill_at_seeded_points_then_rerun_gives_an_uninterrupted_runs_bytes(tmp_path, thorough):
