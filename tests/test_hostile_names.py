@@ -38,6 +38,9 @@ def test_data_stage_lists_the_loop_as_skipped_and_keeps_every_name(hostile_run):
     skipped = json.loads((data / "skipped.json").read_text())
     assert [(Path(s["id"]).name, s["kind"]) for s in skipped] == [("loop.jpg", "symlink_loop")]
     assert "OSError" not in hostile_run.stderr and "Traceback" not in hostile_run.stderr
+    # No name reached the terminal raw (matplotlib's missing-glyph warning used to carry one).
+    assert not CONTROL.search(hostile_run.stdout + hostile_run.stderr.replace("\n", " ")), \
+        [ln for ln in hostile_run.stderr.splitlines() if CONTROL.search(ln)][:3]
     splits = json.loads((data / "splits.json").read_text())
     ids = {Path(i).name for split in splits.values() for i in (split["ids"] if isinstance(split, dict) else split)}
     assert os.fsdecode(b"bytes-\xff\xfe.jpg") in ids and "new\nline.jpg" in ids
