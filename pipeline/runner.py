@@ -368,8 +368,7 @@ def _clean_leftovers(root: Any, names: Sequence[str], plans: Mapping[str, StageP
 
     A ``<key>.partial`` beside a complete ``<key>`` is a killed ``--force`` rerun's work (a
     resumable stage's partial of an incomplete output, or of one forced now, is kept: the run
-    resumes from it);
-    ``<key>.old-<pid>`` is an output a killed publish was replacing.
+    resumes from it); ``<key>.old-<pid>`` is an output a killed publish was replacing.
     """
     for name in names:
         for p in plans[name].each():
