@@ -140,17 +140,20 @@ def test_damaged_converted_weights_are_converted_again(tmp_path):
     import numpy as np
 
     from pipeline.models import registry
-    from tests import tiny_backbone
+    from pipeline.models.spec import BackboneSpec, WeightSource
 
-    bb = tiny_backbone.make()
-    params = {k: np.asarray(v) if not isinstance(v, dict) else v for k, v in bb.params.items()}
+    spec = BackboneSpec(name="npz_test", family="test", config={}, input_size=32, resize_size=36,
+                        resize_method="bilinear", normalization="minus_one_one", feature_dim=4,
+                        feature_layer="test", weights=WeightSource("none", "pkg://none/none", "sha256:0",
+                                                                   "pth", "test only"))
+    kernel = np.arange(64, dtype=np.float32).reshape(4, 16)
+    params = {"features": {"conv": {"kernel": kernel}}, "head": {"bias": np.zeros(16, np.float32)}}
     path = tmp_path / "converted.npz"
-    kernel = np.asarray(bb.params["head"]["kernel"], np.float32).tobytes()
-    for damage in (lambda p: p.write_bytes(p.read_bytes()[:300]), _flipper(kernel)):
-        registry._save_converted(path, params, tiny_backbone.SPEC)
-        assert registry._load_converted(path, tiny_backbone.SPEC) is not None
+    for damage in (lambda p: p.write_bytes(p.read_bytes()[:300]), _flipper(kernel.tobytes())):
+        registry._save_converted(path, params, spec)
+        assert registry._load_converted(path, spec) is not None
         damage(path)
-        assert registry._load_converted(path, tiny_backbone.SPEC) is None and not path.exists()
+        assert registry._load_converted(path, spec) is None and not path.exists()
 
 
 # --- symlink loops, decompression-bomb warnings, a full disk -------------------------------------
