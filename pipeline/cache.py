@@ -94,12 +94,20 @@ def file_digest(path: AnyPath) -> str:
 
 def _file_entries(folder: Path) -> list[dict]:
     """What a manifest lists: every file but the manifest, with its size and sha256."""
-    for stray in Path(folder).glob(f".{MANIFEST}.*.tmp"):
-        stray.unlink(missing_ok=True)   # a manifest write a kill interrupted (resumed partial)
+    for f in storage.list_files(folder):
+        if _is_temporary(f["path"]):
+            # The stage has finished: a hidden temporary file (``.ids.json.tmp123``, a manifest
+            # write) is what a killed earlier attempt left in a resumed folder, not output.
+            (Path(folder) / f["path"]).unlink(missing_ok=True)
     files = [f for f in storage.list_files(folder) if f["path"] != MANIFEST]
     for f in files:
         f["sha256"] = file_digest(Path(folder) / f["path"])
     return files
+
+
+def _is_temporary(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return name.startswith(".") and ".tmp" in name
 
 
 def damage(root: AnyPath, stage: str, key: str, digests: bool = False) -> str | None:

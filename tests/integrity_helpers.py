@@ -25,7 +25,7 @@ def published(root: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for stage_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()):
         for d in sorted(stage_dir.iterdir()):
-            if not cache.is_complete(root, stage_dir.name, d.name):
+            if d.name.endswith(cache.PARTIAL_SUFFIX) or not cache.is_complete(root, stage_dir.name, d.name):
                 continue
             why = cache.damage(root, stage_dir.name, d.name, digests=True)
             assert why is None, f"{d}: {why}"
