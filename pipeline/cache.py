@@ -79,8 +79,96 @@ def partial_dir(root: AnyPath, stage: str, key: str) -> Any:
 
 
 def is_complete(root: AnyPath, stage: str, key: str) -> bool:
-    """True when a published output with its manifest exists for this key."""
+    """True when a published output with its manifest exists for this key (see `damage`)."""
     return storage.is_file(storage.join(root, stage, key, MANIFEST))
+
+
+def file_digest(path: AnyPath) -> str:
+    """sha256 of a local file's bytes, in hex (read in 1 MiB blocks: flat memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_entries(folder: Path) -> list[dict]:
+    """What a manifest lists: every file but the manifest, with its size and sha256."""
+    for f in storage.list_files(folder):
+        if _is_temporary(f["path"]):
+            # The stage has finished: a hidden temporary file (``.ids.json.tmp123``, a manifest
+            # write) is what a killed earlier attempt left in a resumed folder, not output.
+            (Path(folder) / f["path"]).unlink(missing_ok=True)
+    files = [f for f in storage.list_files(folder) if f["path"] != MANIFEST]
+    for f in files:
+        f["sha256"] = file_digest(Path(folder) / f["path"])
+    return files
+
+
+def _is_temporary(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return name.startswith(".") and ".tmp" in name
+
+
+def damage(root: AnyPath, stage: str, key: str, digests: bool = False) -> str | None:
+    """Why a published output cannot be trusted, or None when it verifies.
+
+    Sizes are checked on every call (one stat per file: `status` stays quick); with `digests`
+    every file's sha256 is compared too (reads every byte: ``status --verify``). An output
+    published before manifests carried digests is checked by size only. A remote output is
+    trusted here (its upload was verified file by file before its manifest was written); a
+    local copy of it is checked by `local_copy`.
+
+    Returns:
+      None, or one line such as ``damaged: train/features.npy is 50,000 bytes, 107,648
+      written``; None as well when the output is not published (see `is_complete`).
+    """
+    if storage.is_remote(root):
+        return None
+    return check_folder(Path(output_dir(root, stage, key)), digests)
+
+
+def check_folder(folder: Path, digests: bool = False) -> str | None:
+    """`damage` for a local output folder (its manifest lists what was written)."""
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"damaged: {MANIFEST} cannot be read ({type(e).__name__})"
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        return f"damaged: {MANIFEST} has no file list"
+    for f in files:
+        try:
+            rel, size = str(f["path"]), int(f["size"])
+        except (KeyError, TypeError, ValueError):
+            return f"damaged: {MANIFEST} has a malformed file entry"
+        path = folder / rel
+        try:
+            have = path.stat().st_size
+        except OSError:
+            return f"damaged: {rel} is missing, {size:,} bytes written"
+        if have != size:
+            return f"damaged: {rel} is {have:,} bytes, {size:,} written"
+        if digests and f.get("sha256"):
+            try:
+                same = file_digest(path) == f["sha256"]
+            except OSError as e:
+                return f"damaged: {rel} cannot be read ({e.strerror or type(e).__name__})"
+            if not same:
+                return f"damaged: {rel} changed after it was written (its sha256 differs)"
+    return None
+
+
+def require_intact(root: AnyPath, stage: str, key: str, digests: bool = False) -> None:
+    """Raise a UserError naming the file and the fix when a published output does not verify."""
+    why = damage(root, stage, key, digests)
+    if why is not None:
+        raise UserError(
+            f"the {stage} output {output_dir(root, stage, key)} is {why}. It will not be read. "
+            f"Rerun `python -m pipeline run {stage} --cache-dir {root}` with the params that made "
+            f"it (a damaged output counts as stale and is rebuilt).")
 
 
 def read_manifest(folder: AnyPath) -> dict:
@@ -176,7 +264,7 @@ def publish(root: AnyPath, stage: str, key: str, manifest: Mapping[str, Any],
     src = partial_dir(root, stage, key)
     dst = output_dir(root, stage, key)
     manifest = dict(manifest)
-    manifest["files"] = [f for f in list_files(src) if f["path"] != MANIFEST]
+    manifest["files"] = _file_entries(src)   # sizes and digests, computed once, here
     write_json_atomic(src / MANIFEST, manifest)
     _fsync_dir(src)
     if dst.exists():
@@ -195,7 +283,7 @@ def _publish_remote(root: AnyPath, stage: str, key: str, manifest: Mapping[str, 
                     staging: Path, local_root: Path) -> Any:
     dst = output_dir(root, stage, key)
     manifest = dict(manifest)
-    files = [f for f in storage.list_files(staging) if f["path"] != MANIFEST]
+    files = _file_entries(staging)
     manifest["files"] = files
     text = _json_text(manifest)
     # Whatever is there (a --force rerun's old output, or files of an upload that was killed)
@@ -274,8 +362,10 @@ def local_copy(root: AnyPath, stage: str, key: str, local_root: Path | None = No
     Raises:
       FileNotFoundError: the output is not published.
       OSError: a download came back incomplete.
+      UserError: a local output does not verify (see `damage`; sizes only: cheap).
     """
     if not storage.is_remote(root):
+        require_intact(root, stage, key)
         return Path(output_dir(root, stage, key))
     if local_root is None:
         raise ValueError("a remote cache needs a local folder for copies of its outputs")
@@ -291,9 +381,11 @@ def local_copy(root: AnyPath, stage: str, key: str, local_root: Path | None = No
     try:
         storage.download(src, tmp, [f["path"] for f in manifest["files"]])
         storage.write_text(tmp / MANIFEST, text)
-        if not _copy_is_complete(tmp, manifest):
-            raise OSError(f"download of {src} into {tmp} is incomplete (a file is missing or has "
-                          f"the wrong size); rerun to try again.")
+        # A fresh download is checked against the digests too (it was just read in full anyway).
+        if not _copy_is_complete(tmp, manifest) or check_folder(tmp, digests=True):
+            raise OSError(f"download of {src} into {tmp} is incomplete or differs from what was "
+                          f"published ({check_folder(tmp, digests=True) or 'a file is missing'}); "
+                          f"rerun to try again.")
         if _copy_is_complete(dst, manifest):
             return dst  # another process on this host finished the same copy first
         _swap_into_place(tmp, dst)

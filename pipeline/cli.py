@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, describe_os_error, is_expected_os_error, terminal_safe
 from pipeline.graph import DEFAULT_GRAPH, draw, load_graph
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", default=[], metavar="STAGE",
                      help="rerun STAGE even when it is up to date (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
+    run.add_argument("--verify", action="store_true",
+                     help="check every reused output's content digests (reads every byte), not only "
+                          "its sizes; a damaged output is rerun")
     dist = run.add_argument_group(
         "multi-process runs", "launch the same command on every host; on a Cloud TPU pod leave these "
                               "unset (auto-detected). Environment: PIPELINE_COORDINATOR, "
@@ -62,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="up to date, stale (and why) or missing, per stage")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--verify", action="store_true",
+                        help="check every output's content digests (reads every byte); without it "
+                             "only file sizes are checked")
     _add_common(status)
 
     dag = sub.add_parser("dag", help="draw the stage graph")
@@ -107,7 +113,10 @@ def _add_predict_parsers(sub: argparse._SubParsersAction) -> None:
     _add_common(predict)
 
     export = sub.add_parser("export", help="write a self-contained classifier folder (model, labels, model card)")
-    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder to write (built beside it, then renamed into place)")
+    export.add_argument("--force", action="store_true",
+                        help="replace --out whole when it already holds files")
     export.add_argument("--format", dest="formats", action="append", default=None,
                         choices=("stablehlo", "onnx", "tflite"),
                         help="model format (repeatable; default stablehlo). onnx and tflite need "
@@ -138,7 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from pipeline import runner
 
     graph, _, params = _resolve(args)
-    plans = runner.plan(graph, params, args.cache_dir)
+    plans = runner.plan(graph, params, args.cache_dir, verify=args.verify)
     if args.json:
         print(json.dumps({"stages": [
             {"name": p.name, "key": p.key, "up_to_date": p.up_to_date, "out": str(p.out),
@@ -147,10 +156,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     width = max((len(n) for n in plans), default=0)
     for p in plans.values():
         mark = "✓" if p.up_to_date else ("·" if p.state == "missing" else "✗")
-        line = f"{mark} {p.name.ljust(width)}  {p.key}  {p.state}"
-        if not p.up_to_date and p.state == "stale":
-            line += ": " + "; ".join(p.reasons)
-        print(line)
+        print(f"{mark} {p.name.ljust(width)}  {p.key}  {p.describe()}")
     return 0
 
 
@@ -166,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     graph.check_names(args.force, what="stage for --force")
     cfg = distributed.launch_config(args.coordinator, args.num_processes, args.process_id,
                                     args.cpu_devices)
-    plans = runner.plan(graph, params, args.cache_dir)
+    plans = runner.plan(graph, params, args.cache_dir, verify=args.verify)
     todo = [n for n in graph.upstream_closure(targets)
             if not plans[n].up_to_date or n in args.force]
     if args.dry_run:
@@ -176,6 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{n}: {state} [{p.key}]" + (f" ({'; '.join(p.reasons)})" if p.reasons else ""))
         return 0
     if not todo and cfg.mode == "single":
+        if not storage.is_remote(args.cache_dir) and args.cache_dir.is_dir():
+            # A run killed after its last publish never recorded itself: this one does.
+            runner.record_latest(args.cache_dir, plans, files, args.overrides)
         for n in graph.upstream_closure(targets):
             print(f"{n:<12} reused  [{plans[n].key}]")
         return 0
@@ -198,7 +207,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if lock is not None and lock.took_over:
             reporter.log(f"took over a stale lock left by {lock.took_over.describe()} (no longer running)")
         results = runner.execute(graph, params, args.cache_dir, targets, reporter,
-                                 force=args.force, coordinator=coord, local_dir=args.local_dir)
+                                 force=args.force, coordinator=coord, local_dir=args.local_dir,
+                                 verify=args.verify)
     finally:
         if isinstance(reporter, RichReporter):
             reporter.close()
@@ -321,13 +331,82 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "dag": cmd_dag, "params": cmd_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 2 a problem the user can fix (one sentence on
+    stderr naming the file and the fix), 1 an unexpected failure (a sentence and the path of a
+    log file holding the traceback), 130 interrupted."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "cache_dir", None) is not None:
+            _check_cache_dir(args.cache_dir)
         return COMMANDS[args.command](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {terminal_safe(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished outputs are kept, a resumable stage continues where it stopped",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`... | head`): nothing to say, and nowhere to say it.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        if not is_expected_os_error(e):
+            return _unexpected(e, args)
+        print(f"error: {terminal_safe(describe_os_error(e))}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 -- a bug: one sentence here, the traceback in a file
+        return _unexpected(e, args)
+
+
+def _check_cache_dir(path: object) -> None:
+    """A local --cache-dir that exists must be a folder (absent is fine: `run` creates it)."""
+    import os
+    import stat
+
+    from pipeline import storage
+
+    if storage.is_remote(path):
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UserError(describe_os_error(e, "--cache-dir")) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"--cache-dir {str(path)!r} is a file, not a folder; pass a folder (it is "
+                        f"created if absent), e.g. --cache-dir cache.")
+
+
+def _unexpected(exc: BaseException, args: argparse.Namespace) -> int:
+    """Write the traceback to a log file and say where: a bug, not the user's doing."""
+    import tempfile
+    import time
+    import traceback
+
+    from pipeline import storage
+
+    text = "".join(traceback.format_exception(exc))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    places = []
+    root = getattr(args, "cache_dir", None)
+    if root is not None and not storage.is_remote(root):
+        places.append(Path(root) / "logs")
+    places.append(Path(tempfile.gettempdir()) / "pipeline-logs")
+    where = None
+    for folder in places:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            where = folder / f"error-{stamp}-{args.command}.log"
+            where.write_text(f"python -m pipeline {' '.join(sys.argv[1:])}\n\n{text}")
+            break
+        except OSError:
+            where = None
+    said = terminal_safe(f"{type(exc).__name__}: {exc}")
+    tail = (f"the full traceback is in {where}; please include it in a bug report." if where
+            else "the traceback could not be saved:\n" + text)
+    print(f"error: {args.command} failed unexpectedly ({said}); {tail}", file=sys.stderr)
+    return 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 from typing import Sequence, Union
 
 import numpy as np
@@ -41,6 +42,9 @@ DRAFT_MARGIN = 2
 
 #: Images with more pixels than this are refused as decompression bombs (PIL's own limit).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# `decode_image` refuses an image over MAX_PIXELS itself, with a reason the data stage lists;
+# PIL's own warning for such an image would only reach the user's terminal as noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 

@@ -36,7 +36,7 @@ def resolve_params(graph: Graph, params_files: Sequence[Path] = (), overrides: S
     """
     raw: dict[str, Any] = {}
     for path in params_files:
-        for section, values in load_yaml(path).items():
+        for section, values in _load_params_file(path).items():
             if isinstance(values, dict) and isinstance(raw.get(section), dict):
                 _deep_update(raw[section], values)
             else:
@@ -46,6 +46,20 @@ def resolve_params(graph: Graph, params_files: Sequence[Path] = (), overrides: S
         apply_override(raw, keys, value)
     source = ", ".join(str(p) for p in params_files) or "defaults"
     return parse_all(graph.schema, raw, source=source)
+
+
+def _load_params_file(path: Path) -> dict:
+    """`load_yaml`, with a folder, a binary file or an unreadable one named as a ParamsError."""
+    try:
+        return load_yaml(path)
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"params file {str(path)!r} is not UTF-8 text (byte {e.start} cannot be "
+                          f"decoded): pass a YAML params file, e.g. --params params.yaml.") from None
+    except OSError as e:
+        from pipeline.errors import describe_os_error
+
+        raise ParamsError(describe_os_error(e, "the params file").replace(
+            "; pass a file.", "; pass a YAML params file, e.g. --params params.yaml.")) from None
 
 
 def _deep_update(dst: dict, src: dict) -> None:
@@ -77,9 +91,20 @@ class StagePlan:
 
     @property
     def state(self) -> str:
+        """``up to date``, ``missing`` (never run), ``damaged`` (an output failed `cache.damage`)
+        or ``stale``."""
         if self.up_to_date:
             return "up to date"
-        return "missing" if all(r.endswith("missing: never run") for r in self.reasons) else "stale"
+        if all(r.endswith("missing: never run") for r in self.reasons):
+            return "missing"
+        return "damaged" if any(_is_damage(r) for r in self.reasons) else "stale"
+
+    def describe(self) -> str:
+        """The state and, unless it says it all, why: ``missing``, ``stale: param x: 1 -> 2``."""
+        if self.state in ("up to date", "missing"):
+            return self.state
+        return f"{self.state}: " + "; ".join(
+            r.replace("damaged: ", "", 1) if self.state == "damaged" else r for r in self.reasons)
 
     @property
     def dep_key(self) -> str:
@@ -93,8 +118,12 @@ class StagePlan:
         return self.parts or [self]
 
 
-def plan(graph: Graph, params: Mapping[str, Any], root: Any, local_dir: Path | None = None
-         ) -> dict[str, StagePlan]:
+def _is_damage(reason: str) -> bool:
+    return reason.startswith("damaged: ") or ": damaged: " in reason
+
+
+def plan(graph: Graph, params: Mapping[str, Any], root: Any, local_dir: Path | None = None,
+         verify: bool = False) -> dict[str, StagePlan]:
     """Key every stage in dependency order and compare with what the cache holds.
 
     Args:
@@ -102,6 +131,8 @@ def plan(graph: Graph, params: Mapping[str, Any], root: Any, local_dir: Path | N
       root: the cache root (a folder or a ``gs://`` URL).
       local_dir: this host's local folder for a remote root (default
         `pipeline.storage.default_local_dir()`); fingerprints keep their memos there.
+      verify: compare every published file with its digest (reads every byte); without it
+        only sizes are compared. Either way a damaged output is stale, with the damage as reason.
     """
     plans: dict[str, StagePlan] = {}
     scratch = Path(local_dir or storage.default_local_dir()) if storage.is_remote(root) else Path(root)
@@ -109,7 +140,7 @@ def plan(graph: Graph, params: Mapping[str, Any], root: Any, local_dir: Path | N
         sections = {s: params[s] for s in stage.sections}
         upstream = {d: _dep_key(graph.stages[d], plans[d], d in stage.reads_part) for d in stage.deps}
         variants = stage.fan_out(sections) if stage.fan_out else [sections]
-        parts = [_plan_one(root, name, stage, dict(v), upstream, scratch) for v in variants]
+        parts = [_plan_one(root, name, stage, dict(v), upstream, scratch, verify) for v in variants]
         if len(parts) == 1:
             plans[name] = parts[0]
         else:
@@ -122,11 +153,15 @@ def plan(graph: Graph, params: Mapping[str, Any], root: Any, local_dir: Path | N
 
 
 def _plan_one(root: Any, name: str, stage: Any, sections: dict[str, Any],
-              upstream: dict[str, str], scratch: Path) -> StagePlan:
+              upstream: dict[str, str], scratch: Path, verify: bool = False) -> StagePlan:
     fp = stage.fingerprint(sections, scratch) if stage.fingerprint else None
     key = cache.stage_key(name, stage.version, sections, upstream, fp)
     done = cache.is_complete(root, name, key)
-    reasons = [] if done else _why_stale(root, name, stage.version, sections, upstream, fp)
+    damaged = cache.damage(root, name, key, digests=verify) if done else None
+    if damaged:
+        done, reasons = False, [damaged]
+    else:
+        reasons = [] if done else _why_stale(root, name, stage.version, sections, upstream, fp)
     return StagePlan(name, key, sections, upstream, fp, done, cache.output_dir(root, name, key), reasons)
 
 
@@ -204,7 +239,7 @@ class StageResult:
 
 def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequence[str],
             reporter: Reporter, force: Sequence[str] = (), coordinator: Any = None,
-            local_dir: Path | None = None) -> list[StageResult]:
+            local_dir: Path | None = None, verify: bool = False) -> list[StageResult]:
     """Run the targets and whatever upstream stage is missing or stale, in dependency order.
 
     Args:
@@ -220,6 +255,7 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
       local_dir: for a remote root, this host's local scratch folder (staging folders, local
         copies of inputs, converted weights); default `pipeline.storage.default_local_dir()`.
         Ignored for a local root.
+      verify: check every reused output's digests, not only its sizes (see `plan`).
 
     Returns:
       One result per stage in the closure, in order. A stage's exception propagates after its
@@ -233,7 +269,10 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
     remote = storage.is_remote(root)
     local_root = Path(local_dir or storage.default_local_dir()) if remote else Path(root)
     names = graph.upstream_closure(targets)
-    plans = plan(graph, params, root, local_dir)
+    plans = plan(graph, params, root, local_dir, verify)
+    if coord.is_leader and not remote:
+        _clean_leftovers(root, [n for n in names
+                                if not (n in force and graph.stages[n].resumable)], plans)
     # Process 0's view of the cache is the one that counts; every process must agree on keys.
     decided = coord.broadcast("plan", {n: [plans[n].dep_key, [q.up_to_date and n not in force
                                                               for q in plans[n].each()]]
@@ -322,6 +361,22 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
                 raise
             results.append(StageResult(name, p.key, "ran", time.time() - started, summary))
     return results
+
+
+def _clean_leftovers(root: Any, names: Sequence[str], plans: Mapping[str, StagePlan]) -> None:
+    """Remove what a killed run left beside complete outputs (called under the run lock).
+
+    A ``<key>.partial`` beside a complete ``<key>`` is a killed ``--force`` rerun's work (a
+    resumable stage's partial of an incomplete output, or of one forced now, is kept: the run
+    resumes from it); ``<key>.old-<pid>`` is an output a killed publish was replacing.
+    """
+    for name in names:
+        for p in plans[name].each():
+            out = Path(p.out)
+            if cache.is_complete(root, name, p.key):
+                shutil.rmtree(cache.partial_dir(root, name, p.key), ignore_errors=True)
+            for old in out.parent.glob(f"{p.key}.old-*") if out.parent.is_dir() else ():
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def record_latest(root: Any, plans: Mapping[str, StagePlan], params_files: Sequence[Path],

@@ -23,6 +23,7 @@ fsspec reads default options from the environment, e.g. ``FSSPEC_GCS_TOKEN=anon`
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import re
@@ -200,6 +201,31 @@ def write_bytes(path: AnyPath, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk or a kill leaves no stray temporary file
         raise
+    _drop_dead_temporaries(path)
+
+
+def _drop_dead_temporaries(path: Path) -> None:
+    """Remove ``.<name>.<pid>.tmp`` files that a SIGKILLed writer of `path` left behind."""
+    for stray in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid = stray.name[len(path.name) + 2:-4]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            stray.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text(path: AnyPath, text: str) -> None:
@@ -357,6 +383,33 @@ def download(remote_dir: AnyPath, local_dir: AnyPath, rel_paths: Iterable[str]) 
         (local_dir / r).parent.mkdir(parents=True, exist_ok=True)
     with _errors(remote_dir):
         fs.get([f"{base}/{r}" for r in rel_paths], [os.fspath(local_dir / r) for r in rel_paths])
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns:
+      True when swapped; False where the OS or file system cannot (then nothing changed, and
+      the caller falls back to two renames).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EXDEV, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
 
 
 def default_local_dir() -> Path:

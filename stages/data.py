@@ -214,7 +214,7 @@ def _from_folder(p: DataParams, ctx: StageContext):
         raise UserError(f"data.path: no decodable image inside a class folder under {root} "
                         f"({len(skipped)} file(s) skipped; see skipped.json). Put the images in "
                         "one sub-folder per class.")
-    digest = hashlib.sha256("".join(f"{r}\0{digests[r]}\n" for r in sorted(good)).encode()).hexdigest()
+    digest = hashlib.sha256("".join(f"{r}\0{digests[r]}\n" for r in sorted(good)).encode("utf-8", "surrogateescape")).hexdigest()
     info = {"source": p.source, "path": str(root.resolve()), "layout": scan.layout,
             "content_digest": digest}
     return _carve_missing(given, p), classes, skipped, info

@@ -55,13 +55,13 @@ def run(ctx: StageContext) -> dict:
     Returns:
       {"html": file name, "sections": count shown, "not_run": [section ids without data]}.
     """
-    from pipeline.report import document, sections
+    from pipeline.report import sections, writer
 
     started = time.perf_counter()
     p: ReportParams = ctx.params["report"]
     opts = sections.Options(**dataclasses.asdict(p))
     doc = sections.build(ctx.inputs, {"report": p}, params_schema(), opts, log=ctx.log, started=started)
-    html_path, md_path = document.write(doc, ctx.out_dir)
+    html_path, md_path = writer.write(doc, ctx.out_dir)
     not_run = [s.id for s in doc.sections if s.status != "ok"]
     ctx.log(f"wrote {html_path.name} ({html_path.stat().st_size / 1e6:.1f} MB) and {md_path.name}"
             + (f"; not run: {', '.join(not_run)}" if not_run else ""))

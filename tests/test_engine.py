@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -158,7 +159,9 @@ def test_manifest_records_params_upstream_versions_and_files(graph, tmp_path):
     assert m["upstream"] == {"numbers": plans["numbers"].key}
     assert m["key"] == plans["total"].key and m["version"] == "1"
     assert "python" in m["versions"] and m["started"] <= m["ended"]
-    assert m["files"] == [{"path": "total.json", "size": (plans["total"].out / "total.json").stat().st_size}]
+    written = (plans["total"].out / "total.json").read_bytes()
+    assert m["files"] == [{"path": "total.json", "size": len(written),
+                           "sha256": hashlib.sha256(written).hexdigest()}]
     assert m["summary"] == {"total": 20.0}
 
 

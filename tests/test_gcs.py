@@ -271,6 +271,18 @@ def test_local_copies_are_verified_against_the_manifest(root, tmp_path):
         cache.local_copy(root, "numbers", "0" * 20, local)
 
 
+def test_a_download_that_differs_from_its_digest_is_refused(root, tmp_path):
+    """An object changed in the bucket after publication (same size) is caught by its sha256."""
+    graph = load_graph(TOY)
+    _execute(graph, root, tmp_path / "local", targets=("numbers",))
+    key = runner.plan(graph, runner.resolve_params(graph, [], []), root)["numbers"].key
+    obj = storage.join(root, "numbers", key, "numbers.json")
+    good = storage.read_bytes(obj)
+    storage.write_bytes(obj, good.replace(b"1", b"7"))
+    with pytest.raises(OSError, match="numbers.json changed after it was written"):
+        cache.local_copy(root, "numbers", key, tmp_path / "elsewhere")
+
+
 def test_sigkill_mid_stage_then_rerun_resumes_on_gcs(root, tmp_path):
     local = tmp_path / "local"
     args = ["run", "slow", "--graph", TOY, "--cache-dir", root, "--local-dir", str(local),

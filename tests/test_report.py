@@ -254,11 +254,11 @@ def test_report_has_every_section_with_its_images(small_run):
 _BUILD_ALONE = """
 import json, sys
 from pathlib import Path
-from pipeline.report import document, sections
+from pipeline.report import sections, writer
 from stages.report import ReportParams, params_schema
 inputs = {k: Path(v) for k, v in json.loads(sys.argv[1]).items()}
 doc = sections.build(inputs, {"report": ReportParams()}, params_schema(), sections.Options(max_mistakes=2))
-document.write(doc, Path(sys.argv[2]))
+writer.write(doc, Path(sys.argv[2]))
 print(json.dumps(sorted(m for m in ("jax", "jaxlib", "flax", "tensorflow") if m in sys.modules)))
 """
 

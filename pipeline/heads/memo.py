@@ -53,7 +53,7 @@ def probe_key(p: HeadsParams, data: dict, K: int) -> str:
         h.update(f"{split}:{x.dtype}:{x.shape}".encode())
         h.update(memoryview(x).cast("B"))
         h.update(np.asarray(y, np.int64).tobytes())
-        h.update("\n".join(map(str, [] if ids is None else list(ids))).encode())
+        h.update("\n".join(map(str, [] if ids is None else list(ids))).encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:32]
 
 

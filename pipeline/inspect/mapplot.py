@@ -20,6 +20,15 @@ def class_colours(n: int) -> np.ndarray:
     return cols[:n]
 
 
+def plot_text(name: str) -> str:
+    """A name from the data as plain matplotlib text: no mathtext (``$``), no control characters
+    (matplotlib warns about a glyph it lacks, and that warning would carry a raw terminal escape
+    to stderr); both shown escaped."""
+    from pipeline.errors import terminal_safe
+
+    return terminal_safe(str(name)).replace("$", "\\$")
+
+
 def map_png(xy: np.ndarray, labels: np.ndarray, classes: Sequence[str], test: np.ndarray, wrong: np.ndarray,
             title: str, dpi: int = 100, size: float = 8.0) -> tuple[bytes, np.ndarray]:
     """Scatter plot of the map; returns (PNG bytes, (N, 2) point positions as fractions of the PNG).
@@ -59,7 +68,7 @@ def map_png(xy: np.ndarray, labels: np.ndarray, classes: Sequence[str], test: np
     if legend_w:
         from matplotlib.lines import Line2D
 
-        handles = [Line2D([], [], marker="o", ls="", color=cols[i], label=c) for i, c in enumerate(classes)]
+        handles = [Line2D([], [], marker="o", ls="", color=cols[i], label=plot_text(c)) for i, c in enumerate(classes)]
         handles.append(Line2D([], [], marker="x", ls="", color="black", label="mistake (test)"))
         fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False, ncol=1 if len(classes) <= 24 else 2,
                    handletextpad=0.2, columnspacing=0.6)

@@ -32,10 +32,22 @@ def _jax_version() -> str:
     return jax.__version__
 
 
+def md_text(text: Any) -> str:
+    """A string from the data (a class or folder name) made inert in Markdown."""
+    from pipeline.inert import md_text as md
+
+    return md(text)
+
+
+def _fenced_json(v: Any) -> str:
+    """JSON for a line inside a ``` fence: a backtick could close the fence early."""
+    return json.dumps(v).replace("`", "\\u0060")
+
+
 def _data_line(params: Mapping[str, Any]) -> str:
     src = params.get("data.source", "?")
     if src == "folder":
-        return f"image folder `{params.get('data.path')}`"
+        return f"image folder {md_text(params.get('data.path'))}"
     return f"tensorflow-datasets `{params.get('data.name', '?')}`"
 
 
@@ -80,7 +92,7 @@ def model_card(run: RunRef, head: str, clf: Classifier, fmts: Sequence[str], che
         f"- backbone: `{spec.name}` ({spec.family}, ImageNet-pretrained, frozen), {spec.feature_dim}-d "
         f"features from {spec.feature_layer}; weights licence: {spec.weights.licence}",
         f"- head: `{head}` ({json.dumps(hyper)[:400]})",
-        f"- classes ({len(clf.classes)}): {', '.join(clf.classes[:40])}" + (" ..." if len(clf.classes) > 40 else ""),
+        f"- classes ({len(clf.classes)}): {md_text(', '.join(clf.classes[:40]))}" + (" ..." if len(clf.classes) > 40 else ""),
         f"- data: {_data_line(run.params)}", "",
         "## Metrics (this head, from the heads stage)", "", *_metrics_table(h), "",
         "## Formats", "",
@@ -90,7 +102,8 @@ def model_card(run: RunRef, head: str, clf: Classifier, fmts: Sequence[str], che
         *([f"`model.stablehlo` runs on {', '.join(_platforms())} with jax {_jax_version()} or a newer jax "
            "(jax.export keeps old serialisations loadable for a few releases).", ""] if "stablehlo" in fmts else []),
         "## Params of the run", "", "```yaml",
-        *[f"{k}: {json.dumps(v)}" for k, v in sorted(run.params.items())
+        # JSON strings escape every control character; inside a fence nothing else is markup.
+        *[f"{k}: {_fenced_json(v)}" for k, v in sorted(run.params.items())
           if k.split(".")[0] in ("data", "backbone", "features", "heads")],
         "```", "",
     ]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from pipeline.errors import terminal_safe
 from pipeline.predict import resolve
 
 
@@ -48,14 +49,14 @@ def predict(args: argparse.Namespace, resolve_params: Callable) -> int:
             reporter.close()
     text = output.render(result, args.format, args.top_k)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        Path(args.out).write_text(text + "\n", errors="backslashreplace")
         print(f"{len(result.predictions)} prediction(s) written to {args.out}"
               + (f"; {len(result.bad)} file(s) skipped" if result.bad else ""), file=sys.stderr)
     else:
         print(text)
     if result.bad and args.format != "table":
         for b in result.bad:
-            print(f"skipped {b.file}: {b.reason} ({b.kind})", file=sys.stderr)
+            print(terminal_safe(f"skipped {b.file}: {b.reason} ({b.kind})"), file=sys.stderr)
     return 0 if result.predictions or not result.bad else 1
 
 
@@ -66,7 +67,8 @@ def export(args: argparse.Namespace, resolve_params: Callable) -> int:
     run, primary = find_run(args, resolve_params)
     head = resolve.choose_head(run, args.head, primary)
     written = export_classifier(run, head, Path(args.out), formats=args.formats or ["stablehlo"],
-                                log=lambda m: print(m, file=sys.stderr), check=args.check)
+                                log=lambda m: print(m, file=sys.stderr), check=args.check,
+                                force=args.force)
     for path in written:
         print(path)
     return 0

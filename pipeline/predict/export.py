@@ -15,13 +15,15 @@ shift the probabilities by more than the formats differ from each other.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, terminal_safe
 from pipeline.predict import formats as fmt_lib
 from pipeline.predict.model import Classifier, load_classifier
 from pipeline.predict.resolve import RunRef
@@ -73,33 +75,116 @@ def preprocess_config(clf: Classifier, written: Sequence[str], platform: str) ->
         "draft_margin": DRAFT_MARGIN, "flip_inside_model": pre.flip, "reduce": pre.reduce,
         "normalization_inside_model": {"kind": pre.normalization, "mean": list(pre.mean), "std": list(pre.std)},
         "formats": {f: fmt_lib.FILES[f] for f in written}, "stablehlo_platforms": [platform],
+        "labels": list(clf.classes),
     }
 
 
 def export_classifier(run: RunRef, head: str, out: Path, formats: Sequence[str] = ("stablehlo",), *,
-                      log: Callable[[str], None] = lambda m: None, check: bool = True) -> list[Path]:
-    """Write the classifier folder.
+                      log: Callable[[str], None] = lambda m: None, check: bool = True,
+                      force: bool = False) -> list[Path]:
+    """Write the classifier folder, whole or not at all.
+
+    Everything is written into a hidden sibling folder (``.<out>.export-<pid>``), which is then
+    renamed to `out`: a killed export leaves no half folder at `out`, and a folder that held an
+    earlier export never mixes old files with new ones.
 
     Args:
       run: from `pipeline.predict.resolve.load_run`.
       head: a head of `run` (see `resolve.choose_head`).
-      out: the folder (created; files in it with the same names are replaced).
+      out: the folder to create. An existing empty folder is fine; one holding files is refused
+        unless `force`, which replaces it whole.
       formats: any of ``stablehlo``, ``onnx``, ``tflite``.
       log: progress lines.
       check: run each written model on two crops and compare with jax (recorded in the card).
+      force: replace an existing non-empty `out`.
 
     Returns:
-      The files written.
+      The files written (their final paths under `out`).
     """
-    import jax
-
     fmts = list(dict.fromkeys(formats))
     for f in fmts:
         if f not in fmt_lib.FORMATS:
             raise UserError(f"--format {f!r}: choose one of {', '.join(fmt_lib.FORMATS)}.")
         fmt_lib.require(f)  # fail before any slow conversion
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    work = _start(out, force)   # before the slow part: a bad --out fails at once
+    try:
+        names = _write_folder(run, head, work, fmts, log, check)
+        _swap_in(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return [out / n for n in names]
+
+
+def _start(out: Path, force: bool) -> Path:
+    """Check `out` and create the private sibling folder the export is built in."""
+    from pipeline.errors import describe_os_error
+
+    if out.is_symlink():
+        raise UserError(f"--out {str(out)!r} is a symbolic link; pass the folder's real path (the "
+                        f"export replaces the folder by a rename, which would replace the link).")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a folder; choose a folder name for "
+                        f"the export (it is created).")
+    if out.is_dir():
+        try:
+            full = any(out.iterdir())
+        except OSError as e:
+            raise UserError(describe_os_error(e, "--out")) from None
+        if full and not force:
+            raise UserError(f"--out {str(out)!r} already holds files (an earlier export?); pass "
+                            f"--force to replace the folder whole, or choose another --out. "
+                            f"Nothing was written.")
+    parent = out.absolute().parent
+    for stale in parent.glob(f".{out.name}.export-*") if parent.is_dir() else ():
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)   # left by a killed export
+    work = parent / f".{out.name}.export-{os.getpid()}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+    except OSError as e:
+        raise UserError(f"--out {str(out)!r} cannot be written: creating the folder {str(work)!r} "
+                        f"to build it in failed ({e.strerror or type(e).__name__}); choose a folder "
+                        f"you may write to.") from None
+    return work
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _swap_in(work: Path, out: Path) -> None:
+    """Rename the finished folder to `out`, replacing what was there (empty, or --force)."""
+    from pipeline import storage
+
+    if not out.exists():
+        os.replace(work, out)
+        return
+    if storage.exchange(work, out):   # one atomic step: `out` is the old folder, then the new
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    trash = out.absolute().parent / f".{out.name}.replaced-{os.getpid()}"
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(out, trash)
+    os.replace(work, out)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write_folder(run: RunRef, head: str, out: Path, fmts: Sequence[str],
+                  log: Callable[[str], None], check: bool) -> list[str]:
+    """Write every file of the export into `out`; returns their names."""
+    import jax
+
     written: list[Path] = []
     checks: dict[str, float] = {}
     clfs: dict[str, Classifier] = {}
@@ -118,7 +203,9 @@ def export_classifier(run: RunRef, head: str, out: Path, formats: Sequence[str] 
             checks[f] = _check(f, path, clf)
         written.append(path)
     clf = next(iter(clfs.values()))
-    (out / "labels.txt").write_text("".join(f"{c}\n" for c in clf.classes))
+    # One class per line: a control character in a class name (a newline!) is written escaped,
+    # so line i is always column i; preprocess.json's "labels" keeps the exact names.
+    (out / "labels.txt").write_text("".join(f"{terminal_safe(c)}\n" for c in clf.classes))
     cfg = preprocess_config(clf, fmts, jax.default_backend())
     (out / "preprocess.json").write_text(json.dumps(cfg, indent=1))
     (out / "preprocess.py").write_text(resources.files("pipeline.predict").joinpath(
@@ -127,7 +214,7 @@ def export_classifier(run: RunRef, head: str, out: Path, formats: Sequence[str] 
 
     (out / "README.md").write_text(model_card(run, head, clf, fmts, checks))
     written += [out / n for n in ("labels.txt", "preprocess.json", "preprocess.py", "README.md")]
-    return written
+    return [p.name for p in written]
 
 
 def _check(fmt: str, path: Path, clf: Classifier) -> float:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import glob
 import os
+import stat
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -57,15 +59,33 @@ def expand(paths: Sequence[str]) -> tuple[list[Path], list[BadFile]]:
 
     for arg in paths:
         p = Path(arg).expanduser()
-        if p.is_dir():
-            found = [p / rel for rel, _ in walk_files(p) if Path(rel).suffix.lower() in IMAGE_SUFFIXES]
-            if not found:
+        try:
+            is_dir = stat.S_ISDIR(os.stat(p).st_mode)
+        except FileNotFoundError:
+            is_dir = False
+        except OSError as e:
+            # It is there but cannot be used: say why, never "missing".
+            kind = "symlink_loop" if e.errno == errno.ELOOP else "unreadable"
+            reason = ("a symbolic link loop (the link leads back to itself)" if kind == "symlink_loop"
+                      else f"cannot be read: {e.strerror or type(e).__name__}")
+            missing.append(BadFile(arg, kind, reason))
+            continue
+        if is_dir:
+            unreadable: list[tuple[str, str, str]] = []
+            try:
+                listed = list(walk_files(p, unreadable))
+            except OSError as e:
+                missing.append(BadFile(arg, "unreadable", f"cannot be read: {e.strerror or type(e).__name__}"))
+                continue
+            missing.extend(BadFile(str(p / rel), kind, reason) for rel, kind, reason in unreadable)
+            found = [p / rel for rel, _ in listed if Path(rel).suffix.lower() in IMAGE_SUFFIXES]
+            if not found and not unreadable:
                 missing.append(BadFile(arg, "no_images", f"the folder holds no file ending in "
                                                          f"{', '.join(IMAGE_SUFFIXES)}"))
             for f in found:
                 add(f)
-        elif p.exists():
-            add(p)
+        elif p.exists() or p.is_symlink():
+            add(p)   # a dangling link is tried, and reported by the decoder
         elif _GLOB_CHARS & set(arg):
             hits = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
             hits = [Path(h) for h in hits if Path(h).is_file()]

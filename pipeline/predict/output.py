@@ -6,14 +6,26 @@ import csv
 import io
 import json
 
+from pipeline.errors import terminal_safe
 from pipeline.predict.predict import PredictResult
 from pipeline.show import text_table
 
 FORMATS = ("table", "json", "csv")
 
+#: A spreadsheet reads a cell starting with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: object) -> str:
+    """A CSV cell from the data: control characters escaped, and a leading ``= + - @`` quoted
+    with an apostrophe so that a spreadsheet shows it as text instead of running it."""
+    t = terminal_safe(str(value))
+    return "'" + t if t.startswith(_FORMULA_START) else t
+
 
 def render(result: PredictResult, fmt: str, top_k: int) -> str:
-    """`result` in `fmt`.
+    """`result` in `fmt`. Names from the data are inert in every format: escaped control
+    characters in the table and CSV (and no formula in CSV), JSON escapes in JSON.
 
     Args:
       result: from `predict_files`.
@@ -40,18 +52,20 @@ def render(result: PredictResult, fmt: str, top_k: int) -> str:
                     "error"])
         for r in rows:
             cells = [c for pair in r["next"] for c in pair]
-            w.writerow([r["file"], r["class"], f"{r['probability']:.6f}", *cells,
+            cells = [csv_text(c) if isinstance(c, str) else c for c in cells]
+            w.writerow([csv_text(r["file"]), csv_text(r["class"]), f"{r['probability']:.6f}", *cells,
                         *[""] * (2 * k - len(cells)), ""])
         for s in skipped:
-            w.writerow([s["file"], "", "", *[""] * (2 * k), f"{s['kind']}: {s['reason']}"])
+            w.writerow([csv_text(s["file"]), "", "", *[""] * (2 * k), csv_text(f"{s['kind']}: {s['reason']}")])
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    t = terminal_safe
     body = text_table(["file", "class", "prob", "next"],
-                      [[r["file"], r["class"], f"{r['probability']:.4f}",
-                        ", ".join(f"{c} {v:.3f}" for c, v in r["next"])] for r in rows], right=[2])
+                      [[t(r["file"]), t(r["class"]), f"{r['probability']:.4f}",
+                        ", ".join(f"{t(c)} {v:.3f}" for c, v in r["next"])] for r in rows], right=[2])
     lines = [f"head {result.head}: {len(rows)} photo(s) in {result.seconds:.2f} s", body]
     if skipped:
         lines += ["", f"skipped {len(skipped)} file(s):"]
-        lines += [f"  {s['file']}: {s['reason']} ({s['kind']})" for s in skipped]
+        lines += [f"  {t(s['file'])}: {t(s['reason'])} ({s['kind']})" for s in skipped]
     return "\n".join(lines)

@@ -50,8 +50,13 @@ class RunRef:
         return str(self.backbone["name"])
 
 
-def _how(files: Sequence[Any], overrides: Sequence[str]) -> str:
-    return " ".join([*(f"--params {f}" for f in files or []), *(f"-S {o}" for o in overrides or [])])
+def _how(files: Sequence[Any], overrides: Sequence[str], cache_dir: Any = None) -> str:
+    """The options that give these params (and this cache), as the user would type them."""
+    import shlex
+
+    cache = [] if cache_dir is None or str(cache_dir) == "cache" else [f"--cache-dir {shlex.quote(str(cache_dir))}"]
+    return " ".join([*(f"--params {shlex.quote(str(f))}" for f in files or []),
+                     *(f"-S {shlex.quote(o)}" for o in overrides or []), *cache])
 
 
 def heads_key_from_params(cache_dir: Any, graph: Any, params: Mapping[str, Any],
@@ -65,10 +70,11 @@ def heads_key_from_params(cache_dir: Any, graph: Any, params: Mapping[str, Any],
     heads = plans["heads"]
     if heads.up_to_date:
         return heads.key
-    opts = _how(files, overrides)
+    opts = _how(files, overrides, cache_dir)
     chain = [n for n in graph.upstream_closure(["heads"])]
-    todo = [f"{n} ({plans[n].state}: {'; '.join(plans[n].reasons)})" for n in chain if not plans[n].up_to_date]
-    raise UserError(f"no trained classifier for these params ({opts or 'params.yaml'}) in {cache_dir}: "
+    todo = [f"{n} ({plans[n].describe()})" for n in chain if not plans[n].up_to_date]
+    said = _how(files, overrides) or "params.yaml"
+    raise UserError(f"no trained classifier for these params ({said}) in {cache_dir}: "
                     f"{', '.join(todo)}. Run `python -m pipeline run heads {opts}`".rstrip()
                     + " first, or pass --run KEY (a heads key from `python -m pipeline show`).")
 
@@ -105,6 +111,9 @@ def load_run(cache_dir: Any, heads_key: str) -> RunRef:
     fkey = keys.get("features")
     fman = (cache.read_manifest(cache.output_dir(cache_dir, "features", fkey))
             if fkey and cache.is_complete(cache_dir, "features", fkey) else None)
+    if fman:
+        # predict reads no features, but a damaged features output means the run is not whole
+        cache.require_intact(cache_dir, "features", fkey)
     if not fman:
         raise UserError(f"heads output {heads_key} was trained on features output {fkey}, which is no "
                         f"longer in {cache_dir}; rerun `python -m pipeline run heads` with that run's params.")

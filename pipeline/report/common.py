@@ -117,6 +117,14 @@ def photo_asset(path: Path, name: str, max_width: int | None = None) -> Asset:
     return Asset(f"{ASSET_DIR}/{name}.jpg", buf.getvalue())
 
 
+def plot_text(name: Any) -> str:
+    """A name from the data as plain matplotlib text: ``$`` would start mathtext, and a control
+    character a warning carrying a raw terminal escape to stderr; both are shown escaped."""
+    from pipeline.errors import terminal_safe
+
+    return terminal_safe(str(name)).replace("$", "\\$")
+
+
 def safe_name(text: str) -> str:
     """A string made safe for a file name (letters, digits, - and _)."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))[:80]

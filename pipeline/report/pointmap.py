@@ -15,6 +15,7 @@ import json
 from typing import Sequence
 
 from pipeline.report.asset import Asset
+from pipeline.inert import md_text, visible
 
 
 @dataclasses.dataclass
@@ -67,12 +68,23 @@ _SCRIPT = """
 """
 
 
+# Characters that could end or change an inline <script> element ("</script>", "<!--" which
+# switches the HTML parser into its script-data-escaped state, "&"), and the two line separators
+# that older JavaScript parsers read as line ends: JSON's \\u escapes keep them inert.
+_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def inline_json(value: object) -> str:
+    """JSON safe to place inside ``<script type="application/json">``: parses to `value`."""
+    text = json.dumps(value, ensure_ascii=False)
+    return "".join(_JSON_ESCAPES.get(c, c) for c in text)
+
+
 def to_html(b: PointMap) -> str:
     """The figure, its data and its script."""
     e = lambda t: html.escape(str(t), quote=True)  # noqa: E731
-    # "</" inside the JSON would end the script element early: escape it as "<\\/".
-    data = json.dumps({"pos": [[round(float(x), 5), round(float(y), 5)] for x, y in b.positions],
-                       "labels": [str(s) for s in b.labels]}).replace("</", "<\\/")
+    data = inline_json({"pos": [[round(float(x), 5), round(float(y), 5)] for x, y in b.positions],
+                        "labels": [visible(s) for s in b.labels]})
     cap = f"<figcaption>{e(b.caption)}</figcaption>" if b.caption else ""
     return (f'<figure class="pointmap" id="{e(b.id)}"><div style="position:relative;display:inline-block;'
             f'max-width:100%"><img src="{b.asset.data_uri()}" alt="{e(b.alt or b.caption)}" loading="eager">'
@@ -84,5 +96,5 @@ def to_html(b: PointMap) -> str:
 
 def to_markdown(b: PointMap) -> str:
     """The image alone (hovering needs the HTML page)."""
-    alt = str(b.alt or b.caption).replace("|", "\\|")
-    return f"![{alt}]({b.asset.name})" + (f"\n\n_{b.caption} (hover the points in report.html)_" if b.caption else "")
+    alt = md_text(b.alt or b.caption).replace("|", "\\|")
+    return f"![{alt}]({b.asset.name})" + (f"\n\n_{md_text(b.caption)} (hover the points in report.html)_" if b.caption else "")

@@ -14,8 +14,9 @@ from typing import Any, Mapping
 from pipeline.heads.primary import choose_primary, pick_split
 from pipeline.heads.read import read_heads_metrics, read_predictions
 from pipeline.report import galleries, readers
+from pipeline.report.common import (Log, Options, num, pct, plot_text, safe_name, seconds, thumbnail,
+                                   top_k_text, value)
 from pipeline.report.heads_section import metrics_section
-from pipeline.report.common import Log, Options, num, pct, safe_name, seconds, thumbnail, top_k_text, value
 from pipeline.report.document import (ASSET_DIR, Asset, Bars, Card, Details, Document, Figure,
                                       Gallery, Section, Table, Text, Tiles)
 from pipeline.sources.dataset import DataSet
@@ -119,7 +120,7 @@ def confusion_section(heads: dict, primary: str, classes: list[str], opts: Optio
     if not cm or len(cm) != len(classes):
         return Section("confusion", "Confusion matrix", status="not run",
                        note=f"metrics.json has no {len(classes)}-class confusion matrix for {primary} on {split}.")
-    png = plots.confusion_matrix_png(cm, classes, title=f"{primary} on {split}", dpi=opts.dpi)
+    png = plots.confusion_matrix_png(cm, [plot_text(c) for c in classes], title=f"{primary} on {split}", dpi=opts.dpi)
     return Section("confusion", "Confusion matrix", [Figure(
         Asset(f"{ASSET_DIR}/confusion_{safe_name(primary)}_{split}.png", png),
         caption=f"Rows: true class; columns: predicted class; numbers: image counts; blue: correct, red: "
@@ -141,7 +142,7 @@ def per_class_section(heads: dict, primary: str, classes: list[str], opts: Optio
     items = [(c, float(v.get("recall", 0.0)), int(v.get("support", 0))) for c, v in per.items()
              if int(v.get("support", 1)) > 0]
     items.sort(key=lambda t: (t[1], -t[2], t[0]))
-    png = plots.per_class_bars_png([c for c, _, _ in items], [v for _, v, _ in items], [n for *_, n in items],
+    png = plots.per_class_bars_png([plot_text(c) for c, _, _ in items], [v for _, v, _ in items], [n for *_, n in items],
                                    reference=m.get("accuracy"), title=f"{primary} on {split}: worst classes first",
                                    dpi=opts.dpi)
     table = Table(["class", "precision", "recall (accuracy)", "F1", "images"],
@@ -245,7 +246,7 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
       started: `time.perf_counter()` when the report stage started (its row in the timing table).
 
     Returns:
-      The Document; `document.write` puts it on disk.
+      The Document; `writer.write` puts it on disk.
     """
     manifests = {n: readers.manifest(folder) for n, folder in inputs.items()}
     params = readers.run_params(manifests, own_params)

@@ -34,7 +34,7 @@ def file_sha1(path: Path) -> str:
 
 
 def _memo_path(memo_dir: Path, root: Path) -> Path:
-    tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    tag = hashlib.sha1(os.fsencode(root.resolve())).hexdigest()[:16]
     return memo_dir / f"{tag}.json"
 
 
@@ -109,5 +109,5 @@ def folder_fingerprint(path: str | os.PathLike | None, memo_dir: Path | None = N
         return f"folder-missing:{path}"
     h = hashlib.sha256()
     for rel, sha in folder_digests(root, memo_dir).items():
-        h.update(f"{rel}\0{sha}\n".encode())
+        h.update(os.fsencode(f"{rel}\0{sha}\n"))   # a name that is not UTF-8 keeps its bytes
     return f"folder:{h.hexdigest()[:32]}"

@@ -18,7 +18,9 @@ Standard library only: fingerprints run while deciding what is up to date.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -33,27 +35,51 @@ def _visible(name: str) -> bool:
     return not name.startswith(".") and name not in _IGNORED_NAMES
 
 
-def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+def walk_files(root: Path, skipped: list[tuple[str, str, str]] | None = None
+               ) -> Iterator[tuple[str, os.stat_result]]:
     """Every visible file under `root`, as (posix path relative to root, stat), sorted.
 
-    Symlinked folders are followed once (a link back up the tree is not followed again).
+    Symlinked folders are followed once (a link back up the tree is not followed again). An
+    entry that cannot be read (a symlink loop, a broken link, a folder without permission) is
+    left out, and when `skipped` is given it is appended there as (path, kind, reason).
     """
     seen: set[str] = set()
     out: list[tuple[str, os.stat_result]] = []
+
+    def skip(rel: str, e: OSError) -> None:
+        if skipped is not None:
+            kind = {errno.ELOOP: "symlink_loop", errno.ENOENT: "broken_link",
+                    errno.EACCES: "unreadable", errno.EPERM: "unreadable"}.get(e.errno, "unreadable")
+            reason = ("a symbolic link loop (the link leads back to itself)" if kind == "symlink_loop"
+                      else "a symbolic link to nothing" if kind == "broken_link"
+                      else f"cannot be read: {e.strerror or type(e).__name__}")
+            skipped.append((rel, kind, reason))
 
     def visit(folder: Path, rel: str) -> None:
         real = os.path.realpath(folder)
         if real in seen:
             return
         seen.add(real)
-        with os.scandir(folder) as it:
-            entries = sorted((e for e in it if _visible(e.name)), key=lambda e: e.name)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if _visible(e.name)), key=lambda e: e.name)
+        except OSError as e:
+            if not rel:
+                raise   # the root itself: the caller names it
+            skip(rel.rstrip("/"), e)
+            return
         for e in entries:
             child = f"{rel}{e.name}"
-            if e.is_dir(follow_symlinks=True):
+            try:
+                st = e.stat(follow_symlinks=True)
+            except OSError as err:
+                # A dangling link is no file at all; anything else unreadable is reported.
+                skip(child, err)
+                continue
+            if stat.S_ISDIR(st.st_mode):
                 visit(Path(e.path), child + "/")
-            elif e.is_file(follow_symlinks=True):
-                out.append((child, e.stat(follow_symlinks=True)))
+            elif stat.S_ISREG(st.st_mode):
+                out.append((child, st))
 
     visit(Path(root), "")
     return iter(sorted(out, key=lambda t: t[0]))
@@ -70,10 +96,19 @@ def check_folder(path: str | None) -> Path:
                         "data.source=tfds with data.data_dir on GCS.")
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise UserError(f"data.path: {path} is not a folder (resolved to {root.resolve()}). Pass "
+        why = ("a symbolic link loop" if root.is_symlink() and not root.exists() else
+               f"resolved to {os.path.realpath(root)}")
+        raise UserError(f"data.path: {path} is not a folder ({why}). Pass "
                         "-S data.path=FOLDER holding one sub-folder per class, or train/ val/ test/ "
                         "sub-folders each holding one sub-folder per class.")
     return root
+
+
+def _is_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir()
+    except OSError:
+        return False   # a loop or an unreadable link: `walk_files` reports it
 
 
 @dataclasses.dataclass
@@ -94,7 +129,7 @@ class FolderScan:
 
 def scan_folder(root: Path) -> FolderScan:
     """List a folder source's images and classes (stat only; nothing is decoded here)."""
-    top = sorted(e.name for e in os.scandir(root) if e.is_dir() and _visible(e.name))
+    top = sorted(e.name for e in os.scandir(root) if _visible(e.name) and _is_dir(e))
     split_dirs = [d for d in top if d.lower() in SPLIT_ALIASES]
     layout = "classes"
     if any(SPLIT_ALIASES[d.lower()] == "train" for d in split_dirs):
@@ -111,7 +146,7 @@ def scan_folder(root: Path) -> FolderScan:
         layout = "splits"
     files: dict[str | None, list[tuple[str, str, int, int]]] = {}
     ignored: list[tuple[str, str, str]] = []
-    for rel, st in walk_files(root):
+    for rel, st in walk_files(root, ignored):
         parts = rel.split("/")
         split = None
         if layout == "splits":
