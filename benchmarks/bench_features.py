@@ -153,9 +153,17 @@ def child_peer(data_dir: Path, out_dir: Path, forward: bool) -> dict:
 # driver
 
 
-def replicate(dest: Path, copies: int) -> Path:
-    """A class-folder tree of symlinks: every real photo `copies` times."""
-    for src in sorted(PHOTOS.glob("*/*/*.jpg")):
+def pick_photos(limit: int) -> list[Path]:
+    """`limit` real photos spread evenly over every set in ../shared/data (all with 0)."""
+    photos = sorted(PHOTOS.glob("*/*/*.jpg"))
+    if 0 < limit < len(photos):
+        photos = [photos[i * len(photos) // limit] for i in range(limit)]
+    return photos
+
+
+def replicate(dest: Path, copies: int, photos: list[Path]) -> Path:
+    """A class-folder tree of symlinks: every photo `copies` times."""
+    for src in photos:
         cls = dest / f"{src.parent.parent.name}-{src.parent.name}"
         cls.mkdir(parents=True, exist_ok=True)
         for r in range(copies):
@@ -198,6 +206,8 @@ def peer_python(arg: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1,4", help="copies of the photo list per measured run (peak RSS per size)")
+    ap.add_argument("--photos", type=int, default=640,
+                    help="how many of the real photos (spread over every set; 0 = all of them)")
     ap.add_argument("--peer-python", help="python with torch + efficientnet-lite-pytorch (default: this one)")
     ap.add_argument("--child", choices=("ours", "peer"), help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -213,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"real photos not found at {PHOTOS}; this benchmark needs ../shared/data")
     sizes = [int(s) for s in a.sizes.split(",")]
     peer = peer_python(a.peer_python)
-    print(f"cpus={os.cpu_count()} loadavg={os.getloadavg()[0]:.1f} python={sys.version.split()[0]}")
+    print(f"cpus={os.cpu_count()} loadavg={os.getloadavg()[0]:.1f} python={sys.version.split()[0]}", flush=True)
     if peer is None:
         print("peer skipped: torch / efficientnet-lite-pytorch not importable (see --peer-python in --help)")
     tmp = Path(tempfile.mkdtemp(prefix="bench_features_"))
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for k in sizes:
             data_dir = tmp / f"data{k}"
-            run_data_stage(replicate(tmp / f"photos{k}", k), data_dir)
+            run_data_stage(replicate(tmp / f"photos{k}", k, pick_photos(a.photos)), data_dir)
             for side, py in (("ours", sys.executable), ("peer", peer)):
                 if py is None:
                     continue
