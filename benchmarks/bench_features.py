@@ -214,6 +214,7 @@ def peer_python(arg: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1,4", help="copies of the photo list per measured run (peak RSS per size)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per side and size; the median is reported")
     ap.add_argument("--photos", type=int, default=640,
                     help="how many of the real photos (spread over every set; 0 = all of them)")
     ap.add_argument("--peer-python", help="python with torch + efficientnet-lite-pytorch (default: this one)")
@@ -243,12 +244,19 @@ def main(argv: list[str] | None = None) -> None:
             for side, py in (("ours", sys.executable), ("peer", peer)):
                 if py is None:
                     continue
-                r = spawn(py, side, data_dir, tmp / f"out-{side}{k}", forward=(k == sizes[0]))
-                rows[(side, k)] = r
-                print(f"  {side:<4} x{k}: {r['images']} images, {r['images'] / r['seconds_total']:.1f} img/s "
-                      f"end to end ({r['seconds_total']:.1f} s), {r['images'] / r['seconds_stream']:.1f} img/s "
-                      f"streaming, peak RSS {r['maxrss_mb']:.0f} MB", flush=True)
-                shutil.rmtree(tmp / f"out-{side}{k}", ignore_errors=True)
+                runs = []
+                for i in range(a.repeats):
+                    r = spawn(py, side, data_dir, tmp / f"out-{side}{k}", forward=(k == sizes[0] and i == 0))
+                    runs.append(r)
+                    print(f"  {side:<4} x{k} run {i + 1}: {r['images']} images, "
+                          f"{r['images'] / r['seconds_total']:.1f} img/s end to end ({r['seconds_total']:.1f} s), "
+                          f"{r['images'] / r['seconds_stream']:.1f} img/s streaming, peak RSS {r['maxrss_mb']:.0f} MB, "
+                          f"loadavg {os.getloadavg()[0]:.1f}", flush=True)
+                    shutil.rmtree(tmp / f"out-{side}{k}", ignore_errors=True)
+                # The median run by total time; the forward-only figures come from the first run.
+                median = sorted(runs, key=lambda r: r["seconds_total"])[len(runs) // 2]
+                rows[(side, k)] = {**runs[0], **{key: median[key] for key in
+                                                 ("seconds_total", "seconds_stream", "maxrss_mb")}}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _report(rows, sizes)
@@ -264,7 +272,7 @@ def _report(rows: dict, sizes: list[int]) -> None:
         print(f"{name:<44} {fmt.format(a) if a is not None else '-':>12} "
               f"{fmt.format(b) if b is not None else '-':>14} {ratio:>7}")
 
-    print(f"\nEfficientNet-Lite0, batch {BATCH}, {ours['images']} images (x{k0})")
+    print(f"\nEfficientNet-Lite0, batch {BATCH}, {ours['images']} images (x{k0}), median run of each side")
     print(f"{'':<44} {'ours (JAX)':>12} {'peer (torch)':>14} {'ratio':>7}")
     line("forward only, img/s", ours.get("forward_img_s"), peer and peer.get("forward_img_s"))
     for k in sizes:
