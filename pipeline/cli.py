@@ -134,10 +134,10 @@ def _params_files(args: argparse.Namespace) -> list[Path]:
     return [DEFAULT_PARAMS] if DEFAULT_PARAMS.exists() else []
 
 
-def _resolve(args: argparse.Namespace):
+def _resolve(args: argparse.Namespace, defer_imports: bool = False):
     from pipeline import runner
 
-    graph = load_graph(args.graph)
+    graph = load_graph(args.graph, defer_imports=defer_imports)
     files = _params_files(args)
     params = runner.resolve_params(graph, files, args.overrides)
     return graph, files, params
@@ -146,7 +146,7 @@ def _resolve(args: argparse.Namespace):
 def cmd_status(args: argparse.Namespace) -> int:
     from pipeline import runner
 
-    graph, _, params = _resolve(args)
+    graph, _, params = _resolve(args, defer_imports=True)  # deciding what is stale needs no numpy
     plans = runner.plan(graph, params, args.cache_dir, verify=args.verify)
     if args.json:
         print(json.dumps({"stages": [
@@ -166,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline import cache, distributed, runner, storage
     from pipeline.progress import QuietReporter, RichReporter
 
-    graph, files, params = _resolve(args)
+    graph, files, params = _resolve(args, defer_imports=True)  # runner.execute loads what it defers
     targets = graph.names if args.targets in (["all"], []) else args.targets
     graph.check_names(targets)
     graph.check_names(args.force, what="stage for --force")

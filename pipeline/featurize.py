@@ -9,8 +9,9 @@ the features stage's docstring for the measurement).
 
 `BatchEmbedder` compiles the backbone once for a fixed padded batch shape (in a background
 thread, so that the first batches are decoded meanwhile), shards every batch
-over all local devices along a 1-D mesh axis ``data`` (params replicated), pads the last partial
-batch with zeros and drops those rows from the result. One batch is kept in flight: the next batch
+over all local devices along a 1-D mesh axis ``data`` (params replicated), runs each device's
+images through the network one at a time on a CPU (`IMAGES_PER_STEP`, a loop inside the
+compiled call), pads the last partial batch with zeros and drops those rows from the result. One batch is kept in flight: the next batch
 is dispatched before the previous result is copied back, so device and host work overlap.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import math
 import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -26,6 +28,26 @@ import numpy as np
 
 from pipeline import images
 from pipeline.errors import UserError
+
+
+#: Images one step of the backbone loop runs through the network together, on a CPU. A whole
+#: batch at once streams every layer's activations (tens of MB at 32 images) through memory, and
+#: XLA:CPU's depthwise and elementwise loops are memory-bound; one image at a time keeps a layer's
+#: activations in cache: the forward costs about a third less CPU per image than at batch 32, and
+#: far less wall time when other processes share the cores (`benchmarks/bench_backbones.py`
+#: times both). Values equal a whole-batch call's up to float rounding (~1e-6), and every
+#: device layout runs the same one-image program, so features are the same bits whatever the
+#: number of devices or processes. GPUs and TPUs take the whole per-device batch in one step.
+IMAGES_PER_STEP = 1
+
+
+def images_per_step(local_rows: int) -> int:
+    """Images per step of the forward loop for `local_rows` images on each device of this backend."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return local_rows
+    return math.gcd(local_rows, IMAGES_PER_STEP)
 
 
 def decoded_views(sources: Iterable[Any], names: Sequence[str], spec: Any, crops: Sequence[str],
@@ -110,12 +132,22 @@ class BatchEmbedder:
         self.out_dtype = np.dtype(out_dtype.name)
         mean_views = reduce == "mean" and views > 1
 
-        def embed(params, pixels):                                   # (B*V, S, S, 3) uint8
-            feats = backbone.embed(params, pixels.astype(jnp.float32))  # (B*V, D) float32
+        local_rows = self.padded * views // n_dev
+        step = images_per_step(local_rows)
+
+        def embed_local(params, pixels):                 # this device's (b*V, S, S, 3) uint8
+            if step == local_rows:
+                feats = backbone.embed(params, pixels.astype(jnp.float32))  # (b*V, D) float32
+            else:
+                x = pixels.reshape(-1, step, *pixels.shape[1:])  # (b*V / step, step, S, S, 3)
+                feats = jax.lax.map(lambda xi: backbone.embed(params, xi.astype(jnp.float32)), x)
+                feats = feats.reshape(pixels.shape[0], -1)    # (b*V, D) float32
             if mean_views:
-                feats = feats.reshape(-1, views, feats.shape[-1]).mean(axis=1)  # (B, D)
+                feats = feats.reshape(-1, views, feats.shape[-1]).mean(axis=1)  # (b, D)
             return feats.astype(out_dtype)
 
+        # Each device runs its own images, `step` at a time (see IMAGES_PER_STEP).
+        embed = jax.shard_map(embed_local, mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data"))
         self.params = jax.device_put(backbone.params, replicated)
         pixels = jax.ShapeDtypeStruct((self.padded * views, s, s, 3), jnp.uint8, sharding=self.in_sharding)
         jitted = jax.jit(embed, in_shardings=(replicated, self.in_sharding), out_shardings=self.in_sharding)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from typing import Iterable, Mapping, Sequence
+import importlib.util
+import sys
+import types
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from pipeline.errors import UserError
 from pipeline.stage import Stage
@@ -91,12 +95,73 @@ def _toposort(by_name: Mapping[str, Stage]) -> list[Stage]:
     return order
 
 
-def load_graph(module_name: str = DEFAULT_GRAPH) -> Graph:
+# Modules that stage modules import at their top but that deciding what is stale never uses.
+# numpy alone is about half of the CPU time of `status` (it imports ~100 modules).
+DEFERRED = ("numpy",)
+
+
+class _Deferred(types.ModuleType):
+    """A module whose code runs the first time one of its attributes is read.
+
+    As `importlib.util.LazyLoader` does, but the attributes the import system reads when another
+    module says ``import numpy`` (``__spec__``, ``__name__``) do not count as a use: Python 3.11's
+    lazy module loads on that very read, so every ``import numpy`` of a stage module loaded it.
+    """
+
+    def __getattribute__(self, attr: str):
+        if attr in ("__spec__", "__name__", "__class__", "__dict__"):
+            return super().__getattribute__(attr)
+        spec = super().__getattribute__("__spec__")
+        self.__class__ = types.ModuleType   # from now on an ordinary module ...
+        spec.loader.exec_module(self)       # ... whose code runs now, in this module object
+        return getattr(self, attr)
+
+
+@contextlib.contextmanager
+def _deferred_imports() -> Iterator[None]:
+    """While stage modules are imported, ``import numpy`` binds a module that loads on first use.
+
+    Not safe to load from two threads at once, so whoever goes on to run stages calls
+    `load_deferred` first, in the main thread.
+    """
+    for name in DEFERRED:
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        module.__class__ = _Deferred
+        sys.modules[name] = module
+    yield
+
+
+def load_deferred() -> None:
+    """Finish loading the modules `load_graph(defer_imports=True)` left for later (idempotent)."""
+    for name in DEFERRED:
+        module = sys.modules.get(name)
+        if isinstance(module, _Deferred):
+            getattr(module, "__version__")  # the first use runs the module's code, once
+
+
+def load_graph(module_name: str = DEFAULT_GRAPH, defer_imports: bool = False) -> Graph:
     """Import a graph module: a package whose ``STAGES`` lists stage module names or Stage objects.
 
     Importing must stay cheap (no jax): stage modules import heavy libraries inside `run`.
+
+    Args:
+      module_name: the graph package (``stages``, or a test's toy graph).
+      defer_imports: load `DEFERRED` modules (numpy) only when first used, for commands that
+        may only decide what is up to date (`status`, a no-op `run`); call `load_deferred`
+        before running any stage.
     """
-    mod = importlib.import_module(module_name)
+    with _deferred_imports() if defer_imports else contextlib.nullcontext():
+        mod = importlib.import_module(module_name)
+        stages = _stages_of(module_name, mod)
+    return Graph(stages)
+
+
+def _stages_of(module_name: str, mod) -> list[Stage]:
     items = getattr(mod, "STAGES", None)
     if items is None:
         raise UserError(f"graph module {module_name!r} has no STAGES list")
@@ -107,7 +172,7 @@ def load_graph(module_name: str = DEFAULT_GRAPH) -> Graph:
         else:
             sub = importlib.import_module(f"{module_name}.{item}" if "." not in item else item)
             stages.append(sub.STAGE)
-    return Graph(stages)
+    return stages
 
 
 def draw(graph: Graph) -> str:

@@ -7,10 +7,8 @@ them, and stats folders. Only a stage's own `run` pulls in the heavy libraries.
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 import shutil
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -262,7 +260,9 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
       private output folder is discarded (or kept, for resumable stages, to resume from).
     """
     from pipeline.distributed import Coordinator, RemoteFailure
+    from pipeline.graph import load_deferred
 
+    load_deferred()  # here, in one thread, before a stage's threads could race to load numpy
     coord = coordinator or Coordinator()
     graph.check_names(targets)
     graph.check_names(force, what="stage for --force")

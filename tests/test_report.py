@@ -123,6 +123,7 @@ def _png(w: int, h: int) -> bytes:
 
 def test_page_escapes_text_inlines_images_and_twins_in_markdown(tmp_path):
     from pipeline.report import document as d
+    from pipeline.report import writer
 
     evil = "<script>alert(1)</script> | a&b"
     pic = d.Asset("assets/red.png", _png(7, 5))
@@ -131,7 +132,7 @@ def test_page_escapes_text_inlines_images_and_twins_in_markdown(tmp_path):
                                  d.Figure(pic, caption="red", alt="a red box")]),
         d.Section("two", "Two", status="not run", note="the stage is disabled"),
     ])
-    html_path, md_path = d.write(doc, tmp_path)
+    html_path, md_path = writer.write(doc, tmp_path)
     page, md = html_path.read_text(), md_path.read_text()
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert '<td class="num">87.5%</td>' in page  # numbers right-aligned

@@ -236,8 +236,15 @@ class Conv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = self.dtype or x.dtype
         pad = same_padding_2d(x.shape[1:3], k, self.stride) if self.padding == "SAME" else self.padding
-        y = jax.lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (self.stride, self.stride), pad,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if k == 1 and self.stride == 1 and not any(p for side in pad for p in side):
+            # A pointwise conv is a matmul over channels. XLA:CPU runs it faster as a dot than as
+            # a convolution, the most on few channels and large maps (measured per layer shape
+            # of EfficientNet-Lite0); pointwise convs are most of a MobileNet's FLOPs.
+            y = jax.lax.dot_general(x.astype(dtype), kernel[0, 0].astype(dtype),
+                                    (((x.ndim - 1,), (0,)), ((), ())))   # (B, H, W, features)
+        else:
+            y = jax.lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (self.stride, self.stride),
+                                             pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if bias is not None:
             y = y + bias.astype(dtype)
         return y

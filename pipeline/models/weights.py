@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import importlib.resources
 import importlib.util
 import os
 import sys
 import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -231,6 +228,12 @@ def _file_lock(path: Path) -> Iterator[None]:
 def _download_resumable(source: WeightSource, part: Path, *, retries: int, timeout: float,
                         progress: Progress | None) -> None:
     """Append the rest of `source.url` to `part`, resuming with Range requests; retry drops."""
+    # Here, not at the top: every command imports this module through the stage graph, and
+    # urllib.request (with http.client and ssl) is a noticeable part of `status`'s start-up.
+    import http.client
+    import urllib.error
+    import urllib.request
+
     total = source.size
     last_error = ""
     for _attempt in range(retries + 1):
