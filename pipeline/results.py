@@ -3,7 +3,7 @@
 A run is identified by its stages' cache keys: `show` reads the keys of the latest `run` from
 ``<cache>/runs/latest.json``; `compare` takes a heads key (or a unique prefix, or ``latest``) for
 each side, or resolves the other side from ``-S`` overrides the way `run` would. Metrics come through
-the readers the HTML report uses (`pipeline.heads.read`), so they agree. No jax or tensorflow here.
+the readers the HTML report uses (`pipeline.heads.artifact`), so they agree. No jax or tensorflow here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pipeline import cache, storage
 from pipeline.errors import UserError
-from pipeline.heads.read import read_heads_metrics
+from pipeline.heads.artifact import read_heads_metrics
 from pipeline.plain import canonical, flatten, load_json
 
 STAGES = ("data", "features", "heads", "trunk", "finetune", "ideal", "adversarial", "report")
