@@ -72,7 +72,7 @@ def test_cv_picks_the_known_best_c_and_standardisation(criterion):
     rows = cv.cv_sweep(x, y, 4, grid, [False, True], folds)
     chosen = cv.choose(rows, len(y), criterion=criterion)
     oracle = {}
-    from pipeline.heads.fewshot import standardizer
+    from pipeline.heads.logreg import standardizer
 
     for std in (False, True):
         mean, scale = standardizer(x) if std else (0.0, 1.0)

@@ -49,9 +49,9 @@ def fit_plain(p: HeadsParams, data: dict, K: int, chosen: dict) -> dict:
     mean, scale = stats(xtr, True)
     z = as_seen({"train": data["train"], "val": data["val"]}, mean, scale)
     if not rows:  # the val path with standardize: false
-        from pipeline.heads.probe import _choose_on_val
+        from pipeline.heads.probe import choose_on_val
 
-        rows = _choose_on_val(p, z, ytr, yva, K)["sweep"]
+        rows = choose_on_val(p, z, ytr, yva, K)["sweep"]
     C = max(rows, key=lambda r: (r[score], -r["C"]))["C"]
     # Cold start, as the CV scored its fits and as scikit-learn's refit starts.
     fit = logreg.path(np.concatenate([z["train"], z["val"]]), y, [C], K, solver=lp.solver, tol=lp.tol,

@@ -100,7 +100,6 @@ def cv_sweep(x: np.ndarray, y: np.ndarray, num_classes: int, Cs: Sequence[float]
       (pooled over the held-out rows of all folds: every row is held out once), ``n_iter``
       (the most any fold took).
     """
-    from pipeline.heads.fewshot import standardizer
     from pipeline.heads.metrics import softmax
 
     Cs = np.sort(np.asarray(Cs, np.float64))
@@ -111,7 +110,7 @@ def cv_sweep(x: np.ndarray, y: np.ndarray, num_classes: int, Cs: Sequence[float]
             train = folds != f
             xp = x
             if std:
-                mean, scale = standardizer(x[train])
+                mean, scale = logreg.standardizer(x[train])
                 xp = (x - mean) / scale
             basis = logreg.span_basis(xp[train])
             fit_rows = xp[train] if basis is None else xp[train] @ basis   # (n_f, r_f)

@@ -68,6 +68,17 @@ def full_weights(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return W, b
 
 
+def standardizer(X: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) of the rows of X (weighted); constant features get scale 1, not 0."""
+    w = np.ones(len(X)) if weight is None else weight
+    w = w / w.sum()
+    mean = (w @ X.astype(np.float64))
+    var = w @ (X.astype(np.float64) - mean) ** 2
+    std = np.sqrt(var)
+    scale = np.where(std > 1e-6 * max(std.max(), 1e-12), std, 1.0)
+    return mean.astype(np.float32), scale.astype(np.float32)
+
+
 def _jnp():
     import jax.numpy as jnp
 

@@ -55,7 +55,7 @@ def stats(x: np.ndarray, standardize: bool):
     """(mean, scale) of x's rows, or (None, None) when features are used raw."""
     if not standardize:
         return None, None
-    from pipeline.heads.fewshot import standardizer
+    from pipeline.heads.logreg import standardizer
 
     return standardizer(x)
 
@@ -102,7 +102,7 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
         for std in standardize_options(p):
             mean, scale = stats(xtr, std)
             z = as_seen(data, mean, scale)
-            found = _choose_on_val(p, z, ytr, yva, K)
+            found = choose_on_val(p, z, ytr, yva, K)
             table += [{"standardize": std, **r} for r in found["sweep"]]
             b = found["best"]
             key = ((-b["val_log_loss"], b["val_accuracy"]) if lp.criterion == "log_loss"
@@ -166,7 +166,7 @@ def cv_folds(p: HeadsParams, data: dict, y: np.ndarray) -> np.ndarray:
     return cv.stratified_folds(y, p.logreg.cv_folds, p.seed, groups)
 
 
-def _choose_on_val(p: HeadsParams, z: dict, ytr: np.ndarray, yva: np.ndarray, K: int) -> dict:
+def choose_on_val(p: HeadsParams, z: dict, ytr: np.ndarray, yva: np.ndarray, K: int) -> dict:
     """The CLIP sweep on one standardisation: path on train, scored on val, half-step refinement."""
     from pipeline.heads import logreg
     from pipeline.heads.metrics import log_loss, softmax
