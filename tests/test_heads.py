@@ -239,6 +239,32 @@ def test_stage_does_not_import_tensorflow_and_reruns_identically(fitted, feats, 
     assert a == b
 
 
+def test_the_probe_memo_is_keyed_by_exactly_the_fields_marked_as_probe_reads():
+    """One home for what the probe reads: the `probe_reads` marks in `HeadsParams`. Changing a
+    marked field changes the memo key (``seed`` only under CV); changing any other field does not."""
+    import dataclasses
+
+    from pipeline.heads.memo import probe_key
+    from pipeline.heads.params import MLPParams, probe_fields
+
+    x, y = separable(12, seed=0)
+    ids = [f"img{i}" for i in range(len(y))]
+    data = {"train": (x, y, ids), "val": (x[:8], y[:8], ids[:8])}
+    other = {"standardize": False, "fuse": "none", "class_weight": "balanced", "seed": 5, "shots": (1,),
+             "shot_draws": 2, "shot_tol": 1e-2, "knn_k": 3, "top_k": 2, "logreg": LogregParams(c_per_decade=3),
+             "mlp": MLPParams(dropout=0.3)}
+    marked = probe_fields()
+    assert set(marked) == {"logreg", "standardize", "class_weight", "seed"}
+    for select in ("val", "cv"):
+        base = HeadsParams(logreg=LogregParams(select=select))
+        key = probe_key(base, data, 4)
+        for f in dataclasses.fields(HeadsParams):
+            value = other[f.name] if f.name != "logreg" else LogregParams(select=select, c_per_decade=3)
+            changed = probe_key(dataclasses.replace(base, **{f.name: value}), data, 4) != key
+            reads = f.name in marked and (marked[f.name] == "always" or select == "cv")
+            assert changed == reads, (select, f.name)
+
+
 def test_the_probe_is_reused_when_only_what_it_does_not_read_changes(feats, tmp_path):
     """An MLP or (val-path) seed change reuses the probe's fit; a logreg change or a damaged memo
     refits, and the refit is the same fit as the reused one."""
