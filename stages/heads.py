@@ -40,7 +40,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
       have no test split).
     """
     from pipeline.doctor import drops
-    from pipeline.heads import artifact, baseline, inputs, memo, probe
+    from pipeline.heads import artifact, inputs, memo, probe
     from pipeline.heads.metrics import evaluate
     from pipeline.heads.mlp_fit import fit_mlp
     from pipeline.heads.trained import fold_standardization
@@ -69,13 +69,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # ---- logistic regression ---------------------------------------------------------------
     t0 = time.perf_counter()
-    # The probe reads only part of the heads section: an MLP or learning-curve change reuses it.
-    # The plain probe (the baseline every head is compared with) reuses the probe's CV table.
-    def fit_probes() -> dict:
-        lr = probe.fit_logreg(p, data, K, ctx.log)
-        return {**lr, "plain": baseline.fit_plain(p, data, K, lr["chosen"])}
-
-    lr = memo.fit_or_reuse(p, data, K, ctx.cache_dir, fit_probes, ctx.log)
+    # The probe and the plain probe (the baseline every head is compared with) read only the
+    # fields `probe_reads` marks: an MLP or learning-curve change reuses their remembered fit.
+    lr = memo.fit_or_reuse(p, data, K, ctx.cache_dir, lambda: probe.fit_probes(p, data, K, ctx.log), ctx.log)
     mean, scale, z, std = lr["mean"], lr["scale"], lr["z"], lr["standardize"]
     W, b = fold_standardization(lr["W"], lr["b"], mean, scale)
     fitted["logreg"] = artifact.FittedHead("linear", {"W": W, "b": b}, {"standardize": std, **fused})
@@ -132,8 +128,8 @@ def _compare_with_plain_probe(plain: dict, data: dict, logits_fns: dict) -> tupl
     Returns ``(baseline, {head: {"split", "difference", "ci95", "verdict"}})`` on the split the
     heads are judged on (test, else val).
     """
-    from pipeline.heads import baseline
     from pipeline.heads.metrics import mean_per_class_accuracy, paired_difference
+    from pipeline.heads.probe import PLAIN_PROBE
     from pipeline.heads.trained import fold_standardization
 
     split = "test" if "test" in data and len(data["test"][1]) else "val"
@@ -142,7 +138,7 @@ def _compare_with_plain_probe(plain: dict, data: dict, logits_fns: dict) -> tupl
     W, b = fold_standardization(plain["W"], plain["b"], plain["mean"], plain["scale"])
     pred = _linear_np(W, b, x).argmax(1)
     vs = {name: {"split": split, **paired_difference(y, fn(x).argmax(1), pred, K)} for name, fn in logits_fns.items()}
-    return {"description": baseline.DESCRIPTION, "C": plain["C"], "select": plain["select"], "split": split,
+    return {"description": PLAIN_PROBE, "C": plain["C"], "select": plain["select"], "split": split,
             "accuracy": float(np.mean(pred == y)), "mean_per_class_accuracy": mean_per_class_accuracy(y, pred, K)}, vs
 
 

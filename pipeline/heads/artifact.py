@@ -9,7 +9,7 @@ On disk (the finetune stage's ``metrics.json`` has the same ``classes`` / ``head
                               "train"|"val"|"test": `pipeline.heads.metrics.classification_report`,
                               "vs_plain_probe": {"split", "difference", "ci95", "verdict"}}},
                               "learning_curve": [point, ...] (when shots are set), "baseline": the
-                              plain probe's record (`pipeline.heads.baseline`), "backbones", "fuse",
+                              plain probe's record (`pipeline.heads.probe.fit_plain`), "backbones", "fuse",
                               "class_weight", "standardize_param", "standardize", "seconds"}
   predictions_<head>.json    {"classes", "top_k", "predictions": [{"id", "true", "pred", "p_pred",
                               "p_true", "top": [[class, p], ...]}]} (test split; labels are names)
