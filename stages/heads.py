@@ -1,18 +1,19 @@
 """Heads stage: logistic regression and a small MLP on the cached features, plus a learning curve.
 
-Reads the features stage's output (`classes.json`, `<split>/features.npy|labels.npy|ids.json`;
-with a ``backbone.name`` list, every backbone's folder, fused side by side by
-`pipeline.heads.inputs`), writes the fitted heads (loadable with `load_head` as pure JAX
-functions on raw features), `metrics.json`, `predictions_<head>.json`, and prints a table of test
-accuracy per head with bootstrap 95% intervals.
+Reads the features stage's output (with a ``backbone.name`` list, every backbone's folder, fused
+side by side by `pipeline.heads.inputs`) and writes one `pipeline.heads.artifact.HeadsOutput`:
+the fitted heads (loadable with `pipeline.heads.trained.load_head` as pure JAX functions on raw
+features), ``metrics.json`` and ``predictions_<head>.json``; it prints each head's accuracy with
+bootstrap 95% intervals against the plain probe.
 
 The linear probe (`pipeline.heads.probe`) chooses C, and whether to standardise, on the val
 split or, when val is small, by stratified k-fold CV over train+val (`pipeline.heads.cv`), then
-refits on train+val. The MLP (`pipeline.heads.mlp_fit`) chooses its epoch count the same way
+refits on train+val; its fit is remembered across runs that change nothing it reads
+(`pipeline.heads.memo`). The MLP (`pipeline.heads.mlp_fit`) chooses its epoch count the same way
 (per-fold training runs scored on the held-out folds, or early stopping on val loss), then
-refits. Each head records the score it was chosen on (``hyperparameters.selection``), which the
-report and ``predict`` compare to pick the primary head. Nothing here imports tensorflow: rerunning heads after a
-params change costs the fits, not a TF start-up.
+refits. Each head records the score it was chosen on (``hyperparameters.selection``), which
+`pipeline.heads.primary` compares to pick the answer. Nothing here imports tensorflow: rerunning
+heads after a params change costs the fits, not a TF start-up.
 """
 
 from __future__ import annotations

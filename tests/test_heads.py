@@ -114,6 +114,22 @@ def test_every_head_is_compared_with_the_plain_probe(fitted):
     assert paired_difference(y, half, y, 4)["verdict"] == "below"
 
 
+def test_the_heads_artifact_reads_back_what_the_stage_wrote(fitted, tmp_path):
+    """One type, one writer, one reader: `read` gives the stage's metrics.json as a `HeadsMetrics`,
+    and `write_metrics` of that writes the same JSON back."""
+    from pipeline.heads import artifact
+
+    _, out = fitted
+    m = artifact.read(out)
+    assert m.classes == CLASSES and set(m.heads) == {"logreg", "mlp"} and m.judged_split() == "test"
+    assert m.heads["logreg"].splits["test"]["accuracy"] == 1.0 and m.heads["mlp"].vs_plain_probe["split"] == "test"
+    assert m.baseline["split"] == "test" and [r["shots"] for r in m.learning_curve] == [1, 2, "all"]
+    artifact.write_metrics(tmp_path, m)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
+    assert artifact.read(tmp_path) == m
+    assert artifact.read(tmp_path / "absent") is None
+
+
 def test_predictions_file_and_loaded_heads_agree(fitted, feats):
     import jax
     import jax.numpy as jnp
