@@ -10,7 +10,7 @@ On the same rows:
   report and `predict` choose it), after the heads stage's own protocol (`probe.fit_logreg`, `mlp_fit.fit_mlp`);
   ``ours logreg`` and ``ours mlp`` are the two heads;
 - ``plain probe``: the baseline the heads stage reports beside the primary head
-  (`pipeline.heads.baseline`: standardised features, C by k-fold CV accuracy, refit);
+  (`pipeline.heads.probe.fit_plain`: standardised features, C by k-fold CV accuracy, refit);
 - ``sklearn``: ``make_pipeline(StandardScaler(), LogisticRegressionCV(max_iter=5000))``, the
   issue's 20-line script (5 stratified folds, 10 Cs from 1e-4 to 1e4, accuracy, refit).
 
@@ -90,7 +90,7 @@ def heads_overrides(pairs: list[str]) -> dict:
 def run_ours(xfit, yfit, xtest, ytest, K: int, seed: int, mlp: bool, overrides: dict | None = None,
              val_fraction: float = 0.1) -> dict:
     """The heads stage's protocol on (images, views, D) rows; test probabilities averaged over views."""
-    from pipeline.heads import baseline, probe
+    from pipeline.heads import probe
     from pipeline.heads.logreg import linear_logits
     from pipeline.heads.metrics import mean_per_class_accuracy, softmax
     from pipeline.heads.params import HeadsParams
@@ -115,7 +115,7 @@ def run_ours(xfit, yfit, xtest, ytest, K: int, seed: int, mlp: bool, overrides: 
     lr = probe.fit_logreg(p, data, K)
     out = {"logreg": score(linear_logits(lr["W"], lr["b"], lr["z"]["test"])), "C": lr["chosen"]["C"],
            "std": lr["standardize"], "select": lr["chosen"]["select"]}
-    plain = baseline.fit_plain(p, data, K, lr["chosen"])
+    plain = probe.fit_plain(p, data, K, lr["chosen"])
     out["plain"] = score(linear_logits(plain["W"], plain["b"], probe.apply_stats(data["test"][0], plain["mean"], plain["scale"])))
     selections = {"logreg": lr["chosen"]["selection"]}
     if mlp:

@@ -51,7 +51,7 @@ FOLDS = 5
 def tables(x: np.ndarray, y: np.ndarray, fit: np.ndarray, test: np.ndarray, K: int, seed: int) -> dict:
     """CV logits (2 scalings, REPEATS, C, fit rows, K) and test logits (2, C, test rows, K)."""
     from pipeline.heads import cv, logreg
-    from pipeline.heads.fewshot import standardizer
+    from pipeline.heads.logreg import standardizer
 
     xf, yf, nf = x[fit], y[fit], len(fit)
     xall = np.concatenate([xf, x[test]])

@@ -2,7 +2,7 @@
 
 A run is identified by its stages' cache keys: the latest `run` records them in
 ``<cache>/runs/latest.json``; a heads key (or a unique prefix) names the chain of outputs behind it.
-Metrics come through the readers the HTML report uses (`pipeline.heads.read`), so they agree.
+Metrics come through the readers the HTML report uses (`pipeline.heads.artifact`), so they agree.
 No jax or tensorflow here.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from pipeline import cache, storage
 from pipeline.errors import UserError
-from pipeline.heads.read import read_heads_metrics
+from pipeline.heads.artifact import read_heads_metrics
 from pipeline.plain import flatten, load_json
 
 STAGES = ("data", "features", "heads", "trunk", "finetune", "ideal", "adversarial", "report")

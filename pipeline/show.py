@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from pipeline import cache
 from pipeline.errors import UserError
-from pipeline.heads.read import read_heads_metrics
+from pipeline.heads.artifact import read_heads_metrics
 from pipeline.plain import canonical
 from pipeline.results import (STAGES, _manifest, _out, chain_from_heads, find_key, read_latest, run_metrics,
                               run_params)

@@ -85,7 +85,7 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
     from pipeline.heads.metrics import classification_report, softmax
     from pipeline.heads.trained import load_head
     from pipeline.models import cut
-    from pipeline.heads.outputs import write_predictions
+    from pipeline.heads.artifact import write_predictions
     from pipeline.finetune.artifact import load_split, read_trunk_classes
 
     p: FinetuneTrainParams = ctx.params["finetune_train"]
@@ -166,14 +166,14 @@ def _probe_refit(heads_dir: Path, c: Any, train: tuple, K: int, log: Any) -> tup
     Fit on the centre views' features (top of the cut = the features stage's features). Returns
     None when the probe never saw val.
     """
-    from pipeline.heads import logreg
+    from pipeline.heads import artifact, logreg
 
-    path = heads_dir / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.exists() else {}
-    hyper = ((metrics.get("heads") or {}).get("logreg") or {}).get("hyperparameters") or {}
+    metrics = artifact.read(heads_dir)
+    head = metrics.heads.get("logreg") if metrics is not None else None
+    hyper = head.hyper if head is not None else {}
     if hyper.get("refit_on_train_val") is False or "C" not in hyper:
         return None
-    if metrics.get("standardize"):
+    if metrics.standardize:
         log("probe: the heads stage standardised features; its C is refit on raw features here")
     acts, y = train[0], train[1]
     feats = np.concatenate([np.asarray(c.top(c.backbone.params, acts[s:s + 64, 0])) for s in range(0, len(y), 64)])
@@ -210,9 +210,11 @@ def _refit(c: Any, probe: Any, data: dict, epochs: int, cfg: Any, full_weights: 
 
 def _best_probe(heads_dir: Path, split: str) -> dict | None:
     """{"head", "split", "accuracy"} of the heads stage's most accurate head on `split`, or None."""
-    path = heads_dir / "metrics.json"
-    heads = (json.loads(path.read_text()).get("heads") or {}) if path.exists() else {}
-    scored = [(h[split]["accuracy"], name) for name, h in heads.items() if isinstance(h.get(split), dict)]
+    from pipeline.heads import artifact
+
+    metrics = artifact.read(heads_dir)
+    heads = metrics.heads if metrics is not None else {}
+    scored = [(h.splits[split]["accuracy"], name) for name, h in heads.items() if split in h.splits]
     if not scored:
         return None
     acc, name = max(scored)

@@ -72,7 +72,7 @@ def _pick_head(heads_dir: Path, wanted: str) -> str:
     """The head to explain: the one named, else the one the report picks (best by CV or val accuracy)."""
     from pipeline.heads.trained import available
     from pipeline.heads.primary import choose_primary
-    from pipeline.heads.read import read_heads_metrics
+    from pipeline.heads.artifact import read_heads_metrics
 
     names = available(heads_dir)
     if not names:
@@ -122,7 +122,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from pipeline.heads.trained import fused_backbones, load_head
     from pipeline.inspect import mapplot, steps
     from pipeline.models import cut, registry
-    from pipeline.heads.read import read_predictions
+    from pipeline.heads.artifact import read_predictions
     from pipeline.sources import load_data
 
     p: InspectParams = ctx.params["inspect"]

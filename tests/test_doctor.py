@@ -205,7 +205,8 @@ def test_confident_learning_matches_cleanlab(doctored):
 @pytest.mark.slow
 def test_drop_leaks_removes_held_out_copies_before_the_heads(doctored, tmp_path):
     from stages.doctor import STAGE as DOCTOR, DoctorParams
-    from stages.heads import STAGE as HEADS, HeadsParams
+    from pipeline.heads.params import HeadsParams
+    from stages.heads import STAGE as HEADS
 
     inputs = {"features": doctored.features, "data": doctored.data}
     summary, ctx = run_stage(DOCTOR, {"doctor": section(DoctorParams, "doctor", action="drop_leaks")},

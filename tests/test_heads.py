@@ -14,6 +14,8 @@ import pytest
 from pipeline.errors import UserError
 from pipeline.heads import logreg, metrics, mlp, probe
 from pipeline.params import ParamsError
+from pipeline.heads.params import HeadsParams, LogregParams
+from pipeline.heads.trained import load_head
 from stages import heads
 from tests.stage_helpers import SHARED_DATA, run_stage, section
 
@@ -62,7 +64,7 @@ def jax_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fitted(feats, jax_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "heads"
-    summary, _ = run_stage(heads.STAGE, {"heads": section(heads.HeadsParams, "heads", **SMALL)}, out,
+    summary, _ = run_stage(heads.STAGE, {"heads": section(HeadsParams, "heads", **SMALL)}, out,
                            inputs={"features": feats}, cache_dir=jax_cache)
     return summary, out
 
@@ -79,7 +81,7 @@ def test_separable_features_are_classified_perfectly(fitted):
             assert 0 <= r["log_loss"] < 0.5
         assert summary[f"{head}_test_accuracy"] == 1.0
     chosen = m["heads"]["logreg"]["hyperparameters"]
-    lp = heads.LogregParams()
+    lp = LogregParams()
     assert lp.c_min <= chosen["C"] <= lp.c_max and chosen["val_accuracy_at_C"] == 1.0
     # Ties in val accuracy go to the lower val log loss: on separable data, weak regularisation.
     sweep = chosen["sweep"]
@@ -99,7 +101,7 @@ def test_every_head_is_compared_with_the_plain_probe(fitted):
     m = json.loads((out / "metrics.json").read_text())
     base = m["baseline"]
     assert base["split"] == "test" and base["mean_per_class_accuracy"] == 1.0 and "StandardScaler" in base["description"]
-    lp = heads.LogregParams()
+    lp = LogregParams()
     assert lp.c_min <= base["C"] <= lp.c_max and base["select"] == "val"
     for head in ("logreg", "mlp"):
         vs = m["heads"][head]["vs_plain_probe"]
@@ -110,6 +112,22 @@ def test_every_head_is_compared_with_the_plain_probe(fitted):
     d = paired_difference(y, y, half, 4)
     assert d["difference"] == 0.5 and d["verdict"] == "above" and 0.3 < d["ci95"][0] < 0.5 < d["ci95"][1] < 0.7
     assert paired_difference(y, half, y, 4)["verdict"] == "below"
+
+
+def test_the_heads_artifact_reads_back_what_the_stage_wrote(fitted, tmp_path):
+    """One type, one writer, one reader: `read` gives the stage's metrics.json as a `HeadsMetrics`,
+    and `write_metrics` of that writes the same JSON back."""
+    from pipeline.heads import artifact
+
+    _, out = fitted
+    m = artifact.read(out)
+    assert m.classes == CLASSES and set(m.heads) == {"logreg", "mlp"} and m.judged_split() == "test"
+    assert m.heads["logreg"].splits["test"]["accuracy"] == 1.0 and m.heads["mlp"].vs_plain_probe["split"] == "test"
+    assert m.baseline["split"] == "test" and [r["shots"] for r in m.learning_curve] == [1, 2, "all"]
+    artifact.write_metrics(tmp_path, m)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
+    assert artifact.read(tmp_path) == m
+    assert artifact.read(tmp_path / "absent") is None
 
 
 def test_predictions_file_and_loaded_heads_agree(fitted, feats):
@@ -125,7 +143,7 @@ def test_predictions_file_and_loaded_heads_agree(fitted, feats):
         assert [r["id"] for r in rows] == [f"test/{i}.jpg" for i in range(len(y))]
         assert [r["true"] for r in rows] == [CLASSES[i] for i in y]
         assert all(len(r["top"]) == 4 and r["top"][0][0] == r["pred"] for r in rows)
-        head = heads.load_head(out, name)
+        head = load_head(out, name)
         assert head.classes == CLASSES
         logits = head.logits(head.params, jnp.asarray(x))  # raw features: standardisation folded in
         assert logits.shape == (len(y), 4)
@@ -136,7 +154,7 @@ def test_predictions_file_and_loaded_heads_agree(fitted, feats):
         g = jax.grad(lambda f: head.logits(head.params, f)[:, 0].sum())(jnp.asarray(x))
         assert g.shape == x.shape and np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g)).sum() > 0
     with pytest.raises(KeyError, match="available: logreg, mlp"):
-        heads.load_head(out, "svm")
+        load_head(out, "svm")
 
 
 def test_jax_logreg_matches_sklearn(feats):
@@ -217,9 +235,10 @@ def test_stage_does_not_import_tensorflow_and_reruns_identically(fitted, feats, 
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
+        from pipeline.heads.params import HeadsParams
         from stages import heads
         from tests.stage_helpers import run_stage, section
-        params = {{"heads": section(heads.HeadsParams, "heads", **{SMALL!r})}}
+        params = {{"heads": section(HeadsParams, "heads", **{SMALL!r})}}
         run_stage(heads.STAGE, params, Path({str(tmp_path / 'heads')!r}),
                   inputs={{"features": Path({str(feats)!r})}}, cache_dir=Path({str(jax_cache)!r}))
         assert "jax" in sys.modules
@@ -236,6 +255,32 @@ def test_stage_does_not_import_tensorflow_and_reruns_identically(fitted, feats, 
     assert a == b
 
 
+def test_the_probe_memo_is_keyed_by_exactly_the_fields_marked_as_probe_reads():
+    """One home for what the probe reads: the `probe_reads` marks in `HeadsParams`. Changing a
+    marked field changes the memo key (``seed`` only under CV); changing any other field does not."""
+    import dataclasses
+
+    from pipeline.heads.memo import probe_key
+    from pipeline.heads.params import MLPParams, probe_fields
+
+    x, y = separable(12, seed=0)
+    ids = [f"img{i}" for i in range(len(y))]
+    data = {"train": (x, y, ids), "val": (x[:8], y[:8], ids[:8])}
+    other = {"standardize": False, "fuse": "none", "class_weight": "balanced", "seed": 5, "shots": (1,),
+             "shot_draws": 2, "shot_tol": 1e-2, "knn_k": 3, "top_k": 2, "logreg": LogregParams(c_per_decade=3),
+             "mlp": MLPParams(dropout=0.3)}
+    marked = probe_fields()
+    assert set(marked) == {"logreg", "standardize", "class_weight", "seed"}
+    for select in ("val", "cv"):
+        base = HeadsParams(logreg=LogregParams(select=select))
+        key = probe_key(base, data, 4)
+        for f in dataclasses.fields(HeadsParams):
+            value = other[f.name] if f.name != "logreg" else LogregParams(select=select, c_per_decade=3)
+            changed = probe_key(dataclasses.replace(base, **{f.name: value}), data, 4) != key
+            reads = f.name in marked and (marked[f.name] == "always" or select == "cv")
+            assert changed == reads, (select, f.name)
+
+
 def test_the_probe_is_reused_when_only_what_it_does_not_read_changes(feats, tmp_path):
     """An MLP or (val-path) seed change reuses the probe's fit; a logreg change or a damaged memo
     refits, and the refit is the same fit as the reused one."""
@@ -246,7 +291,7 @@ def test_the_probe_is_reused_when_only_what_it_does_not_read_changes(feats, tmp_
 
     def run(name: str, **changes):
         reporter = QuietReporter()
-        params = {"heads": section(heads.HeadsParams, "heads", **{**SMALL, **changes})}
+        params = {"heads": section(HeadsParams, "heads", **{**SMALL, **changes})}
         run_stage(heads.STAGE, params, tmp_path / name, inputs={"features": feats}, cache_dir=cache,
                   reporter=reporter)
         with np.load(tmp_path / name / "logreg.npz") as f:
@@ -288,7 +333,7 @@ def test_the_probe_is_reused_when_only_what_it_does_not_read_changes(feats, tmp_
 ])
 def test_bad_params_name_the_key(values, key):
     with pytest.raises(ParamsError) as e:
-        section(heads.HeadsParams, "heads", **values)
+        section(HeadsParams, "heads", **values)
     assert str(e.value).startswith(key), str(e.value)
 
 
@@ -297,11 +342,11 @@ def test_split_with_one_class_is_a_clear_error(tmp_path):
     one = (x[y == 0], y[y == 0])
     feats = write_features(tmp_path / "features", {"train": (x, y), "val": one})
     with pytest.raises(UserError, match=r"val split has only one class \('ant'\).*data.val_fraction"):
-        run_stage(heads.STAGE, {"heads": section(heads.HeadsParams, "heads")}, tmp_path / "out",
+        run_stage(heads.STAGE, {"heads": section(HeadsParams, "heads")}, tmp_path / "out",
                   inputs={"features": feats})
     feats2 = write_features(tmp_path / "f2", {"train": (x, y)})
     with pytest.raises(UserError, match="no val split"):
-        run_stage(heads.STAGE, {"heads": section(heads.HeadsParams, "heads")}, tmp_path / "out2",
+        run_stage(heads.STAGE, {"heads": section(HeadsParams, "heads")}, tmp_path / "out2",
                   inputs={"features": feats2})
 
 
@@ -319,7 +364,7 @@ def test_real_photos_cats_vs_dogs(tmp_path):
           "features": section(features.FeaturesParams, "features", batch_size=16, shard_size=32)}
     cache = REPO / "cache"  # converted weights are shared with the other real-weight tests
     run_stage(features.STAGE, fp, tmp_path / "feat", inputs={"data": tmp_path / "data"}, cache_dir=cache)
-    summary, _ = run_stage(heads.STAGE, {"heads": section(heads.HeadsParams, "heads", shots=[1, "all"])},
+    summary, _ = run_stage(heads.STAGE, {"heads": section(HeadsParams, "heads", shots=[1, "all"])},
                            tmp_path / "heads", inputs={"features": tmp_path / "feat"}, cache_dir=cache)
     # ImageNet features separate cats from dogs almost perfectly; 16 test photos, so a margin.
     assert summary["logreg_test_accuracy"] >= 0.85, summary

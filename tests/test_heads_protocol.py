@@ -12,6 +12,8 @@ import pytest
 from pipeline.errors import UserError
 from pipeline.heads import cv, logreg, metrics
 from pipeline.params import ParamsError
+from pipeline.heads.params import HeadsParams
+from pipeline.heads.trained import load_head
 from stages import heads
 from tests.stage_helpers import make_ctx, section
 from tests.test_heads import write_features
@@ -70,7 +72,7 @@ def test_cv_picks_the_known_best_c_and_standardisation(criterion):
     rows = cv.cv_sweep(x, y, 4, grid, [False, True], folds)
     chosen = cv.choose(rows, len(y), criterion=criterion)
     oracle = {}
-    from pipeline.heads.fewshot import standardizer
+    from pipeline.heads.logreg import standardizer
 
     for std in (False, True):
         mean, scale = standardizer(x) if std else (0.0, 1.0)
@@ -138,7 +140,7 @@ def fused(tmp_path_factory):
     a = write_features(tmp / "a", {s: (x[:, :6] * 5.0, y) for s, (x, y) in splits.items()}, "net_a")
     b = write_features(tmp / "b", {s: (x[:, 6:], y) for s, (x, y) in splits.items()}, "net_b")
     out2 = tmp / "heads_fused"
-    ctx = make_ctx(heads.STAGE, {"heads": section(heads.HeadsParams, "heads", **SMALL)}, out2,
+    ctx = make_ctx(heads.STAGE, {"heads": section(HeadsParams, "heads", **SMALL)}, out2,
                    cache_dir=tmp / "cache", inputs={"features": a})
     # What the runner hands heads for backbone.name: [net_a, net_b].
     fused_summary = heads.STAGE.run(dataclasses.replace(ctx, input_parts={"features": (a, b)}))
@@ -155,17 +157,17 @@ def test_fused_heads_have_the_right_width_order_and_inputs(fused):
     # CV chose C: val holds 2 images per class.
     assert m["heads"]["logreg"]["hyperparameters"]["select"] == "cv"
     for name in ("logreg", "mlp"):
-        head = heads.load_head(out2, name)
+        head = load_head(out2, name)
         x = np.concatenate([splits["test"][0][:, :6] * 5.0, splits["test"][0][:, 6:]], axis=1)
         logits = np.asarray(head.logits(head.params, jnp.asarray(x)))   # raw features, a then b
         stored = json.loads((out2 / f"predictions_{name}.json").read_text())["predictions"]
         assert [CLASSES[i] for i in logits.argmax(1)] == [r["pred"] for r in stored]
         np.testing.assert_allclose(metrics.softmax(logits).max(1), [r["p_pred"] for r in stored], atol=1e-5)
-    W = heads.load_head(out2, "logreg").params["W"]
+    W = load_head(out2, "logreg").params["W"]
     assert W.shape == (16, 4)
     # A stage that runs one backbone (ideal, adversarial) cannot feed a fused head: it says so.
     with pytest.raises(UserError, match="fused features of net_a, net_b"):
-        heads.load_head(out2, "logreg", backbone="net_a")
+        load_head(out2, "logreg", backbone="net_a")
     assert m["learning_curve"][-1]["shots"] == "all"
 
 
@@ -242,12 +244,12 @@ def xor_classes(n_per_class: int, seed: int, dim: int = 8):
 def test_mlp_epochs_chosen_by_cv_and_the_primary_head_follows_cv(tmp_path):
     """Where only a non-linear head can win: CV trains the MLP past epoch 0, and it is primary."""
     from pipeline.heads.primary import choose_primary, selection_scores
-    from pipeline.heads.read import read_heads_metrics
+    from pipeline.heads.artifact import read_heads_metrics
 
     splits = {s: xor_classes(n, seed) for s, n, seed in (("train", 24, 0), ("val", 2, 1), ("test", 50, 2))}
     feats = write_features(tmp_path / "feats", splits)
     mlp = {"max_epochs": 60, "hidden": [32], "learning_rate": 1e-2, "dropout": 0.0, "batch_size": 32}
-    ctx = make_ctx(heads.STAGE, {"heads": section(heads.HeadsParams, "heads", shots=[], mlp=mlp)},
+    ctx = make_ctx(heads.STAGE, {"heads": section(HeadsParams, "heads", shots=[], mlp=mlp)},
                    tmp_path / "heads", cache_dir=tmp_path / "cache", inputs={"features": feats})
     summary = heads.STAGE.run(ctx)
     m = json.loads((tmp_path / "heads" / "metrics.json").read_text())["heads"]
@@ -293,10 +295,10 @@ def test_inspect_explains_a_fused_run_with_a_probe_on_its_first_backbone(fused, 
     a = write_features(tmp_path / "a", {s: (x[:, :6] * 5.0, y) for s, (x, y) in splits.items()}, "net_a")
     head = probe_on_one_backbone(a, CLASSES)
     alone = tmp_path / "heads_a"
-    heads.STAGE.run(make_ctx(heads.STAGE, {"heads": section(heads.HeadsParams, "heads", **{**SMALL, "shots": []})}, alone,
+    heads.STAGE.run(make_ctx(heads.STAGE, {"heads": section(HeadsParams, "heads", **{**SMALL, "shots": []})}, alone,
                              cache_dir=tmp_path / "cache", inputs={"features": a}))
     assert fused_backbones(alone, "logreg") == []
-    ref = heads.load_head(alone, "logreg", backbone="net_a")
+    ref = load_head(alone, "logreg", backbone="net_a")
     x = jnp.asarray(splits["test"][0][:, :6] * 5.0)
     np.testing.assert_allclose(np.asarray(head.logits(head.params, x)), np.asarray(ref.logits(ref.params, x)),
                                rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ Trunk (the contract with `finetune`):
   <split>/ids.json           N image ids
 
 Finetune (besides metrics.json and predictions_finetune.json, read as a head by
-`pipeline.heads.read`):
+`pipeline.heads.artifact`):
   finetune.npz               trained params (``top/...``, ``head/W``, ``head/b``)
   finetune.json              `Finetuned`: what `pipeline.finetune.model.load_finetuned` rebuilds it from
 """

@@ -9,10 +9,8 @@ Every fit starts from zero, as scikit-learn's do, not from the previous C's solu
 images than dimensions the classes are separable, the weak-penalty optimum is far away along a
 flat valley, and L-BFGS stops (max |gradient| <= tol) wherever the valley gets flat enough: from
 zero that is a short, well-regularised solution; warm-started from a smaller C it is that C's
-solution again, after one or two steps. Measured on pets-tune+dev (lite0, 245 fitting images,
-seed 0): at C = 100 / 1000, cold starts give 0.857 / 0.857 test mean per-class accuracy (as
-scikit-learn), warm starts 0.820 / 0.834; over three seeds the warm-started CV lost 1.9 points
-to scikit-learn's `LogisticRegressionCV`. Each (standardise option, fold) problem is fitted on
+solution again, after one or two steps, and scores worse at weak penalties (docs/benchmarks.md,
+"The heads' solver choices"). Each (standardise option, fold) problem is fitted on
 that fold's training rows (padded with zero-weight rows to one shape, so the folds batch) and
 scores every row; standardisation statistics come from the fold's training rows only.
 
@@ -22,8 +20,8 @@ with Q (D x n) an orthonormal basis of the training rows (`logreg.span_basis`),
 ``X W = (X Q) A`` for ``W = Q A``, and ``||W|| = ||A||``. The L2 penalty keeps the optimum inside that span (any component orthogonal
 to every training row changes no training logit and only adds penalty), so fitting A on the
 (n, n) rows is exact, a held-out row z scores as ``(z Q) A``, and the fit costs (n / D) of the
-full one. (The first version rotated onto all rows, held-out ones included: 25 % more rows and
-columns per fold at 5 folds.)
+full one. Only the fold's training rows span the basis: held-out rows would enlarge every
+fold's problem for nothing.
 """
 
 from __future__ import annotations
@@ -100,7 +98,6 @@ def cv_sweep(x: np.ndarray, y: np.ndarray, num_classes: int, Cs: Sequence[float]
       (pooled over the held-out rows of all folds: every row is held out once), ``n_iter``
       (the most any fold took).
     """
-    from pipeline.heads.fewshot import standardizer
     from pipeline.heads.metrics import softmax
 
     Cs = np.sort(np.asarray(Cs, np.float64))
@@ -111,7 +108,7 @@ def cv_sweep(x: np.ndarray, y: np.ndarray, num_classes: int, Cs: Sequence[float]
             train = folds != f
             xp = x
             if std:
-                mean, scale = standardizer(x[train])
+                mean, scale = logreg.standardizer(x[train])
                 xp = (x - mean) / scale
             basis = logreg.span_basis(xp[train])
             fit_rows = xp[train] if basis is None else xp[train] @ basis   # (n_f, r_f)
@@ -163,11 +160,8 @@ def choose(rows: list[dict], n_rows: int, tie_se: float = 0.25, criterion: str =
     ``tie_se * sqrt(a (1 - a) / n_rows)``, counts as tied with it; of those the largest C wins,
     then the higher CV accuracy, then the lower log loss. On pretrained features test accuracy is
     flat or still rising past the knee of the C curve, so CV noise costs most when it pulls C down.
-    Measured (`benchmarks/bench_accuracy.py` splits: pets-tune+dev, half fit / half test, seeds
-    0-11, mean per-class test accuracy, 5 folds): lite0 0.847 with plain `best`, 0.855 at
-    ``tie_se`` 0.25, 0.857 at 1; lite2 0.857, 0.861, 0.864. On synthetic Gaussian classes that
-    need a strong penalty (48 rows, tests/test_heads_protocol.py) 0.25 costs nothing and 1 costs
-    up to 4 points, so the default is the quarter.
+    A wide band helps on pretrained features and hurts on classes that need a strong penalty, so
+    the default is a quarter (docs/benchmarks.md, "The heads' solver choices").
     """
     if criterion == "log_loss":
         return min(rows, key=lambda r: (r["cv_log_loss"], -r["cv_accuracy"], -r["C"]))

@@ -27,17 +27,6 @@ def draw_shots(labels: np.ndarray, shots: int, num_classes: int, rng: np.random.
     return np.sort(np.concatenate(picks))
 
 
-def standardizer(X: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) of the rows of X (weighted); constant features get scale 1, not 0."""
-    w = np.ones(len(X)) if weight is None else weight
-    w = w / w.sum()
-    mean = (w @ X.astype(np.float64))
-    var = w @ (X.astype(np.float64) - mean) ** 2
-    std = np.sqrt(var)
-    scale = np.where(std > 1e-6 * max(std.max(), 1e-12), std, 1.0)
-    return mean.astype(np.float32), scale.astype(np.float32)
-
-
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32), for cosine similarity by a matrix product."""
     x = np.asarray(x, np.float32)
@@ -124,7 +113,7 @@ def _fit_predict_many(subsets: list[np.ndarray], X: np.ndarray, y: np.ndarray, X
     prepared, bases = [], []
     for idx in subsets:
         xs = X[idx].astype(np.float32)
-        mean, scale = standardizer(xs) if standardize else (None, None)
+        mean, scale = logreg.standardizer(xs) if standardize else (None, None)
         xs = xs if mean is None else (xs - mean) / scale
         # Fewer images than dimensions: fit on the span of the rows (exact, see logreg.path).
         basis = logreg.span_basis(xs) if solver == "jax" else None

@@ -1,10 +1,9 @@
 """A small L-BFGS for smooth convex objectives, written to be traced, jitted and vmapped cheaply.
 
-Why not `optax.lbfgs`: with its zoom line search it traced into a program several times larger
-(seconds more to trace and compile per shape on a CPU), took about twice the iterations of
-scipy's L-BFGS-B on the heads' logistic regressions, and ran several times slower per problem
-under `vmap` (the learning curve fits its draws together). Measured in benchmarks/bench_heads.py
-and the notes of issue 5.
+Why not `optax.lbfgs`: its zoom line search traces into a much larger program (more to trace
+and compile per shape), and on the heads' logistic regressions it took more iterations than
+scipy's L-BFGS-B and ran slower per problem under `vmap` (the learning curve fits its draws
+together); docs/benchmarks.md, "The heads' solver choices", has the comparison.
 
 The method is textbook (Nocedal & Wright, Algorithms 7.4-7.5): a two-loop recursion over the last
 `memory` curvature pairs, the initial matrix scaled by s'y / y'y, and a backtracking line search

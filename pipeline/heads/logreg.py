@@ -68,6 +68,17 @@ def full_weights(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return W, b
 
 
+def standardizer(X: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) of the rows of X (weighted); constant features get scale 1, not 0."""
+    w = np.ones(len(X)) if weight is None else weight
+    w = w / w.sum()
+    mean = (w @ X.astype(np.float64))
+    var = w @ (X.astype(np.float64) - mean) ** 2
+    std = np.sqrt(var)
+    scale = np.where(std > 1e-6 * max(std.max(), 1e-12), std, 1.0)
+    return mean.astype(np.float32), scale.astype(np.float32)
+
+
 def _jnp():
     import jax.numpy as jnp
 
@@ -86,8 +97,8 @@ def _jax_fit_fn(num_classes: int, max_iter: int, tol: float):
     The fit runs on centred rows, ``x - mu`` (mu: the weighted mean row), with the intercept
     ``b + mu W``: the same objective (the intercept is not penalised), so the same optimum, but
     raw post-ReLU features share a large positive mean that couples every weight with the
-    intercept. Measured on 2,944 x 2,560 Pets-like raw features (`benchmarks/bench_heads.py`
-    data), the 15-point C path took 58 L-BFGS iterations centred against 192 uncentred.
+    intercept, so uncentred the C path takes several times the L-BFGS iterations
+    (docs/benchmarks.md, "How long a heads rerun takes").
     """
     import jax
     import jax.numpy as jnp
@@ -107,8 +118,8 @@ def _jax_fit_fn(num_classes: int, max_iter: int, tol: float):
         def objective(v):
             # The weights are laid out (K', D) in v (`linear_logits` gets the transposed view;
             # XLA folds the transpose into the product): both products then run at full speed
-            # on XLA's CPU backend, where the (D, K') layout's gradient X^T R ran 3x slower
-            # (25 ms against 8.7 ms per value-and-gradient on 2,944 x 2,560, 37 classes).
+            # on XLA's CPU backend, where the (D, K') layout's gradient X^T R ran several times
+            # slower (docs/benchmarks.md).
             Wt, b = v[:d * k_out].reshape(k_out, d), v[d * k_out:]
             logits = linear_logits(Wt.T, b, X)  # (N, K)
             nll = jax.nn.logsumexp(logits, axis=1) - jnp.sum(Y * logits, axis=1)
@@ -129,9 +140,8 @@ def span_basis(x: np.ndarray) -> np.ndarray | None:
     all the fitted weights can see of it.
 
     The basis comes from the eigenvectors of the rows' Gram matrix, ``x x^T = V L V^T``, as
-    ``x^T V L^(-1/2)``: the N x N eigenproblem in float64 costs about half of a QR of the D x N
-    matrix (0.11 s against 0.25 s for 740 x 2,560 on two cores; the few-shot curve and the CV
-    folds each make several). Directions whose eigenvalue is below 1e-10 of the largest (rows
+    ``x^T V L^(-1/2)``: an N x N eigenproblem in float64 is cheaper than a QR of the D x N matrix
+    when N < D, and the few-shot curve and the CV folds each make several (docs/benchmarks.md). Directions whose eigenvalue is below 1e-10 of the largest (rows
     that repeat, or centred rows: one direction fewer) get a zero column, which keeps the shape
     (N columns, so draws and folds batch) and adds nothing: a zero feature's weight is held at 0
     by the penalty. The other columns are orthonormal to about 1e-6.

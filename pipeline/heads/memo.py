@@ -1,10 +1,10 @@
 """The linear probe's fit, remembered across heads runs whose probe inputs are the same.
 
 The heads stage reruns on any change to the ``heads`` section, but the probe (C and scaling by
-val or CV, the refit) reads only some of it: ``heads.logreg``, ``standardize``, ``class_weight``
-and, where C is chosen by CV, ``seed`` (it deals the folds). A change to the MLP, the learning
-curve or ``top_k`` would otherwise sweep the C path again: 2.4-3.8 s of a 6.1-8.3 s rerun on
-Pets-sized features, 6.5-7 s of a CV run's 15-18 s (`benchmarks/bench_heads.py`).
+val or CV, the refit, the plain probe) reads only the fields `pipeline.heads.params` marks with
+`probe_reads` (``seed`` only where C is chosen by CV: it deals the folds). A change to the MLP,
+the learning curve or ``top_k`` reuses the remembered fit instead of sweeping the C path again
+(what that saves is measured by ``benchmarks/bench_heads.py``; see docs/benchmarks.md).
 
 A memo is keyed by everything the fit reads: the train and val rows themselves (features after
 fusion and the doctor's drops, labels, ids: the CV folds group views by id), those params, the
@@ -26,9 +26,9 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline import storage
-from pipeline.heads.params import HeadsParams
+from pipeline.heads.params import HeadsParams, probe_fields
 
-KEEP = 32  # memos kept per cache (each is the probe's weights: ~0.8 MB at 2,560 x 37)
+KEEP = 32  # memos kept per cache (each holds the probe's and the plain probe's weights: D x K floats)
 
 
 def memo_dir(cache_dir: Any) -> Path:
@@ -42,9 +42,10 @@ def probe_key(p: HeadsParams, data: dict, K: int) -> str:
     from pipeline.exported import code_fingerprint
     from pipeline.heads.probe import uses_cv
 
-    yva = np.asarray(data["val"][1])
-    reads = {"logreg": dataclasses.asdict(p.logreg), "standardize": p.standardize,
-             "class_weight": p.class_weight, "seed": p.seed if uses_cv(p, yva) else None, "classes": K}
+    cv = uses_cv(p, np.asarray(data["val"][1]))
+    reads: dict[str, Any] = {name: _plain(getattr(p, name)) if when == "always" or cv else None
+                             for name, when in probe_fields().items()}
+    reads["classes"] = K
     h = hashlib.sha256(json.dumps(reads, sort_keys=True, default=str).encode())
     h.update(code_fingerprint().encode())
     for split in ("train", "val"):
@@ -55,6 +56,10 @@ def probe_key(p: HeadsParams, data: dict, K: int) -> str:
         h.update(np.asarray(y, np.int64).tobytes())
         h.update("\n".join(map(str, [] if ids is None else list(ids))).encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:32]
+
+
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def fit_or_reuse(p: HeadsParams, data: dict, K: int, cache_dir: Any, fit: Callable[[], dict],

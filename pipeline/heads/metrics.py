@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -130,3 +130,24 @@ def paired_difference(labels: np.ndarray, preds_a: np.ndarray, preds_b: np.ndarr
              - mean_per_class_accuracy(labels, np.asarray(preds_b), num_classes))
     return {"difference": float(point), "ci95": [lo, hi],
             "verdict": "above" if lo > 0 else "below" if hi < 0 else "tied"}
+
+
+def evaluate(logits_fn: Callable[[np.ndarray], np.ndarray], data: dict, classes: Sequence[str]
+             ) -> tuple[dict[str, dict], np.ndarray | None]:
+    """A head's `classification_report` per split, and its test probabilities (None without test).
+
+    Args:
+      logits_fn: raw features (N, D) -> logits (N, K).
+      data: ``{split: (features, labels, ids)}``; empty or absent splits are skipped.
+    """
+    reports: dict[str, dict] = {}
+    test_probs = None
+    for split in ("train", "val", "test"):
+        if split not in data or len(data[split][1]) == 0:
+            continue
+        x, y, _ = data[split]
+        probs = softmax(logits_fn(x))
+        reports[split] = classification_report(probs, y, classes)
+        if split == "test":
+            test_probs = probs
+    return reports, test_probs

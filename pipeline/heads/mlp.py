@@ -3,7 +3,8 @@
 Training is a `lax.while_loop` over epochs, each a `lax.scan` over shuffled minibatches, followed
 by the validation loss; the loop keeps the parameters of the best validation epoch and stops after
 `patience` epochs without improvement. Nothing goes back to the host until training ends, so an
-epoch costs its FLOPs and nothing else.
+epoch costs its FLOPs and nothing else. The same run `vmap`ped over folds (`cv_fn`) gives the
+k-fold curves that `pipeline.heads.mlp_fit` chooses the epoch count from.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def _static(cfg: MLPConfig) -> MLPConfig:
     return dataclasses.replace(cfg, **{name: 0.0 for name in TRACED})
 
 
-def _traced(cfg: MLPConfig) -> np.ndarray:
+def traced(cfg: MLPConfig) -> np.ndarray:
     """The `TRACED` settings as the float32 vector the training run takes."""
     return np.array([getattr(cfg, name) for name in TRACED], np.float32)
 
@@ -116,7 +117,7 @@ def _train_fn_static(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
                           config=(cfg, num_classes, n_train, dim))
 
 
-def _cv_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
+def cv_fn(cfg: MLPConfig, num_classes: int, n_train: int, dim: int):
     """The training run `vmap`ped over folds: per-fold weights, held-out weights and skip init."""
     return _cv_fn_static(_static(cfg), num_classes, n_train, dim)
 
@@ -136,7 +137,7 @@ def _build_train(cfg: MLPConfig, num_classes: int, n_train: int):
     """The pure training run: (X, y, sw, Xv, yv, swv, seed, skip_init, n_epochs, keep_last,
     hyper) -> (best params, best epoch, epochs run, train loss, val loss, val accuracy per epoch).
 
-    ``hyper`` holds the `TRACED` settings (`_traced`); `cfg`'s own values for them are unused.
+    ``hyper`` holds the `TRACED` settings (`traced`); `cfg`'s own values for them are unused.
     """
     import jax
     import jax.numpy as jnp
@@ -278,69 +279,7 @@ def train(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndar
     params, best_epoch, ran, tr, va, acc = fn(X, np.asarray(y, np.int32), sw, Xv,
                                             np.asarray(y_val, np.int32), swv, np.uint32(seed),
                                             skip_init, np.int32(cfg.max_epochs if epochs is None else epochs),
-                                            np.asarray(epochs is not None), _traced(cfg))
+                                            np.asarray(epochs is not None), traced(cfg))
     ran = int(ran)
     return MLPResult(jax.device_get(params), int(best_epoch), ran, np.asarray(tr)[:ran], np.asarray(va)[:ran],
                      np.asarray(acc)[:ran])
-
-
-@dataclasses.dataclass
-class CVCurves:
-    """Held-out scores of an MLP trained k times, once per fold, epoch by epoch.
-
-    Attributes:
-      accuracy: (max_epochs + 1,) held-out accuracy pooled over folds after each epoch; entry 0
-        is the starting point (with a skip path: each fold's linear probe alone; without, nan).
-      log_loss: (max_epochs + 1,) the same for the log loss.
-    """
-
-    accuracy: np.ndarray
-    log_loss: np.ndarray
-
-
-def cv_curves(X: np.ndarray, y: np.ndarray, folds: np.ndarray, num_classes: int, cfg: MLPConfig,
-              seed: int, skip_inits: tuple[np.ndarray, np.ndarray] | None = None,
-              sample_weight: np.ndarray | None = None) -> CVCurves:
-    """Train the MLP on every fold's training rows for ``cfg.max_epochs``, scoring held-out rows.
-
-    One jitted call: the folds are `vmap`ped, each a copy of the training run in which the held-out
-    rows keep their place with training weight 0 (so every fold has the refit's shape and
-    schedule: the same steps per epoch as a fit on all rows).
-
-    Args:
-      X, y: (N, D) pooled train+val features (as the heads see them) and (N,) labels.
-      folds: (N,) fold index per row (`pipeline.heads.cv.stratified_folds`).
-      num_classes: K.
-      cfg: the MLP config (``max_epochs`` epochs are run, no early stopping).
-      seed: initialisation, shuffling and dropout seed (the same in every fold).
-      skip_inits: with ``cfg.skip``, (W (k, D, K), b (k, K)): each fold's linear probe.
-      sample_weight: (N,) class weights, or None.
-    """
-    import jax
-
-    k = int(folds.max()) + 1
-    base = np.ones(len(y), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
-    held = np.stack([folds == f for f in range(k)]).astype(np.float32)      # (k, N)
-    sw = (1.0 - held) * base
-    if cfg.skip and skip_inits is None:
-        raise ValueError("cfg.skip needs skip_inits, each fold's linear probe")
-    if skip_inits is None:
-        skip_inits = (np.zeros((k, X.shape[1], num_classes), np.float32), np.zeros((k, num_classes), np.float32))
-    Xj, yj = jax.device_put(np.asarray(X, np.float32)), np.asarray(y, np.int32)
-    fn = _cv_fn(cfg, num_classes, X.shape[0], X.shape[1])
-    *_, va, acc = fn(Xj, yj, np.asarray(sw), Xj, yj, np.asarray(held), np.uint32(seed),
-                     tuple(np.asarray(a, np.float32) for a in skip_inits),
-                     np.int32(cfg.max_epochs), np.asarray(True), _traced(cfg))
-    share = held.sum(1) / held.sum()                                         # pool the folds by size
-    accuracy, log_loss = share @ np.asarray(acc), share @ np.asarray(va)
-    start_acc, start_ll = np.nan, np.nan
-    if cfg.skip:
-        from pipeline.heads.metrics import softmax
-
-        W, b = (np.asarray(a, np.float64) for a in skip_inits)
-        logits = np.einsum("nd,kdc->knc", np.asarray(X, np.float64), W) + b[:, None, :]   # (k, N, K)
-        prob = softmax(logits.reshape(-1, num_classes)).reshape(logits.shape)
-        p_true = np.clip(prob[:, np.arange(len(y)), y], 1e-15, 1.0)
-        start_acc = float(np.sum(held * (prob.argmax(-1) == y)) / held.sum())
-        start_ll = float(-np.sum(held * np.log(p_true)) / held.sum())
-    return CVCurves(np.concatenate([[start_acc], accuracy]), np.concatenate([[start_ll], log_loss]))

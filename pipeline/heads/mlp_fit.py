@@ -1,5 +1,5 @@
-"""The MLP head on cached features: its epoch count chosen on val or by k-fold CV, refit on
-train+val, folded for raw input.
+"""The MLP head's protocol: its epoch count chosen on val or by k-fold CV (`cv_curves`), refit on
+train+val, folded for raw input. The model and its compiled training run are `pipeline.heads.mlp`.
 
 The epoch count is chosen the way the linear probe's C is (`pipeline.heads.probe`): where the
 probe chose by cross-validation (few val images per class), the MLP is trained once per fold of
@@ -15,6 +15,7 @@ import dataclasses
 
 import numpy as np
 
+from pipeline.heads import mlp
 from pipeline.heads.params import HeadsParams
 from pipeline.heads.probe import class_weights, cv_folds
 
@@ -30,7 +31,7 @@ def fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict):
     """
     import jax
 
-    from pipeline.heads import logreg, mlp
+    from pipeline.heads import logreg
     from pipeline.heads.trained import fold_standardization
 
     mp = p.mlp
@@ -97,7 +98,7 @@ def fit_mlp(p: HeadsParams, z: dict, data: dict, K: int, mean, scale, lr: dict):
 
 def _cv_curves(p: HeadsParams, cfg, z: dict, data: dict, K: int, lr: dict):
     """The MLP's pooled held-out accuracy and log loss per epoch on the probe's CV folds."""
-    from pipeline.heads import logreg, mlp
+    from pipeline.heads import logreg
 
     x = np.concatenate([z["train"], z["val"]])
     y = np.concatenate([data["train"][1], data["val"][1]])
@@ -114,4 +115,66 @@ def _cv_curves(p: HeadsParams, cfg, z: dict, data: dict, K: int, lr: dict):
                 for f in range(int(folds.max()) + 1)]
         full = [logreg.full_weights(f.W[0], f.b[0]) for f in fits]
         skips = (np.stack([w for w, _ in full]), np.stack([b for _, b in full]))
-    return mlp.cv_curves(x, y, folds, K, cfg, p.seed, skips, sample_weight=sw)
+    return cv_curves(x, y, folds, K, cfg, p.seed, skips, sample_weight=sw)
+
+
+@dataclasses.dataclass
+class CVCurves:
+    """Held-out scores of an MLP trained k times, once per fold, epoch by epoch.
+
+    Attributes:
+      accuracy: (max_epochs + 1,) held-out accuracy pooled over folds after each epoch; entry 0
+        is the starting point (with a skip path: each fold's linear probe alone; without, nan).
+      log_loss: (max_epochs + 1,) the same for the log loss.
+    """
+
+    accuracy: np.ndarray
+    log_loss: np.ndarray
+
+
+def cv_curves(X: np.ndarray, y: np.ndarray, folds: np.ndarray, num_classes: int, cfg: mlp.MLPConfig,
+              seed: int, skip_inits: tuple[np.ndarray, np.ndarray] | None = None,
+              sample_weight: np.ndarray | None = None) -> CVCurves:
+    """Train the MLP on every fold's training rows for ``cfg.max_epochs``, scoring held-out rows.
+
+    One jitted call: the folds are `vmap`ped, each a copy of the training run in which the held-out
+    rows keep their place with training weight 0 (so every fold has the refit's shape and
+    schedule: the same steps per epoch as a fit on all rows).
+
+    Args:
+      X, y: (N, D) pooled train+val features (as the heads see them) and (N,) labels.
+      folds: (N,) fold index per row (`pipeline.heads.cv.stratified_folds`).
+      num_classes: K.
+      cfg: the MLP config (``max_epochs`` epochs are run, no early stopping).
+      seed: initialisation, shuffling and dropout seed (the same in every fold).
+      skip_inits: with ``cfg.skip``, (W (k, D, K), b (k, K)): each fold's linear probe.
+      sample_weight: (N,) class weights, or None.
+    """
+    import jax
+
+    k = int(folds.max()) + 1
+    base = np.ones(len(y), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
+    held = np.stack([folds == f for f in range(k)]).astype(np.float32)      # (k, N)
+    sw = (1.0 - held) * base
+    if cfg.skip and skip_inits is None:
+        raise ValueError("cfg.skip needs skip_inits, each fold's linear probe")
+    if skip_inits is None:
+        skip_inits = (np.zeros((k, X.shape[1], num_classes), np.float32), np.zeros((k, num_classes), np.float32))
+    Xj, yj = jax.device_put(np.asarray(X, np.float32)), np.asarray(y, np.int32)
+    fn = mlp.cv_fn(cfg, num_classes, X.shape[0], X.shape[1])
+    *_, va, acc = fn(Xj, yj, np.asarray(sw), Xj, yj, np.asarray(held), np.uint32(seed),
+                     tuple(np.asarray(a, np.float32) for a in skip_inits),
+                     np.int32(cfg.max_epochs), np.asarray(True), mlp.traced(cfg))
+    share = held.sum(1) / held.sum()                                         # pool the folds by size
+    accuracy, log_loss = share @ np.asarray(acc), share @ np.asarray(va)
+    start_acc, start_ll = np.nan, np.nan
+    if cfg.skip:
+        from pipeline.heads.metrics import softmax
+
+        W, b = (np.asarray(a, np.float64) for a in skip_inits)
+        logits = np.einsum("nd,kdc->knc", np.asarray(X, np.float64), W) + b[:, None, :]   # (k, N, K)
+        prob = softmax(logits.reshape(-1, num_classes)).reshape(logits.shape)
+        p_true = np.clip(prob[:, np.arange(len(y)), y], 1e-15, 1.0)
+        start_acc = float(np.sum(held * (prob.argmax(-1) == y)) / held.sum())
+        start_ll = float(-np.sum(held * np.log(p_true)) / held.sum())
+    return CVCurves(np.concatenate([[start_acc], accuracy]), np.concatenate([[start_ll], log_loss]))

@@ -1,11 +1,35 @@
-"""The heads stage's params: ``heads``, ``heads.logreg``, ``heads.mlp`` (frozen, validated)."""
+"""The heads stage's params: ``heads``, ``heads.logreg``, ``heads.mlp`` (frozen, validated).
+
+The fields the linear probe reads are marked where they are declared (`probe_reads`): they, and
+only they, key the probe's memo (`pipeline.heads.memo`), so an MLP or learning-curve change reuses
+the probe's fit and a new probe param refits it as soon as it is marked.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Union
+import types
+from typing import Any, Literal, Union
 
 from pipeline.params import ParamsError, spec
+
+
+def probe_reads(field: Any, *, only_under_cv: bool = False) -> Any:
+    """Mark a `spec` field of `HeadsParams` as read by the linear probe (and the plain probe).
+
+    Args:
+      field: the `spec(...)` field.
+      only_under_cv: read only where C is chosen by k-fold CV (``seed`` deals the folds; the val
+        path does not read it).
+    """
+    field.metadata = types.MappingProxyType({**field.metadata, "probe": "cv" if only_under_cv else "always"})
+    return field
+
+
+def probe_fields() -> dict[str, str]:
+    """``{field: "always" | "cv"}`` for the `HeadsParams` fields marked with `probe_reads`."""
+    return {f.name: f.metadata["probe"] for f in dataclasses.fields(HeadsParams) if f.metadata.get("probe")}
+
 
 @dataclasses.dataclass(frozen=True)
 class LogregParams:
@@ -62,14 +86,15 @@ class MLPParams:
 class HeadsParams:
     """``heads``: what the heads stage fits and reports."""
 
-    standardize: Union[bool, Literal["auto"]] = spec(
+    standardize: Union[bool, Literal["auto"]] = probe_reads(spec(
         "auto", help="standardise features with training mean/std (folded into saved heads): true, "
-                     "false, or auto: whichever scores better where C is chosen (val or CV)")
+                     "false, or auto: whichever scores better where C is chosen (val or CV)"))
     fuse: Literal["l2", "none"] = spec(
         "l2", help="several backbones: scale each backbone's feature rows to unit L2 norm before "
                    "concatenating them (none: concatenate raw); one backbone: ignored")
-    class_weight: Literal["none", "balanced"] = spec("none", help="'balanced' weights each class by N / (K n_c)")
-    seed: int = spec(0, min=0, help="seed for the MLP and the learning-curve draws")
+    class_weight: Literal["none", "balanced"] = probe_reads(spec("none", help="'balanced' weights each class by N / (K n_c)"))
+    seed: int = probe_reads(spec(0, min=0, help="seed for the MLP and the learning-curve draws"),
+                            only_under_cv=True)
     shots: tuple[Union[int, Literal["all"]], ...] = spec((1, 2, 5, 10, 20, "all"), min=1,
                                                          help="learning curve: train images per class ('all' = whole split); [] to skip")
     shot_draws: int = spec(3, min=1, help="seeded draws averaged per learning-curve point")
@@ -77,5 +102,5 @@ class HeadsParams:
                            help="L-BFGS tolerance of the learning-curve fits (draw-to-draw spread dwarfs it)")
     knn_k: int = spec(10, min=1, help="neighbours of the kNN baseline in the learning curve")
     top_k: int = spec(5, min=1, help="class probabilities kept per test image in predictions_<head>.json")
-    logreg: LogregParams = spec(default_factory=LogregParams)
+    logreg: LogregParams = probe_reads(spec(default_factory=LogregParams))
     mlp: MLPParams = spec(default_factory=MLPParams)

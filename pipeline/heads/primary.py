@@ -1,6 +1,6 @@
 """Which head is the answer: the rule the report, `predict --head best` and inspect all follow.
 
-The heads are compared as `pipeline.heads.read.read_heads_metrics` returns them
+The heads are compared as `pipeline.heads.artifact.read_heads_metrics` returns them
 (``{"heads": {name: {"splits": {split: metrics}, "hyper": hyperparameters}}}``).
 """
 

@@ -10,6 +10,15 @@ Two ways to choose, `heads.logreg.select`:
 - ``auto`` picks ``cv`` when val holds fewer than ``cv_below`` images per class.
 
 ``heads.standardize: auto`` tries both with and without standardisation in the same selection.
+
+The plain probe (`fit_plain`) is the baseline every head is compared against: what a person
+would write first with scikit-learn, ``make_pipeline(StandardScaler(), LogisticRegressionCV())``:
+standardised features, the C with the best held-out accuracy (ties: the smaller C, as
+scikit-learn's argmax over an increasing grid takes), refit on train+val. It is chosen on the same
+folds (or val split) and C grid as the probe above, so where that probe already scored
+standardised points it costs one refit. The heads stage reports every head's accuracy against it
+with a paired bootstrap interval (`pipeline.heads.metrics.paired_difference`): a run whose answer
+loses to the baseline says so. `fit_probes` fits both, what `pipeline.heads.memo` remembers.
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ from typing import Callable
 import numpy as np
 
 from pipeline.heads.params import HeadsParams, LogregParams
+
+PLAIN_PROBE = ("plain probe: standardised features, C by the best held-out accuracy on the same "
+               "folds or val split, refit on train+val (scikit-learn's StandardScaler + LogisticRegressionCV)")
 
 
 def class_weights(y: np.ndarray, K: int, mode: str) -> np.ndarray | None:
@@ -55,7 +67,7 @@ def stats(x: np.ndarray, standardize: bool):
     """(mean, scale) of x's rows, or (None, None) when features are used raw."""
     if not standardize:
         return None, None
-    from pipeline.heads.fewshot import standardizer
+    from pipeline.heads.logreg import standardizer
 
     return standardizer(x)
 
@@ -102,7 +114,7 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
         for std in standardize_options(p):
             mean, scale = stats(xtr, std)
             z = as_seen(data, mean, scale)
-            found = _choose_on_val(p, z, ytr, yva, K)
+            found = choose_on_val(p, z, ytr, yva, K)
             table += [{"standardize": std, **r} for r in found["sweep"]]
             b = found["best"]
             key = ((-b["val_log_loss"], b["val_accuracy"]) if lp.criterion == "log_loss"
@@ -137,6 +149,50 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
             "mean": mean, "scale": scale, "z": z}
 
 
+def fit_probes(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = lambda msg: None) -> dict:
+    """`fit_logreg`'s result with the plain probe (`fit_plain`, on its selection table) under ``"plain"``."""
+    lr = fit_logreg(p, data, K, log)
+    return {**lr, "plain": fit_plain(p, data, K, lr["chosen"])}
+
+
+def fit_plain(p: HeadsParams, data: dict, K: int, chosen: dict) -> dict:
+    """Fit the plain probe.
+
+    Args:
+      p: the heads params (its C grid, folds, solver, class weights).
+      data: split name -> (features, labels, ids), raw.
+      K: number of classes.
+      chosen: the pipeline probe's selection record (`probe.fit_logreg`'s ``chosen``): its
+        ``cv_table`` or ``val_table`` already scores every (standardise, C) point it tried.
+
+    Returns:
+      ``{"W", "b"}`` on standardised features, ``"mean"``, ``"scale"`` (train statistics),
+      ``"C"`` and ``"select"`` (``cv`` or ``val``).
+    """
+    from pipeline.heads import cv, logreg
+
+    lp = p.logreg
+    (xtr, ytr, _), (_, yva, _) = data["train"], data["val"]
+    y = np.concatenate([ytr, yva])
+    by_cv = chosen["select"] == "cv"
+    rows = [r for r in chosen["cv_table" if by_cv else "val_table"] if r["standardize"]]
+    score = "cv_accuracy" if by_cv else "val_accuracy"
+    if not rows and by_cv:  # standardize: false never scored standardised points: sweep them
+        x = np.concatenate([data["train"][0], data["val"][0]])
+        rows = cv.cv_sweep(x, y, K, c_grid(lp), [True], cv_folds(p, data, y),
+                           balanced=p.class_weight == "balanced", max_iter=lp.max_iter, tol=lp.tol)
+    mean, scale = stats(xtr, True)
+    z = as_seen({"train": data["train"], "val": data["val"]}, mean, scale)
+    if not rows:  # the val path with standardize: false
+        rows = choose_on_val(p, z, ytr, yva, K)["sweep"]
+    C = max(rows, key=lambda r: (r[score], -r["C"]))["C"]
+    # Cold start, as the CV scored its fits and as scikit-learn's refit starts.
+    fit = logreg.path(np.concatenate([z["train"], z["val"]]), y, [C], K, solver=lp.solver, tol=lp.tol,
+                      max_iter=lp.max_iter, sample_weight=class_weights(y, K, p.class_weight))
+    return {"W": fit.W[0], "b": fit.b[0], "mean": mean, "scale": scale, "C": float(C),
+            "select": "cv" if by_cv else "val"}
+
+
 def _choose_by_cv(p: HeadsParams, data: dict, K: int) -> tuple[bool, float, dict]:
     from pipeline.heads import cv
 
@@ -166,7 +222,7 @@ def cv_folds(p: HeadsParams, data: dict, y: np.ndarray) -> np.ndarray:
     return cv.stratified_folds(y, p.logreg.cv_folds, p.seed, groups)
 
 
-def _choose_on_val(p: HeadsParams, z: dict, ytr: np.ndarray, yva: np.ndarray, K: int) -> dict:
+def choose_on_val(p: HeadsParams, z: dict, ytr: np.ndarray, yva: np.ndarray, K: int) -> dict:
     """The CLIP sweep on one standardisation: path on train, scored on val, half-step refinement."""
     from pipeline.heads import logreg
     from pipeline.heads.metrics import log_loss, softmax

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from pipeline import cache, results, storage
 from pipeline.errors import UserError
-from pipeline.heads.read import read_heads_metrics
+from pipeline.heads.artifact import read_heads_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,7 @@ class RunRef:
       backbone: the ``backbone`` params the features stage used (name, dtype, depthwise).
       features: the ``features`` params it used (augment, n_crops, reduce, dtype, ...).
       classes: class names, index = label.
-      metrics: `pipeline.heads.read.read_heads_metrics` of the heads output.
+      metrics: `pipeline.heads.artifact.read_heads_metrics` of the heads output.
       params: flat ``section.key`` params of the run's stages (for the model card).
     """
 

@@ -3,7 +3,7 @@
 Every reader returns None (or an empty result) when its stage did not run, so the report can say
 "not run" for that part instead of failing. Each reads a stage's output exactly as its topic
 package writes it (the data stage through `pipeline.sources.dataset`, the heads through
-`pipeline.heads.read`); none probes alternative keys.
+`pipeline.heads.artifact`); none probes alternative keys.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.heads.primary import choose_primary, pick_split
-from pipeline.heads.read import read_heads_metrics, read_predictions
+from pipeline.heads.artifact import read_heads_metrics, read_predictions
 from pipeline.report import galleries, readers
 from pipeline.report.common import (Log, Options, num, pct, plot_text, safe_name, seconds, thumbnail,
                                    top_k_text, value)

@@ -1,0 +1,260 @@
+"""The heads stage's output: one type, one writer (`write`), one reader (`read`).
+
+On disk (the finetune stage's ``metrics.json`` has the same ``classes`` / ``heads`` shape, so
+`read` reads its one head too):
+
+  heads.json + <head>.npz    the fitted heads (`pipeline.heads.trained.save_head`; loaded as JAX
+                             functions on raw features by `pipeline.heads.trained.load_head`)
+  metrics.json               `HeadsMetrics`: {"classes", "heads": {name: {"hyperparameters",
+                              "train"|"val"|"test": `pipeline.heads.metrics.classification_report`,
+                              "vs_plain_probe": {"split", "difference", "ci95", "verdict"}}},
+                              "learning_curve": [point, ...] (when shots are set), "baseline": the
+                              plain probe's record (`pipeline.heads.probe.fit_plain`), "backbones", "fuse",
+                              "class_weight", "standardize_param", "standardize", "seconds"}
+  predictions_<head>.json    {"classes", "top_k", "predictions": [{"id", "true", "pred", "p_pred",
+                              "p_true", "top": [[class, p], ...]}]} (test split; labels are names)
+
+Nothing here imports jax at import time; the report, `show`/`compare`, `predict`, inspect and the
+finetune stage read through it. Changing this shape bumps ``stages/heads.py``'s version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pipeline.plain import load_json
+
+SPLITS = ("train", "val", "test")
+METRICS = "metrics.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadMetrics:
+    """One head's scores.
+
+    Attributes:
+      hyper: the chosen hyperparameters and how they were chosen (``selection``, the C sweep or CV table).
+      splits: split -> `pipeline.heads.metrics.classification_report` (accuracy, ``ci95``, mean per-class
+        accuracy, log loss, per-class precision/recall/F1, confusion matrix).
+      vs_plain_probe: the paired difference to the plain probe on the judged split, or None.
+    """
+
+    hyper: Mapping[str, Any]
+    splits: Mapping[str, Mapping[str, Any]]
+    vs_plain_probe: Mapping[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadsMetrics:
+    """metrics.json: every head's scores and what the stage decided on the way."""
+
+    classes: list[str]
+    heads: Mapping[str, HeadMetrics]
+    learning_curve: list[dict] | None = None
+    baseline: Mapping[str, Any] | None = None
+    backbones: list[dict] = dataclasses.field(default_factory=list)
+    fuse: str | None = None
+    class_weight: str | None = None
+    standardize_param: Any = None
+    standardize: bool | None = None
+    seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def judged_split(self) -> str:
+        """The split heads are compared on: test where the logreg was scored on it, else val."""
+        first = self.heads.get("logreg") or next(iter(self.heads.values()), None)
+        return "test" if first is not None and "test" in first.splits else "val"
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedHead:
+    """One head as `pipeline.heads.trained.save_head` stores it: kind, parameters (for raw
+    features), the config its apply function is built from."""
+
+    kind: str
+    params: Mapping[str, Any]
+    config: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """A head's test predictions: (N, K) probabilities, (N,) labels, N ids; `top_k` classes kept."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    ids: Sequence[Any]
+    top_k: int
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadsOutput:
+    """Everything the heads stage writes."""
+
+    metrics: HeadsMetrics
+    heads: Mapping[str, FittedHead]
+    predictions: Mapping[str, Predictions]
+
+
+def write(out_dir: Path, output: HeadsOutput) -> None:
+    """Write the fitted heads, predictions_<head>.json and metrics.json into `out_dir`."""
+    from pipeline.heads.trained import save_head
+
+    out, classes = Path(out_dir), list(output.metrics.classes)
+    for name, head in output.heads.items():
+        save_head(out, name, head.kind, head.params, dict(head.config), classes)
+    for name, pred in output.predictions.items():
+        write_predictions(out / f"predictions_{name}.json", pred.probs, pred.labels, pred.ids, classes, pred.top_k)
+    write_metrics(out, output.metrics)
+
+
+def write_metrics(out_dir: Path, m: HeadsMetrics) -> None:
+    """metrics.json alone (NaN and infinities as null: they are not JSON)."""
+    raw: dict[str, Any] = {"classes": list(m.classes), "class_weight": m.class_weight,
+                           "standardize_param": m.standardize_param, "backbones": list(m.backbones),
+                           "fuse": m.fuse, "heads": {}}
+    if m.standardize is not None:
+        raw["standardize"] = m.standardize
+    for name, h in m.heads.items():
+        raw["heads"][name] = {"hyperparameters": dict(h.hyper), **{s: h.splits[s] for s in SPLITS if s in h.splits}}
+        if h.vs_plain_probe is not None:
+            raw["heads"][name]["vs_plain_probe"] = dict(h.vs_plain_probe)
+    if m.baseline is not None:
+        raw["baseline"] = dict(m.baseline)
+    if m.learning_curve is not None:
+        raw["learning_curve"] = m.learning_curve
+    raw["seconds"] = dict(m.seconds)
+    (Path(out_dir) / METRICS).write_text(json.dumps(_finite(raw), indent=1))
+
+
+def read(folder: Path | None) -> HeadsMetrics | None:
+    """metrics.json of a heads (or finetune) output, or None when absent or the finetune stage's
+    disabled stub (``{"enabled": false}``)."""
+    raw = load_json(Path(folder) / METRICS) if folder is not None else None
+    if not isinstance(raw, dict) or not isinstance(raw.get("heads"), dict):
+        return None
+    heads = {str(name): HeadMetrics(hyper=h.get("hyperparameters") or {},
+                                    splits={s: h[s] for s in SPLITS if isinstance(h.get(s), dict)},
+                                    vs_plain_probe=h.get("vs_plain_probe"))
+             for name, h in raw["heads"].items()}
+    return HeadsMetrics(classes=raw.get("classes"), heads=heads, learning_curve=raw.get("learning_curve"),
+                        baseline=raw.get("baseline"), backbones=raw.get("backbones") or [], fuse=raw.get("fuse"),
+                        class_weight=raw.get("class_weight"), standardize_param=raw.get("standardize_param"),
+                        standardize=raw.get("standardize"), seconds=raw.get("seconds") or {})
+
+
+def read_heads_metrics(heads_dir: Path | None, finetune_dir: Path | None = None) -> dict | None:
+    """The heads as the report, ``show``/``compare``, ``predict`` and inspect compare them: the heads
+    stage's (plus the finetune stage's head, when given), from `read`.
+
+    Returns:
+      ``{"classes": [...] | None, "heads": {name: {"splits": {split: metrics}, "hyper": {...},
+      "vs_plain_probe": {...} | None}}, "curve": the learning curve or None, "baseline": the plain
+      probe's record or None}``, or None when the heads output is absent.
+    """
+    m = read(heads_dir)
+    if m is None:
+        return None
+    heads = dict(m.heads)
+    extra = read(finetune_dir) if finetune_dir is not None else None
+    if extra is not None:
+        heads.update(extra.heads)  # the fine-tuned classifier is one more head
+    return {"classes": m.classes, "curve": m.learning_curve, "baseline": m.baseline,
+            "heads": {name: {"splits": dict(h.splits), "hyper": dict(h.hyper), "vs_plain_probe": h.vs_plain_probe}
+                      for name, h in heads.items()}}
+
+
+def write_predictions(path: Path, probs: np.ndarray, y: np.ndarray, ids: Sequence[Any], classes: list[str],
+                      top_k: int) -> None:
+    """predictions_<head>.json: per test image, id, true and predicted class, their probabilities,
+    the top-k classes."""
+    k = min(top_k, len(classes))
+    top = np.argsort(-probs, axis=1)[:, :k]
+    pred = top[:, 0]
+    rows = [{"id": ids[i], "true": classes[y[i]], "pred": classes[pred[i]],
+             "p_pred": round(float(probs[i, pred[i]]), 6), "p_true": round(float(probs[i, y[i]]), 6),
+             "top": [[classes[j], round(float(probs[i, j]), 6)] for j in top[i]]}
+            for i in range(len(y))]
+    # One prediction per line, each dumped by json's C encoder (`indent` falls back to the
+    # much slower pure-Python one).
+    head = json.dumps({"classes": classes, "top_k": k})[:-1]
+    body = ",\n".join(json.dumps(r) for r in rows)
+    path.write_text(f'{head}, "predictions": [\n{body}\n]}}\n')
+
+
+def read_predictions(heads_dir: Path | None, head: str, classes: Sequence[str] | None) -> list[dict] | None:
+    """predictions_<head>.json as rows ``{id, true, pred, conf, true_prob, top}`` (labels as indices).
+
+    `classes` names the labels when the file does not; a row whose label is not a class is left out.
+    """
+    if heads_dir is None:
+        return None
+    raw = load_json(Path(heads_dir) / f"predictions_{head}.json")
+    if not isinstance(raw, dict):
+        return None
+    index = {c: i for i, c in enumerate(raw.get("classes") or classes or [])}
+    rows = []
+    for r in raw.get("predictions") or []:
+        true, pred = index.get(r["true"]), index.get(r["pred"])
+        if true is None or pred is None:
+            continue
+        rows.append({"id": str(r["id"]), "true": true, "pred": pred, "conf": r.get("p_pred"),
+                     "true_prob": r.get("p_true"), "top": r.get("top")})
+    return rows
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def table(m: HeadsMetrics) -> str:
+    """The heads stage's end-of-run table as text (rich): each head's scores with their 95%
+    intervals on the judged split, the plain probe, the paired differences, the learning curve."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    split = m.judged_split()
+    heads = Table(title=f"heads ({split} split)")
+    for col in ("head", "accuracy (95% CI)", "mean per-class acc. (95% CI)", "log loss", "seconds"):
+        heads.add_column(col, justify="left" if col == "head" else "right")
+    for name, h in m.heads.items():
+        s = h.splits[split]
+        heads.add_row(name, _with_ci(s, "accuracy"), _with_ci(s, "mean_per_class_accuracy"),
+                      f"{s['log_loss']:.4f}", f"{m.seconds.get(name, float('nan')):.2f}")
+    base = m.baseline
+    if base and base["split"] == split:
+        heads.add_row("plain probe", f"{base['accuracy']:.4f}", f"{base['mean_per_class_accuracy']:.4f}", "", "")
+    buf = io.StringIO()
+    console = Console(file=buf, width=100, force_terminal=False)
+    console.print(heads)
+    for name, h in m.heads.items():
+        vs = h.vs_plain_probe
+        if vs:
+            console.print(f"{name} vs the plain probe: {vs['difference']:+.4f} mean per-class accuracy "
+                          f"[{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}], {vs['verdict']}")
+    if m.learning_curve:
+        curve = Table(title="learning curve (test accuracy, mean of draws)")
+        for col in ("images/class", "n train", "logreg", "kNN"):
+            curve.add_column(col, justify="right")
+        for row in m.learning_curve:
+            curve.add_row(str(row["shots"]), f"{row['n_train']:.0f}", f"{row['logreg_accuracy']:.4f}",
+                          f"{row['knn_accuracy']:.4f}")
+        console.print(curve)
+    return buf.getvalue().rstrip()
+
+
+def _with_ci(m: Mapping[str, Any], metric: str) -> str:
+    """``0.9012 [0.8870, 0.9150]`` from one split's report (the interval where recorded)."""
+    ci = (m.get("ci95") or {}).get(metric)
+    return f"{m[metric]:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
