@@ -163,7 +163,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline import cache, distributed, runner, storage
+    from pipeline import distributed, lock, runner, storage
     from pipeline.progress import QuietReporter, RichReporter
 
     graph, files, params = _resolve(args, defer_imports=True)  # runner.execute loads what it defers
@@ -195,17 +195,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = "python -m pipeline " + " ".join(sys.argv[1:])
     t0 = time.perf_counter()
     # Only process 0 holds the lock and writes; the others write their own shards inside it.
-    lock = cache.run_lock(args.cache_dir, command) if coord.is_leader else None
-    if lock is not None:
+    held = lock.run_lock(args.cache_dir, command) if coord.is_leader else None
+    if held is not None:
         try:
-            lock.acquire()
+            held.acquire()
         except Exception as e:
             coord.fail(str(e))
             raise
     reporter = RichReporter() if coord.is_leader else QuietReporter()
     try:
-        if lock is not None and lock.took_over:
-            reporter.log(f"took over a stale lock left by {lock.took_over.describe()} (no longer running)")
+        if held is not None and held.took_over:
+            reporter.log(f"took over a stale lock left by {held.took_over.describe()} (no longer running)")
         results = runner.execute(graph, params, args.cache_dir, targets, reporter,
                                  force=args.force, coordinator=coord, local_dir=args.local_dir,
                                  verify=args.verify)
@@ -215,8 +215,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if coord.is_leader:
             runner.record_latest(args.cache_dir, runner.plan(graph, params, args.cache_dir),
                                  files, args.overrides)
-        if lock is not None:
-            lock.release()
+        if held is not None:
+            held.release()
     if not coord.is_leader:
         return 0
     for r in results:

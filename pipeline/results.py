@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline import cache, storage
+from pipeline import cache, publish, storage
 from pipeline.errors import UserError
 from pipeline.heads.read import read_heads_metrics
 from pipeline.plain import flatten, load_json
@@ -41,7 +41,7 @@ def read_latest(cache_dir: Path) -> dict:
 def _out(cache_dir: Path, stage: str, key: str | None) -> Path | None:
     # A local folder to read: the output itself, or (gs:// cache) its verified local copy.
     if key and cache.is_complete(cache_dir, stage, key):
-        return cache.local_copy(cache_dir, stage, key, storage.default_local_dir())
+        return publish.local_copy(cache_dir, stage, key, storage.default_local_dir())
     return None
 
 

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline import cache, storage
+from pipeline import cache, publish, storage
 from pipeline.errors import UserError
 from pipeline.graph import Graph
 from pipeline.params import (ParamsError, apply_override, load_yaml, parse_all, parse_override,
@@ -243,7 +243,7 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
     Args:
       graph: the stage graph.
       params: resolved params (all sections).
-      root: cache root: a local folder, or a ``gs://`` URL (see `pipeline.cache`).
+      root: cache root: a local folder, or a ``gs://`` URL (see `pipeline.cache` and `pipeline.publish`).
       targets: stage names to bring up to date (with their upstream closure).
       reporter: progress sink.
       force: stages to rerun even when up to date.
@@ -300,14 +300,14 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
                 why = "; ".join(p.reasons) if p.reasons else "forced"
                 reporter.log(f"▶ {name} [{p.key}] ({why})")
             if remote:
-                work = cache.staging_dir(local_root, name, p.key, coord.process_index,
+                work = publish.staging_dir(local_root, name, p.key, coord.process_index,
                                          coord.process_count)
                 if runs_here:
-                    cache.prepare_staging(work, stage.resumable)
+                    publish.prepare_staging(work, stage.resumable)
                 if coord.is_leader and exchange:
-                    cache.discard_partial(root, name, p.key)   # last attempt's shares are stale
+                    publish.discard_partial(root, name, p.key)   # last attempt's shares are stale
             elif coord.is_leader:
-                work = cache.prepare_partial(root, name, p.key, stage.resumable)
+                work = publish.prepare_partial(root, name, p.key, stage.resumable)
             else:
                 work = cache.partial_dir(root, name, p.key)
             coord.sync(f"{tag}/prepared")
@@ -315,7 +315,7 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
             try:
                 summary = None
                 if runs_here:
-                    parts = {d: tuple(cache.local_copy(root, d, q.key, local_root) for q in plans[d].each())
+                    parts = {d: tuple(publish.local_copy(root, d, q.key, local_root) for q in plans[d].each())
                              for d in stage.deps}
                     inputs = {d: folders[0] for d, folders in parts.items()}
                     ctx = StageContext(name=name, key=p.key, params=p.params, inputs=inputs,
@@ -324,15 +324,15 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
                                        process_count=coord.process_count, input_parts=parts)
                     summary = stage.run(ctx)
                     if exchange and not coord.is_leader:
-                        cache.share_partial(root, name, p.key, work)
+                        publish.share_partial(root, name, p.key, work)
                 coord.sync(f"{tag}/ran")
                 if coord.is_leader:
                     if exchange:
-                        cache.gather_partial(root, name, p.key, work)
+                        publish.gather_partial(root, name, p.key, work)
                     if stage.finalize is not None:
                         summary = stage.finalize(ctx)
                     ended = time.time()
-                    cache.publish(root, name, p.key, {
+                    publish.publish(root, name, p.key, {
                         "stage": name, "key": p.key, "version": stage.version,
                         "params": to_plain(p.params), "upstream": p.upstream,
                         # A fanned-out dep's upstream key hashes its parts; these are their keys.
@@ -354,9 +354,9 @@ def execute(graph: Graph, params: Mapping[str, Any], root: Any, targets: Sequenc
                     if runs_here and not stage.resumable:
                         shutil.rmtree(work, ignore_errors=True)
                     if coord.is_leader and exchange:
-                        cache.discard_partial(root, name, p.key)
+                        publish.discard_partial(root, name, p.key)
                 elif coord.is_leader and not stage.resumable:
-                    cache.discard_partial(root, name, p.key)
+                    publish.discard_partial(root, name, p.key)
                 results.append(StageResult(name, p.key, "failed", time.time() - started))
                 raise
             results.append(StageResult(name, p.key, "ran", time.time() - started, summary))

@@ -28,7 +28,7 @@ for _module, _dist in (("gcsfs", "gcsfs"), ("gcp_storage_emulator", "gcp-storage
     if importlib.util.find_spec(_module) is None:
         pytest.skip(f"gs:// tests need {_dist} (the project's test extra)", allow_module_level=True)
 
-from pipeline import cache, runner, storage  # noqa: E402
+from pipeline import publish, runner, storage  # noqa: E402
 from pipeline.graph import load_graph  # noqa: E402
 from pipeline.progress import QuietReporter  # noqa: E402
 from tests.stage_helpers import wait_for  # noqa: E402
@@ -257,18 +257,18 @@ def test_local_copies_are_verified_against_the_manifest(root, tmp_path):
     local = tmp_path / "local"
     _execute(graph, root, local, targets=("numbers",))
     key = runner.plan(graph, runner.resolve_params(graph, [], []), root)["numbers"].key
-    copy = cache.local_copy(root, "numbers", key, local)
+    copy = publish.local_copy(root, "numbers", key, local)
     assert copy == local / "numbers" / key       # the staging folder became the local copy
     inode = (copy / "numbers.json").stat().st_ino
-    assert cache.local_copy(root, "numbers", key, local) == copy
+    assert publish.local_copy(root, "numbers", key, local) == copy
     assert (copy / "numbers.json").stat().st_ino == inode        # complete: reused, not fetched
     (copy / "numbers.json").write_text("[9")                     # damaged (size differs)
-    cache.local_copy(root, "numbers", key, local)
+    publish.local_copy(root, "numbers", key, local)
     assert json.loads((copy / "numbers.json").read_text()) == [0, 1, 2, 3, 4]
-    other = cache.local_copy(root, "numbers", key, tmp_path / "elsewhere")   # another host
+    other = publish.local_copy(root, "numbers", key, tmp_path / "elsewhere")   # another host
     assert json.loads((other / "numbers.json").read_text()) == [0, 1, 2, 3, 4]
     with pytest.raises(FileNotFoundError):
-        cache.local_copy(root, "numbers", "0" * 20, local)
+        publish.local_copy(root, "numbers", "0" * 20, local)
 
 
 def test_a_download_that_differs_from_its_digest_is_refused(root, tmp_path):
@@ -280,7 +280,7 @@ def test_a_download_that_differs_from_its_digest_is_refused(root, tmp_path):
     good = storage.read_bytes(obj)
     storage.write_bytes(obj, good.replace(b"1", b"7"))
     with pytest.raises(OSError, match="numbers.json changed after it was written"):
-        cache.local_copy(root, "numbers", key, tmp_path / "elsewhere")
+        publish.local_copy(root, "numbers", key, tmp_path / "elsewhere")
 
 
 def test_sigkill_mid_stage_then_rerun_resumes_on_gcs(root, tmp_path):
@@ -399,7 +399,7 @@ def test_features_and_report_written_to_and_read_back_from_the_bucket(root, tmp_
     runner.execute(graph, params, tmp_path / "local-cache", ["features"], QuietReporter())
     local_plans = runner.plan(graph, params, tmp_path / "local-cache")
     assert local_plans["features"].key == plans["features"].key
-    fresh = cache.local_copy(root, "features", plans["features"].key, tmp_path / "another-host")
+    fresh = publish.local_copy(root, "features", plans["features"].key, tmp_path / "another-host")
     for split in ("train", "val", "test"):
         got, want = load_split(fresh, split), load_split(local_plans["features"].out, split)
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]

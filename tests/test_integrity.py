@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cache
+from pipeline import cache, publish
 from pipeline.errors import UserError
 from tests.integrity_helpers import cli, count_events, kill_points, killed, leftovers, published
 
@@ -42,7 +42,7 @@ def test_truncated_output_is_damaged_rerun_and_refused_by_readers(tmp_path):
     assert f"✗ numbers" in st.stdout and f"damaged: numbers.json is 5 bytes, {size:,} written" in st.stdout
     # A reader refuses it and names the fix; it never reads the bytes.
     with pytest.raises(UserError, match=r"numbers\.json is 5 bytes.*python -m pipeline run numbers"):
-        cache.local_copy(root, "numbers", f.parent.name)
+        publish.local_copy(root, "numbers", f.parent.name)
     run = cli(*_toy("run", "total", cache_dir=root))
     assert run.returncode == 0, run.stderr
     assert "numbers      ran" in run.stdout and "total        reused" in run.stdout
