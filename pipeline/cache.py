@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from pipeline import storage
+from pipeline import folders, storage
 from pipeline.errors import UserError
 from pipeline.params import canonical_json, key_values, to_plain
 from pipeline.storage import AnyPath
@@ -162,7 +162,7 @@ def iter_manifests(root: AnyPath, stage: str) -> Iterator[dict]:
 
 def _iter_remote_manifests(root: AnyPath, stage: str) -> Iterator[dict]:
     base = storage.join(root, stage)
-    found = [f for f in storage.find(base) if f["path"].count("/") == 1
+    found = [f for f in folders.find(base) if f["path"].count("/") == 1
              and f["path"].endswith("/" + MANIFEST)
              and not f["path"].split("/")[0].endswith(PARTIAL_SUFFIX)]
     # The manifest is the last object of an output to be written, and runs on one cache are
@@ -177,7 +177,7 @@ def _iter_remote_manifests(root: AnyPath, stage: str) -> Iterator[dict]:
 
 def list_files(folder: AnyPath) -> list[dict]:
     """Every file under `folder` with its size, relative paths, sorted."""
-    return storage.list_files(folder)
+    return folders.list_files(folder)
 
 
 def json_text(data: Any) -> str:

@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline import storage
+from pipeline import folders, storage
 from pipeline.cache import (MANIFEST, PARTIAL_SUFFIX, check_folder, file_digest, json_text,
                             output_dir, partial_dir, require_intact, write_json_atomic)
 from pipeline.storage import AnyPath
@@ -35,12 +35,12 @@ from pipeline.storage import AnyPath
 
 def _file_entries(folder: Path) -> list[dict]:
     """What a manifest lists: every file but the manifest, with its size and sha256."""
-    for f in storage.list_files(folder):
+    for f in folders.list_files(folder):
         if _is_temporary(f["path"]):
             # The stage has finished: a hidden temporary file (``.ids.json.tmp123``, a manifest
             # write) is what a killed earlier attempt left in a resumed folder, not output.
             (Path(folder) / f["path"]).unlink(missing_ok=True)
-    files = [f for f in storage.list_files(folder) if f["path"] != MANIFEST]
+    files = [f for f in folders.list_files(folder) if f["path"] != MANIFEST]
     for f in files:
         f["sha256"] = file_digest(Path(folder) / f["path"])
     return files
@@ -113,9 +113,9 @@ def _publish_remote(root: AnyPath, stage: str, key: str, manifest: Mapping[str, 
     # Whatever is there (a --force rerun's old output, or files of an upload that was killed)
     # stops counting as complete before anything in it changes, then goes.
     storage.remove(storage.join(dst, MANIFEST))
-    storage.rmtree(dst)
-    storage.upload(staging, dst, [f["path"] for f in files])
-    arrived = {f["path"]: f["size"] for f in storage.list_files(dst)}
+    folders.rmtree(dst)
+    folders.upload(staging, dst, [f["path"] for f in files])
+    arrived = {f["path"]: f["size"] for f in folders.list_files(dst)}
     missing = [f["path"] for f in files if arrived.get(f["path"]) != f["size"]]
     if missing:
         raise OSError(f"upload of {stage} to {dst} is incomplete ({len(missing)} file(s) missing "
@@ -124,7 +124,7 @@ def _publish_remote(root: AnyPath, stage: str, key: str, manifest: Mapping[str, 
     storage.write_text(storage.join(dst, MANIFEST), text)   # last: now the output is complete
     storage.write_text(staging / MANIFEST, text)
     _swap_into_place(staging, local_root / stage / key)
-    storage.rmtree(partial_dir(root, stage, key))
+    folders.rmtree(partial_dir(root, stage, key))
     return dst
 
 
@@ -151,7 +151,7 @@ def prepare_partial(root: AnyPath, stage: str, key: str, resumable: bool) -> Pat
 
 
 def discard_partial(root: AnyPath, stage: str, key: str) -> None:
-    storage.rmtree(partial_dir(root, stage, key))
+    folders.rmtree(partial_dir(root, stage, key))
 
 
 # --- remote roots: local staging, local copies of inputs, the multi-process exchange ------------
@@ -203,7 +203,7 @@ def local_copy(root: AnyPath, stage: str, key: str, local_root: Path | None = No
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        storage.download(src, tmp, [f["path"] for f in manifest["files"]])
+        folders.download(src, tmp, [f["path"] for f in manifest["files"]])
         storage.write_text(tmp / MANIFEST, text)
         # A fresh download is checked against the digests too (it was just read in full anyway).
         if not _copy_is_complete(tmp, manifest) or check_folder(tmp, digests=True):
@@ -233,8 +233,8 @@ def share_partial(root: AnyPath, stage: str, key: str, staging: Path) -> int:
     Returns:
       How many files were uploaded.
     """
-    files = [f["path"] for f in storage.list_files(staging)]
-    storage.upload(staging, partial_dir(root, stage, key), files)
+    files = [f["path"] for f in folders.list_files(staging)]
+    folders.upload(staging, partial_dir(root, stage, key), files)
     return len(files)
 
 
@@ -247,8 +247,8 @@ def gather_partial(root: AnyPath, stage: str, key: str, staging: Path) -> int:
     Returns:
       How many files were downloaded.
     """
-    have = {f["path"] for f in storage.list_files(staging)}
-    todo = [f["path"] for f in storage.list_files(partial_dir(root, stage, key))
+    have = {f["path"] for f in folders.list_files(staging)}
+    todo = [f["path"] for f in folders.list_files(partial_dir(root, stage, key))
             if f["path"] not in have]
-    storage.download(partial_dir(root, stage, key), staging, todo)
+    folders.download(partial_dir(root, stage, key), staging, todo)
     return len(todo)

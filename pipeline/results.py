@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline import cache, publish, storage
+from pipeline import cache, folders, publish, storage
 from pipeline.errors import UserError
 from pipeline.heads.read import read_heads_metrics
 from pipeline.plain import flatten, load_json
@@ -55,7 +55,7 @@ def _manifest(cache_dir: Any, stage: str, key: str | None) -> dict | None:
 def find_key(cache_dir: Path, stage: str, prefix: str) -> str:
     """The complete output of `stage` whose key starts with `prefix` (it must be unique)."""
     base = storage.join(cache_dir, stage)
-    keys = sorted(k for k in storage.list_dirs(base) if cache.is_complete(cache_dir, stage, k))
+    keys = sorted(k for k in folders.list_dirs(base) if cache.is_complete(cache_dir, stage, k))
     hits = [k for k in keys if k.startswith(prefix)]
     if len(hits) == 1:
         return hits[0]

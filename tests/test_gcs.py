@@ -28,7 +28,7 @@ for _module, _dist in (("gcsfs", "gcsfs"), ("gcp_storage_emulator", "gcp-storage
     if importlib.util.find_spec(_module) is None:
         pytest.skip(f"gs:// tests need {_dist} (the project's test extra)", allow_module_level=True)
 
-from pipeline import publish, runner, storage  # noqa: E402
+from pipeline import folders, publish, runner, storage  # noqa: E402
 from pipeline.graph import load_graph  # noqa: E402
 from pipeline.progress import QuietReporter  # noqa: E402
 from tests.stage_helpers import wait_for  # noqa: E402
@@ -105,7 +105,7 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: float
 
 
 def bucket_files(url: str) -> dict[str, int]:
-    return {f["path"]: f["size"] for f in storage.list_files(url)}
+    return {f["path"]: f["size"] for f in folders.list_files(url)}
 
 
 # --- the file API --------------------------------------------------------------------------------
@@ -130,16 +130,16 @@ def test_paths_files_and_folders_round_trip(root, tmp_path):
     (src / "a" / "b").mkdir(parents=True)
     (src / "a" / "b" / "x.npy").write_bytes(b"\x93NUMPY" + b"0" * 1000)
     (src / "empty").write_bytes(b"")
-    files = storage.list_files(src)
-    storage.upload(src, root + "/tree", [f["path"] for f in files])
-    assert storage.list_files(root + "/tree") == files
-    storage.download(root + "/tree", tmp_path / "back", [f["path"] for f in files])
-    assert storage.list_files(tmp_path / "back") == files
+    files = folders.list_files(src)
+    folders.upload(src, root + "/tree", [f["path"] for f in files])
+    assert folders.list_files(root + "/tree") == files
+    folders.download(root + "/tree", tmp_path / "back", [f["path"] for f in files])
+    assert folders.list_files(tmp_path / "back") == files
     assert (tmp_path / "back" / "a" / "b" / "x.npy").read_bytes() == (src / "a" / "b" / "x.npy").read_bytes()
-    assert storage.list_dirs(root) == ["report", "tree"]
-    storage.rmtree(root + "/tree")
-    assert storage.list_files(root + "/tree") == [] and not storage.exists(root + "/tree/empty")
-    storage.rmtree(root + "/never-existed")                 # absent is fine
+    assert folders.list_dirs(root) == ["report", "tree"]
+    folders.rmtree(root + "/tree")
+    assert folders.list_files(root + "/tree") == [] and not storage.exists(root + "/tree/empty")
+    folders.rmtree(root + "/never-existed")                 # absent is fine
     # Create-if-absent, the lock's primitive. Locally a second create is refused; on GCS that
     # is the ifGenerationMatch=0 precondition, which the emulator does not enforce, so only the
     # first create is checked there (the lock reads before it creates for that reason).
@@ -192,7 +192,7 @@ def test_run_status_reuse_on_gcs(root, tmp_path):
         listed = {f["path"]: f["size"] for f in manifest["files"]}
         assert bucket_files(s["out"]) == {**listed, "manifest.json": bucket_files(s["out"])["manifest.json"]}
     assert json.loads(storage.read_text(plans["total"]["out"] + "/total.json")) == {"total": 20.0}
-    assert not [d for d in storage.list_dirs(root + "/total") if d.endswith(".partial")]
+    assert not [d for d in folders.list_dirs(root + "/total") if d.endswith(".partial")]
     assert not storage.exists(root + "/.lock")          # released
     latest = json.loads(storage.read_text(root + "/runs/latest.json"))
     assert latest["stages"]["total"] == {"key": plans["total"]["key"], "complete": True}
@@ -233,7 +233,7 @@ def test_failed_stage_leaves_nothing_complete_on_gcs(root, tmp_path):
     plans = runner.plan(graph, runner.resolve_params(graph, [], []), root)
     assert plans["numbers"].up_to_date and not plans["total"].up_to_date
     assert plans["total"].state == "missing"
-    assert storage.list_files(root + "/total") == []                 # nothing uploaded
+    assert folders.list_files(root + "/total") == []                 # nothing uploaded
     assert not (tmp_path / "local" / "total").exists() or \
         not any((tmp_path / "local" / "total").iterdir())            # staging discarded
 
@@ -293,7 +293,7 @@ def test_sigkill_mid_stage_then_rerun_resumes_on_gcs(root, tmp_path):
     assert wait_for(lambda: len(list((local / "slow").glob("*.partial/step-*.json"))) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert storage.list_files(root + "/slow") == []         # nothing of slow in the bucket
+    assert folders.list_files(root + "/slow") == []         # nothing of slow in the bucket
     done_before = len(list((local / "slow").glob("*.partial/step-*.json")))
     holder = json.loads(storage.read_text(root + "/.lock"))  # the dead run's lock is left behind
     assert holder["pid"] == proc.pid and holder["host"] == socket.gethostname()
@@ -318,7 +318,7 @@ def test_lock_held_from_another_host_stops_the_run(root, tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "in use by another run (pid 4242 on tpu-worker-7" in out.stderr
     assert f"gcloud storage rm {root}/.lock" in out.stderr
-    assert storage.list_files(root + "/numbers") == []
+    assert folders.list_files(root + "/numbers") == []
 
 
 def test_missing_bucket_is_a_clear_error(gcs, tmp_path):
@@ -348,7 +348,7 @@ def test_two_processes_share_shards_through_the_bucket(root, tmp_path):
         for i in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    (key,) = storage.list_dirs(root + "/spread")
+    (key,) = folders.list_dirs(root + "/spread")
     out = f"{root}/spread/{key}"
     manifest = json.loads(storage.read_text(out + "/manifest.json"))
     assert manifest["process_count"] == 2
