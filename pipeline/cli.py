@@ -135,19 +135,19 @@ def _params_files(args: argparse.Namespace) -> list[Path]:
 
 
 def _resolve(args: argparse.Namespace, defer_imports: bool = False):
-    from pipeline import runner
+    from pipeline import planner
 
     graph = load_graph(args.graph, defer_imports=defer_imports)
     files = _params_files(args)
-    params = runner.resolve_params(graph, files, args.overrides)
+    params = planner.resolve_params(graph, files, args.overrides)
     return graph, files, params
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline import runner
+    from pipeline import planner
 
     graph, _, params = _resolve(args, defer_imports=True)  # deciding what is stale needs no numpy
-    plans = runner.plan(graph, params, args.cache_dir, verify=args.verify)
+    plans = planner.plan(graph, params, args.cache_dir, verify=args.verify)
     if args.json:
         print(json.dumps({"stages": [
             {"name": p.name, "key": p.key, "up_to_date": p.up_to_date, "out": str(p.out),
@@ -163,7 +163,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline import distributed, lock, runner, storage
+    from pipeline import distributed, lock, planner, runner, storage
     from pipeline.progress import QuietReporter, RichReporter
 
     graph, files, params = _resolve(args, defer_imports=True)  # runner.execute loads what it defers
@@ -172,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     graph.check_names(args.force, what="stage for --force")
     cfg = distributed.launch_config(args.coordinator, args.num_processes, args.process_id,
                                     args.cpu_devices)
-    plans = runner.plan(graph, params, args.cache_dir, verify=args.verify)
+    plans = planner.plan(graph, params, args.cache_dir, verify=args.verify)
     todo = [n for n in graph.upstream_closure(targets)
             if not plans[n].up_to_date or n in args.force]
     if args.dry_run:
@@ -213,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if isinstance(reporter, RichReporter):
             reporter.close()
         if coord.is_leader:
-            runner.record_latest(args.cache_dir, runner.plan(graph, params, args.cache_dir),
+            runner.record_latest(args.cache_dir, planner.plan(graph, params, args.cache_dir),
                                  files, args.overrides)
         if held is not None:
             held.release()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import runner
+from pipeline import planner
 from pipeline.finetune.artifact import load_split
 from pipeline.graph import load_graph
 from pipeline.params import ParamsError
@@ -184,8 +184,8 @@ def test_learning_rate_reruns_only_finetune_and_views_rerun_the_trunk(tmp_path):
     graph = load_graph()
 
     def keys(*overrides):
-        params = runner.resolve_params(graph, [], list(overrides))
-        return {n: p.key for n, p in runner.plan(graph, params, tmp_path).items()}
+        params = planner.resolve_params(graph, [], list(overrides))
+        return {n: p.key for n, p in planner.plan(graph, params, tmp_path).items()}
 
     base = keys()
     lr = keys("finetune_train.lr_backbone=0.00001")

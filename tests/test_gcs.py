@@ -28,7 +28,7 @@ for _module, _dist in (("gcsfs", "gcsfs"), ("gcp_storage_emulator", "gcp-storage
     if importlib.util.find_spec(_module) is None:
         pytest.skip(f"gs:// tests need {_dist} (the project's test extra)", allow_module_level=True)
 
-from pipeline import folders, publish, runner, storage  # noqa: E402
+from pipeline import folders, planner, publish, runner, storage  # noqa: E402
 from pipeline.graph import load_graph  # noqa: E402
 from pipeline.progress import QuietReporter  # noqa: E402
 from tests.stage_helpers import wait_for  # noqa: E402
@@ -214,7 +214,7 @@ def test_run_status_reuse_on_gcs(root, tmp_path):
 
 
 def _execute(graph, root, local, *overrides, targets=("total",)):
-    params = runner.resolve_params(graph, [], overrides)
+    params = planner.resolve_params(graph, [], overrides)
     res = runner.execute(graph, params, root, targets, QuietReporter(), local_dir=local)
     return {r.name: r.action for r in res}
 
@@ -230,7 +230,7 @@ def test_failed_stage_leaves_nothing_complete_on_gcs(root, tmp_path):
     graph.stages["total"] = dataclasses.replace(graph.stages["total"], run=boom)
     with pytest.raises(RuntimeError, match="stage bug"):
         _execute(graph, root, tmp_path / "local")
-    plans = runner.plan(graph, runner.resolve_params(graph, [], []), root)
+    plans = planner.plan(graph, planner.resolve_params(graph, [], []), root)
     assert plans["numbers"].up_to_date and not plans["total"].up_to_date
     assert plans["total"].state == "missing"
     assert folders.list_files(root + "/total") == []                 # nothing uploaded
@@ -240,11 +240,11 @@ def test_failed_stage_leaves_nothing_complete_on_gcs(root, tmp_path):
 
 def test_half_uploaded_output_is_not_complete_and_is_replaced(root, tmp_path):
     graph = load_graph(TOY)
-    key = runner.plan(graph, runner.resolve_params(graph, [], []), root)["numbers"].key
+    key = planner.plan(graph, planner.resolve_params(graph, [], []), root)["numbers"].key
     # What a host killed in the middle of an upload leaves: files, no manifest.
     storage.write_text(f"{root}/numbers/{key}/numbers.json", "[1, 2")
     storage.write_text(f"{root}/numbers/{key}/stray.bin", "x")
-    plans = runner.plan(graph, runner.resolve_params(graph, [], []), root)
+    plans = planner.plan(graph, planner.resolve_params(graph, [], []), root)
     assert not plans["numbers"].up_to_date and plans["numbers"].state == "missing"
     assert _execute(graph, root, tmp_path / "local", targets=("numbers",)) == {"numbers": "ran"}
     files = bucket_files(f"{root}/numbers/{key}")
@@ -256,7 +256,7 @@ def test_local_copies_are_verified_against_the_manifest(root, tmp_path):
     graph = load_graph(TOY)
     local = tmp_path / "local"
     _execute(graph, root, local, targets=("numbers",))
-    key = runner.plan(graph, runner.resolve_params(graph, [], []), root)["numbers"].key
+    key = planner.plan(graph, planner.resolve_params(graph, [], []), root)["numbers"].key
     copy = publish.local_copy(root, "numbers", key, local)
     assert copy == local / "numbers" / key       # the staging folder became the local copy
     inode = (copy / "numbers.json").stat().st_ino
@@ -275,7 +275,7 @@ def test_a_download_that_differs_from_its_digest_is_refused(root, tmp_path):
     """An object changed in the bucket after publication (same size) is caught by its sha256."""
     graph = load_graph(TOY)
     _execute(graph, root, tmp_path / "local", targets=("numbers",))
-    key = runner.plan(graph, runner.resolve_params(graph, [], []), root)["numbers"].key
+    key = planner.plan(graph, planner.resolve_params(graph, [], []), root)["numbers"].key
     obj = storage.join(root, "numbers", key, "numbers.json")
     good = storage.read_bytes(obj)
     storage.write_bytes(obj, good.replace(b"1", b"7"))
@@ -389,15 +389,15 @@ def test_features_and_report_written_to_and_read_back_from_the_bucket(root, tmp_
 
     write_photos(tmp_path / "photos", {"cat": 7, "dog": 6})
     graph = _real_graph()
-    params = runner.resolve_params(graph, [], [f"data.source=folder", f"data.path={tmp_path / 'photos'}",
-                                               "features.batch_size=4", "features.shard_size=4"])
+    params = planner.resolve_params(graph, [], [f"data.source=folder", f"data.path={tmp_path / 'photos'}",
+                                                "features.batch_size=4", "features.shard_size=4"])
     res = runner.execute(graph, params, root, ["report"], QuietReporter(), local_dir=tmp_path / "host")
     assert [r.action for r in res] == ["ran", "ran", "ran"]
-    plans = runner.plan(graph, params, root)
+    plans = planner.plan(graph, params, root)
     assert all(p.up_to_date for p in plans.values())
     # The same graph on a local cache: the bucket's features are the same arrays.
     runner.execute(graph, params, tmp_path / "local-cache", ["features"], QuietReporter())
-    local_plans = runner.plan(graph, params, tmp_path / "local-cache")
+    local_plans = planner.plan(graph, params, tmp_path / "local-cache")
     assert local_plans["features"].key == plans["features"].key
     fresh = publish.local_copy(root, "features", plans["features"].key, tmp_path / "another-host")
     for split in ("train", "val", "test"):

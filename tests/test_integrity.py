@@ -80,7 +80,7 @@ def test_killed_forced_run_leaves_no_partial_after_the_next_run(tmp_path):
 
 
 def test_status_says_missing_once():
-    from pipeline.runner import StagePlan
+    from pipeline.planner import StagePlan
 
     p = StagePlan("x", "k", {}, {}, None, False, Path("."), ["missing: never run"])
     assert p.describe() == "missing"

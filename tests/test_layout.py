@@ -24,7 +24,6 @@ LINE_BUDGET = 300
 # Module -> the line count it may not exceed until it is split (see issue 24).
 OVERSIZE = {
     "pipeline/images.py": 301,
-    "pipeline/runner.py": 398,
     "pipeline/heads/mlp.py": 346,
     "pipeline/cli.py": 412,
     "pipeline/models/layers.py": 326,

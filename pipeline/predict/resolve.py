@@ -62,9 +62,9 @@ def _how(files: Sequence[Any], overrides: Sequence[str], cache_dir: Any = None) 
 def heads_key_from_params(cache_dir: Any, graph: Any, params: Mapping[str, Any],
                           files: Sequence[Any] = (), overrides: Sequence[str] = ()) -> str:
     """The heads key the params give, or a UserError naming the first stage still to run."""
-    from pipeline import runner
+    from pipeline import planner
 
-    plans = runner.plan(graph, params, cache_dir)
+    plans = planner.plan(graph, params, cache_dir)
     if "heads" not in plans:
         raise UserError("this pipeline has no heads stage, so there is no classifier to use.")
     heads = plans["heads"]
