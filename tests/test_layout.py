@@ -23,7 +23,6 @@ LINE_BUDGET = 300
 
 # Module -> the line count it may not exceed until it is split (see issue 24).
 OVERSIZE = {
-    "pipeline/images.py": 301,
     "pipeline/heads/mlp.py": 346,
 }
 
