@@ -64,7 +64,7 @@ def features(cache_dir: Path, photos: Path, backbone: str, augment: str = "none"
     Views are stored as rows (``reduce: rows``), every split concatenated: the benchmarks carve
     their own splits. Runs the data and features stages only where the cache lacks them.
     """
-    from pipeline import runner
+    from pipeline import planner, runner
     from pipeline.graph import load_graph
     from pipeline.progress import QuietReporter
     from pipeline.features.artifact import load_split, read_info
@@ -73,8 +73,8 @@ def features(cache_dir: Path, photos: Path, backbone: str, augment: str = "none"
     overrides = ["data.source=folder", f"data.path={photos}", f"backbone.name={backbone}",
                  f"features.augment={augment}", "features.reduce=rows", "features.workers=2",
                  f"features.image_size={'null' if image_size is None else image_size}"]
-    params = runner.resolve_params(graph, [], overrides)
-    plan = runner.plan(graph, params, cache_dir)["features"]
+    params = planner.resolve_params(graph, [], overrides)
+    plan = planner.plan(graph, params, cache_dir)["features"]
     if not plan.up_to_date:
         print(f"  computing features: {photos.name} {backbone} augment={augment} size={image_size} ...", flush=True)
         runner.execute(graph, params, cache_dir, ["features"], QuietReporter())

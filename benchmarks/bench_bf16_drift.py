@@ -33,7 +33,7 @@ def main() -> None:
 
     import jax
 
-    from pipeline import images
+    from pipeline import images, resize
     from pipeline.models import registry
 
     paths = sorted(p for p in args.photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.limit]
@@ -42,7 +42,7 @@ def main() -> None:
           f"{'top-1 changed':>14} {'f32 img/s':>10} {'bf16 img/s':>11}")
     for name in args.backbones:
         spec = registry.get_spec(name)
-        batch = np.stack([images.resize_and_crop(images.decode_image(p), spec) for p in paths]).astype(np.float32)
+        batch = np.stack([resize.resize_and_crop(images.decode_image(p), spec) for p in paths]).astype(np.float32)
         out = {}
         for dtype in ("float32", "bfloat16"):
             bb = registry.load_backbone(name, args.cache_dir, dtype=dtype)

@@ -152,13 +152,13 @@ def product_dvc_times(dvc: str, work: Path, repeats: int) -> dict[str, float]:
 
 def stage_overhead(work: Path, n: int = 200) -> float:
     """Mean seconds the engine spends around a stage that does nothing (forced reruns)."""
-    from pipeline import runner
+    from pipeline import planner, runner
     from pipeline.graph import Graph
     from pipeline.progress import QuietReporter
     from pipeline.stage import Stage
 
     graph = Graph([Stage(name="noop", run=lambda ctx: None)])
-    params = runner.resolve_params(graph)
+    params = planner.resolve_params(graph)
     runner.execute(graph, params, work, ["noop"], QuietReporter())
     t = time.perf_counter()
     for _ in range(n):

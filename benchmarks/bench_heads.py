@@ -94,7 +94,7 @@ def real_prototypes(cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     import jax
 
-    from pipeline import images
+    from pipeline import images, resize
     from pipeline.models import registry
 
     bb = registry.load_backbone("efficientnet_lite0", cache)
@@ -103,7 +103,7 @@ def real_prototypes(cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
     px, ys = [], []
     for c, name in enumerate(classes):
         for f in sorted((photos / name).iterdir()):
-            px.append(images.resize_and_crop(images.decode_image(f), bb.spec))
+            px.append(resize.resize_and_crop(images.decode_image(f), bb.spec))
             ys.append(c)
     px = np.stack(px).astype(np.float32)
     x = np.concatenate([np.asarray(embed(bb.params, px[i:i + 16])) for i in range(0, len(px), 16)])

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pipeline import images
+from pipeline import images, resize
 from pipeline.errors import UserError
 
 
@@ -59,7 +59,7 @@ def decoded_views(sources: Iterable[Any], names: Sequence[str], spec: Any, crops
       sources: paths or encoded bytes (see `pipeline.sources.DataSet.sources`).
       names: the image ids, for error messages (same length as `sources`).
       spec: the backbone's `BackboneSpec`.
-      crops, flip: the views of each image (see `pipeline.images.views`).
+      crops, flip: the views of each image (see `pipeline.resize.views`).
       workers: decoding threads.
       depth: how many images may be decoded ahead of the consumer.
       view_fn: optional ``view_fn(pil_image, position in this stream) -> uint8 (V, S, S, 3)`` in
@@ -78,7 +78,7 @@ def decoded_views(sources: Iterable[Any], names: Sequence[str], spec: Any, crops
             raise UserError(f"features: image {name} can no longer be decoded ({e.reason}); it "
                             "changed after the data stage verified it. Rerun: the data stage sees "
                             "the change and lists the file as skipped.") from None
-        return view_fn(img, pos) if view_fn else images.views(img, spec, crops, flip)
+        return view_fn(img, pos) if view_fn else resize.views(img, spec, crops, flip)
 
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         pending: collections.deque = collections.deque()

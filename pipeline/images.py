@@ -1,4 +1,4 @@
-"""Robust image decoding and the backbone's CPU-side preprocessing (PIL, no jax).
+"""Robust image decoding (PIL, no jax); the backbone's resize and crop are `pipeline.resize`.
 
 Every image the pipeline reads goes through `decode_image`: one place that turns "bytes from a
 folder or a tfds record" into an RGB PIL image the same way everywhere, or raises
@@ -28,7 +28,7 @@ import io
 import os
 import struct
 import warnings
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -45,8 +45,6 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # `decode_image` refuses an image over MAX_PIXELS itself, with a reason the data stage lists;
 # PIL's own warning for such an image would only reach the user's terminal as noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 Source = Union[bytes, str, os.PathLike]
 
@@ -144,7 +142,7 @@ def _load_rgb(im: Image.Image, name: str, min_size: int | None, max_pixels: int)
     except Exception:  # a malformed EXIF block is not worth losing the photo over
         pass
     try:
-        return _to_rgb(im)
+        return to_rgb(im)
     except (ValueError, OSError) as e:
         raise ImageDecodeError(name, f"pixel mode {im.mode} cannot be converted to RGB ({e})",
                                "unsupported_mode") from None
@@ -160,7 +158,8 @@ def _draft(im: Image.Image, min_size: int) -> None:
         im.draft(None, (im.size[0] // scale, im.size[1] // scale))
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
+    """`im` in mode RGB: high-bit images scaled to 8 bits, transparency composited on white."""
     mode = im.mode
     if mode == "RGB" and "transparency" not in im.info:
         return im
@@ -224,78 +223,3 @@ def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
                 return w, h
             i += 2 + length
     return None
-
-
-def resized_shorter(img: Image.Image, size: int, method: str) -> Image.Image:
-    """Resize so that the shorter side is `size`, keeping the aspect ratio (torchvision rounding).
-
-    Args:
-      img: an RGB PIL image.
-      size: the new shorter side.
-      method: ``bicubic`` or ``bilinear`` (PIL filters, antialiased when shrinking).
-    """
-    w, h = img.size
-    if w <= h:
-        new = (size, max(1, int(size * h / w)))
-    else:
-        new = (max(1, int(size * w / h)), size)
-    if new == (w, h):
-        return img
-    return img.resize(new, _RESAMPLE[method])
-
-
-def crop_box(width: int, height: int, size: int, where: str = "center") -> tuple[int, int, int, int]:
-    """The (left, top, right, bottom) box of a `size` x `size` crop.
-
-    Args:
-      width, height: the image size (both >= size).
-      where: ``center`` (torchvision's rounding), ``top_left``, ``top_right``, ``bottom_left``
-        or ``bottom_right``.
-    """
-    if where == "center":
-        left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
-    else:
-        v, hz = where.split("_")
-        top = 0 if v == "top" else height - size
-        left = 0 if hz == "left" else width - size
-    return left, top, left + size, top + size
-
-
-def resize_and_crop(img: Image.Image, spec, where: str = "center") -> np.ndarray:
-    """The backbone's CPU-side preprocessing: shorter side to ``spec.resize_size``, then crop.
-
-    Args:
-      img: an RGB PIL image (from `decode_image`).
-      spec: a `BackboneSpec` (uses ``resize_size``, ``resize_method``, ``input_size``).
-      where: which crop (see `crop_box`); the centre crop is the backbone's preprocessing.
-
-    Returns:
-      uint8 array (S, S, 3), S = spec.input_size.
-    """
-    return views(img, spec, (where,))[0]
-
-
-def views(img: Image.Image, spec, crops: Sequence[str] = ("center",), flip: bool = False) -> np.ndarray:
-    """Several crops (and optionally their mirror images) of one resized image.
-
-    Args:
-      img: an RGB PIL image.
-      spec: a `BackboneSpec`.
-      crops: crop positions (see `crop_box`), in output order.
-      flip: also emit each crop mirrored left-right, right after it.
-
-    Returns:
-      uint8 array (V, S, S, 3) with V = len(crops) * (2 if flip else 1).
-    """
-    if img.mode != "RGB":
-        img = _to_rgb(img)
-    s = spec.input_size
-    # A resize_size smaller than the crop would leave nothing to crop; resize to at least S.
-    resized = resized_shorter(img, max(spec.resize_size, s), spec.resize_method)
-    out = []
-    for where in crops:
-        a = np.asarray(resized.crop(crop_box(*resized.size, s, where)), dtype=np.uint8)  # (S, S, 3)
-        out.append(a)
-        if flip:
-            out.append(a[:, ::-1])
-    return np.stack(out)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline import cache, storage
+from pipeline import cache, folders, publish, storage
 from pipeline.errors import UserError
 from pipeline.heads.artifact import read_heads_metrics
 from pipeline.plain import flatten, load_json
@@ -41,7 +41,7 @@ def read_latest(cache_dir: Path) -> dict:
 def _out(cache_dir: Path, stage: str, key: str | None) -> Path | None:
     # A local folder to read: the output itself, or (gs:// cache) its verified local copy.
     if key and cache.is_complete(cache_dir, stage, key):
-        return cache.local_copy(cache_dir, stage, key, storage.default_local_dir())
+        return publish.local_copy(cache_dir, stage, key, storage.default_local_dir())
     return None
 
 
@@ -55,7 +55,7 @@ def _manifest(cache_dir: Any, stage: str, key: str | None) -> dict | None:
 def find_key(cache_dir: Path, stage: str, prefix: str) -> str:
     """The complete output of `stage` whose key starts with `prefix` (it must be unique)."""
     base = storage.join(cache_dir, stage)
-    keys = sorted(k for k in storage.list_dirs(base) if cache.is_complete(cache_dir, stage, k))
+    keys = sorted(k for k in folders.list_dirs(base) if cache.is_complete(cache_dir, stage, k))
     hits = [k for k in keys if k.startswith(prefix)]
     if len(hits) == 1:
         return hits[0]

@@ -158,10 +158,10 @@ def compare(args: argparse.Namespace, resolve: Callable[[argparse.Namespace], tu
     if args.b is not None:
         label_b, keys_b = _side(cache_dir, args.b)
     else:
-        from pipeline import runner
+        from pipeline import planner
 
         graph, files, params = resolve(args)
-        plans = runner.plan(graph, params, cache_dir)
+        plans = planner.plan(graph, params, cache_dir)
         keys_b = {n: p.key for n, p in plans.items()}
         opts = " ".join([*(f"--params {f}" for f in files or []),
                          *(f"-S {o}" for o in getattr(args, "overrides", None) or [])])

@@ -3,13 +3,11 @@
 `as_path` turns a string into a path object: a `pathlib.Path` for a local folder, an
 `etils.epath.Path` for ``gs://...`` (and the other URL schemes epath knows). Both have the
 pathlib API (``/``, ``read_text``, ``exists``...), so code that only reads or writes a few files
-takes either. The handful of operations the cache needs that differ on an object store live
-here too, each with a local and a remote branch:
-
-- `list_files` (every file under a folder with its size, in one listing call on GCS),
-- `write_text` (atomic: temp file + rename locally; one object PUT remotely, which appears whole
-  or not at all), `create_exclusive` (create-if-absent; a generation precondition on GCS),
-- `upload` / `download` (many files in parallel), `rmtree`.
+takes either. The single-file operations the cache needs that differ on an object store live
+here too, each with a local and a remote branch: `write_text` (atomic: temp file + rename
+locally; one object PUT remotely, which appears whole or not at all), `create_exclusive`
+(create-if-absent; a generation precondition on GCS), `read_text`, `remove`. Whole folders
+(listing, removal, upload and download) are `pipeline.folders`.
 
 Remote paths go through fsspec (gcsfs for ``gs://``), imported only when a remote path is used:
 a local run never pays for it. epath itself is told to use fsspec rather than tf.io.gfile for
@@ -23,13 +21,11 @@ fsspec reads default options from the environment, e.g. ``FSSPEC_GCS_TOKEN=anon`
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import os
 import re
-import shutil
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterator, Union
 
 from pipeline.errors import UserError
 
@@ -45,7 +41,7 @@ class RemoteStorageError(UserError, OSError):
 
 
 @contextlib.contextmanager
-def _errors(path: AnyPath) -> Iterator[None]:
+def remote_errors(path: AnyPath) -> Iterator[None]:
     """Turn a failure of the remote filesystem into one clear message naming the URL."""
     try:
         yield
@@ -130,8 +126,8 @@ def filesystem(path: AnyPath):
     return _filesystem(s)
 
 
-def _remote(path: AnyPath) -> tuple[Any, str]:
-    """(filesystem, "bucket/key" without the scheme and without a trailing slash)."""
+def remote(path: AnyPath) -> tuple[Any, str]:
+    """(filesystem, "bucket/key" without the scheme and without a trailing slash) for a URL."""
     fs = filesystem(path)
     return fs, fs._strip_protocol(os.fspath(path)).rstrip("/")
 
@@ -149,8 +145,8 @@ def join(path: AnyPath, *parts: str) -> Any:
 def is_file(path: AnyPath) -> bool:
     if not is_remote(path):
         return os.path.isfile(path)
-    fs, p = _remote(path)
-    with _errors(path):
+    fs, p = remote(path)
+    with remote_errors(path):
         try:
             return fs.isfile(p)
         except FileNotFoundError:
@@ -160,8 +156,8 @@ def is_file(path: AnyPath) -> bool:
 def exists(path: AnyPath) -> bool:
     if not is_remote(path):
         return os.path.exists(path)
-    fs, p = _remote(path)
-    with _errors(path):
+    fs, p = remote(path)
+    with remote_errors(path):
         return fs.exists(p)
 
 
@@ -169,8 +165,8 @@ def read_bytes(path: AnyPath) -> bytes:
     """The file's bytes. Raises FileNotFoundError when it is absent."""
     if not is_remote(path):
         return Path(path).read_bytes()
-    fs, p = _remote(path)
-    with _errors(path):
+    fs, p = remote(path)
+    with remote_errors(path):
         return fs.cat_file(p)
 
 
@@ -185,8 +181,8 @@ def write_bytes(path: AnyPath, data: bytes) -> None:
     (an object appears only once its upload completed). Parent folders are created locally.
     """
     if is_remote(path):
-        fs, p = _remote(path)
-        with _errors(path):
+        fs, p = remote(path)
+        with remote_errors(path):
             fs.pipe_file(p, data)
         return
     path = Path(path)
@@ -242,8 +238,8 @@ def create_exclusive(path: AnyPath, data: bytes) -> bool:
     of two hosts racing, exactly one wins (a storage emulator may ignore the precondition).
     """
     if is_remote(path):
-        fs, p = _remote(path)
-        with _errors(path):
+        fs, p = remote(path)
+        with remote_errors(path):
             try:
                 fs.pipe_file(p, data, mode="create")
             except FileExistsError:
@@ -267,149 +263,12 @@ def remove(path: AnyPath) -> None:
         except FileNotFoundError:
             pass
         return
-    fs, p = _remote(path)
-    with _errors(path):
+    fs, p = remote(path)
+    with remote_errors(path):
         try:
             fs.rm_file(p)
         except FileNotFoundError:
             pass
-
-
-# --- folders -------------------------------------------------------------------------------------
-
-def find(folder: AnyPath) -> list[dict]:
-    """Every file under `folder`: ``[{"path": relative, "size": bytes, "mtime": seconds}]``, sorted.
-
-    One listing request per 1000 objects on GCS (no per-file stat). An absent folder is empty.
-    """
-    out = []
-    if not is_remote(folder):
-        folder = Path(folder)
-        for dirpath, _, filenames in os.walk(folder):
-            for fn in filenames:
-                p = Path(dirpath) / fn
-                st = p.stat()
-                out.append({"path": str(p.relative_to(folder)), "size": st.st_size,
-                            "mtime": st.st_mtime})
-    else:
-        fs, base = _remote(folder)
-        with _errors(folder):
-            try:
-                found = fs.find(base, detail=True)
-            except FileNotFoundError:
-                found = {}
-        prefix = base + "/"
-        for name, info in found.items():
-            # Skip "folder" placeholder objects some tools create (zero-size, name ends in /).
-            if name.startswith(prefix) and not name.endswith("/") and info.get("type", "file") == "file":
-                out.append({"path": name[len(prefix):], "size": int(info["size"]),
-                            "mtime": _mtime(info)})
-    out.sort(key=lambda f: f["path"])
-    return out
-
-
-def _mtime(info: dict) -> float:
-    import datetime
-
-    t = info.get("mtime") or info.get("updated")
-    if isinstance(t, str):
-        t = datetime.datetime.fromisoformat(t.replace("Z", "+00:00"))
-    return t.timestamp() if isinstance(t, datetime.datetime) else 0.0
-
-
-def list_files(folder: AnyPath) -> list[dict]:
-    """Every file under `folder` with its size: ``[{"path": relative, "size": bytes}]``, sorted."""
-    if not is_remote(folder):
-        out = []
-        folder = Path(folder)
-        for dirpath, _, filenames in os.walk(folder):
-            for fn in filenames:
-                p = Path(dirpath) / fn
-                out.append({"path": str(p.relative_to(folder)), "size": p.stat().st_size})
-        out.sort(key=lambda f: f["path"])
-        return out
-    return [{"path": f["path"], "size": f["size"]} for f in find(folder)]
-
-
-def list_dirs(folder: AnyPath) -> list[str]:
-    """Names of the immediate sub-folders of `folder` (empty when it is absent)."""
-    if not is_remote(folder):
-        try:
-            return sorted(e.name for e in os.scandir(folder) if e.is_dir())
-        except FileNotFoundError:
-            return []
-    fs, base = _remote(folder)
-    with _errors(folder):
-        try:
-            entries = fs.ls(base, detail=True)
-        except FileNotFoundError:
-            return []
-    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries
-                  if e.get("type") == "directory")
-
-
-def rmtree(folder: AnyPath) -> None:
-    """Delete a folder and everything under it; absent is fine."""
-    if not is_remote(folder):
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    fs, base = _remote(folder)
-    with _errors(folder):
-        try:
-            fs.rm(base + "/", recursive=True)
-        except FileNotFoundError:
-            pass
-
-
-def upload(local_dir: AnyPath, remote_dir: AnyPath, rel_paths: Iterable[str]) -> None:
-    """Copy files `local_dir/<rel>` to `remote_dir/<rel>` (in parallel; existing ones replaced)."""
-    rel_paths = list(rel_paths)
-    if not rel_paths:
-        return
-    fs, base = _remote(remote_dir)
-    local_dir = os.fspath(local_dir)
-    with _errors(remote_dir):
-        fs.put([os.path.join(local_dir, r) for r in rel_paths], [f"{base}/{r}" for r in rel_paths])
-
-
-def download(remote_dir: AnyPath, local_dir: AnyPath, rel_paths: Iterable[str]) -> None:
-    """Copy files `remote_dir/<rel>` to `local_dir/<rel>` (in parallel; folders created)."""
-    rel_paths = list(rel_paths)
-    if not rel_paths:
-        return
-    fs, base = _remote(remote_dir)
-    local_dir = Path(local_dir)
-    for r in rel_paths:
-        (local_dir / r).parent.mkdir(parents=True, exist_ok=True)
-    with _errors(remote_dir):
-        fs.get([f"{base}/{r}" for r in rel_paths], [os.fspath(local_dir / r) for r in rel_paths])
-
-
-def exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
-
-    Returns:
-      True when swapped; False where the OS or file system cannot (then nothing changed, and
-      the caller falls back to two renames).
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EXDEV, errno.ENOTSUP):
-        return False
-    raise OSError(err, os.strerror(err), os.fspath(b))
 
 
 def default_local_dir() -> Path:

@@ -48,7 +48,7 @@ def load_source_images(data_dir: Path, split: str, label_set: set[int], max_imag
     """
     import numpy as np
 
-    from pipeline import images as images_lib
+    from pipeline import images as images_lib, resize
     from pipeline.sources import load_data
 
     data = load_data(data_dir)
@@ -58,7 +58,7 @@ def load_source_images(data_dir: Path, split: str, label_set: set[int], max_imag
         if label not in label_set:
             continue
         pil = images_lib.decode_image(src, name=str(image_id))
-        pixels.append(images_lib.resize_and_crop(pil, spec))
+        pixels.append(resize.resize_and_crop(pil, spec))
         ids.append(image_id)
         labels.append(label)
         if len(ids) >= max_images:

@@ -4,7 +4,7 @@
 
 Events are counted, in order, over every ``os.replace`` (a shard, an output, a publish, a
 temporary file becoming its real name), every `pipeline.storage.write_bytes` (manifests,
-``runs/latest.json``, memos) and every `pipeline.storage.exchange` (an export replacing a folder). At event number KILL_AT (1-based) the process kills itself with
+``runs/latest.json``, memos) and every `pipeline.folders.exchange` (an export replacing a folder). At event number KILL_AT (1-based) the process kills itself with
 SIGKILL: before the rename for ``os.replace``; after writing only the first half of the bytes to
 the temporary file for ``write_bytes``, i.e. in the middle of writing a manifest. With
 ``:SUBSTRING`` only events whose label (``replace PATH`` / ``write PATH``) contains it count, so a
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     if rest[:1] == ["--"]:
         rest = rest[1:]
 
-    from pipeline import storage
+    from pipeline import folders, storage
 
     events: list[str] = []
     counted = [0]
@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
             die()
         return real_write(path, data)
 
-    real_exchange = storage.exchange
+    real_exchange = folders.exchange
 
     def exchange(a, b):
         if event(f"exchange {os.fspath(b)}"):
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
 
     os.replace = replace
     storage.write_bytes = write_bytes
-    storage.exchange = exchange
+    folders.exchange = exchange
     if count_file:
         atexit.register(lambda: open(count_file, "w").write(json.dumps(events)))
     from pipeline.cli import main as cli_main

@@ -47,7 +47,7 @@ def lite0_world() -> World:
     import jax.numpy as jnp
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline import images
+    from pipeline import images, resize
     from pipeline.heads.trained import save_head
     from pipeline.models import registry
     from pipeline.sources import load_data
@@ -63,7 +63,7 @@ def lite0_world() -> World:
     ds = load_data(root / "data")
 
     bb = registry.load_backbone("efficientnet_lite0", cache)
-    pix = np.stack([images.resize_and_crop(images.decode_image(src), bb.spec)
+    pix = np.stack([resize.resize_and_crop(images.decode_image(src), bb.spec)
                     for split in ("train", "val") for src in ds.sources(split)])
     x = np.asarray(jax.jit(bb.embed)(bb.params, jnp.asarray(pix, jnp.float32)))  # one call, one compile
     y = np.asarray(ds.splits["train"].labels + ds.splits["val"].labels)

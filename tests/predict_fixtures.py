@@ -25,7 +25,7 @@ needs_photos = pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"real photos not 
 def _train():
     # Memoised here, not only by the fixture's scope: a fixture imported into two test modules is
     # two fixture definitions to pytest, and each would train again.
-    from pipeline import runner
+    from pipeline import planner, runner
     from pipeline.graph import load_graph
     from pipeline.predict import resolve
     from pipeline.progress import QuietReporter
@@ -33,9 +33,9 @@ def _train():
     cache = Path(tempfile.mkdtemp(prefix="predict-run-")) / "cache"
     atexit.register(shutil.rmtree, cache.parent, True)
     graph = load_graph()
-    params = runner.resolve_params(graph, [ROOT / "params.yaml", ROOT / "params.smoke.yaml"], OVERRIDES)
+    params = planner.resolve_params(graph, [ROOT / "params.yaml", ROOT / "params.smoke.yaml"], OVERRIDES)
     runner.execute(graph, params, cache, ["heads"], QuietReporter())
-    key = runner.plan(graph, params, cache)["heads"].key
+    key = planner.plan(graph, params, cache)["heads"].key
     return cache, resolve.load_run(cache, key)
 
 

@@ -28,12 +28,12 @@ F16_REL = 1e-3
 
 def photos(spec, n: int = 4) -> np.ndarray:
     """(n, S, S, 3) float32 pixels of real photos, cats and dogs alternating."""
-    from pipeline import images
+    from pipeline import images, resize
 
     if not PHOTOS.is_dir():
         pytest.skip(f"{PHOTOS} is absent (real photos live in ../shared/data next to the repo)")
     rels = [f"{c}/{c}.{i}.jpg" for i in range(1, n // 2 + 1) for c in ("cat", "dog")]
-    return np.stack([images.resize_and_crop(images.decode_image(PHOTOS / r), spec) for r in rels]).astype(np.float32)
+    return np.stack([resize.resize_and_crop(images.decode_image(PHOTOS / r), spec) for r in rels]).astype(np.float32)
 
 
 def check_split(bb: registry.Backbone, at: str, x: np.ndarray, f16: bool = True) -> cut.Cut:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import runner
+from pipeline import planner, runner
 from pipeline.doctor import labels as label_checks, neighbors, planted
 from pipeline.graph import load_graph
 from pipeline.heads.cv import stratified_folds
@@ -82,10 +82,10 @@ def doctored(tmp_path_factory):
     graph = load_graph()
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump({"data": {"source": "folder", "path": str(photos)}}))
-    params = runner.resolve_params(graph, [params_file])
+    params = planner.resolve_params(graph, [params_file])
     cache = root / "cache"
     runner.execute(graph, params, cache, ["doctor"], QuietReporter())
-    plans = runner.plan(graph, params, cache)
+    plans = planner.plan(graph, params, cache)
     found = json.loads((plans["doctor"].out / "doctor.json").read_text())
     return SimpleNamespace(root=root, photos=photos, plant=plant, graph=graph, params=params, cache=cache,
                            plans=plans, found=found, features=plans["features"].out, data=plans["data"].out)
@@ -237,8 +237,8 @@ def test_heads_key_follows_the_doctor_only_when_an_action_is_on(tmp_path):
     graph = load_graph()
 
     def keys(**doctor):
-        params = runner.resolve_params(graph, [], [f"doctor.{k}={v}" for k, v in doctor.items()])
-        plans = runner.plan(graph, params, tmp_path)
+        params = planner.resolve_params(graph, [], [f"doctor.{k}={v}" for k, v in doctor.items()])
+        plans = planner.plan(graph, params, tmp_path)
         return plans["doctor"].key, plans["heads"].key, plans["report"].key
 
     base, other = keys(action="report"), keys(action="report", threshold=0.7)

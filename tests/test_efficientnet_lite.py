@@ -59,9 +59,9 @@ def forward(bb: registry.Backbone, pixels: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def load_photos(spec, rels) -> np.ndarray:
-    from pipeline import images
+    from pipeline import images, resize
 
-    return np.stack([images.resize_and_crop(images.decode_image(PHOTOS / r), spec) for r in rels])
+    return np.stack([resize.resize_and_crop(images.decode_image(PHOTOS / r), spec) for r in rels])
 
 
 def test_installed_wheels_match_spec_checksums(tmp_path):

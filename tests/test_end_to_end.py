@@ -38,15 +38,15 @@ def actions(stdout: str) -> dict[str, str]:
 
 def test_params_yaml_holds_the_defaults():
     """params.yaml is written by `params --commented --params /dev/null`; keep it in step with the code."""
-    from pipeline import runner
+    from pipeline import planner
     from pipeline.graph import load_graph
     from pipeline.params import to_plain
 
     graph = load_graph()
-    assert to_plain(runner.resolve_params(graph, [ROOT / "params.yaml"])) == \
-        to_plain(runner.resolve_params(graph, [])), \
+    assert to_plain(planner.resolve_params(graph, [ROOT / "params.yaml"])) == \
+        to_plain(planner.resolve_params(graph, [])), \
         "params.yaml differs from the code defaults: python -m pipeline params --commented --params /dev/null > params.yaml"
-    smoke = runner.resolve_params(graph, [ROOT / "params.yaml", ROOT / "params.smoke.yaml"])
+    smoke = planner.resolve_params(graph, [ROOT / "params.yaml", ROOT / "params.smoke.yaml"])
     assert smoke["data"].max_per_class == 8
 
 

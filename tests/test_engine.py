@@ -14,7 +14,7 @@ from typing import Union
 
 import pytest
 
-from pipeline import cache, runner
+from pipeline import cache, planner, runner
 from pipeline.graph import load_graph
 from pipeline.params import ParamsError, spec
 from pipeline.progress import QuietReporter
@@ -36,8 +36,8 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: float
 
 
 def keys_for(graph, *overrides: str, root: Path) -> dict[str, str]:
-    params = runner.resolve_params(graph, [], overrides)
-    return {n: p.key for n, p in runner.plan(graph, params, root).items()}
+    params = planner.resolve_params(graph, [], overrides)
+    return {n: p.key for n, p in planner.plan(graph, params, root).items()}
 
 
 # --- keys ----------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def test_input_fingerprint_makes_stage_stale(graph, tmp_path):
 # --- run, rerun, reuse ---------------------------------------------------------------------------
 
 def _execute(graph, root, *overrides, targets=("total", "slow"), force=()):
-    params = runner.resolve_params(graph, [], overrides)
+    params = planner.resolve_params(graph, [], overrides)
     return {r.name: r.action for r in runner.execute(graph, params, root, targets, QuietReporter(), force=force)}
 
 
@@ -134,7 +134,7 @@ def test_rerun_only_changed_stage_and_revert_reuses(graph, tmp_path):
     assert _execute(graph, tmp_path, "total.scale=3") == {"numbers": "reused", "total": "ran", "slow": "reused"}
     # Setting it back reuses the first output (run-cache): nothing runs.
     assert _execute(graph, tmp_path) == {"numbers": "reused", "total": "reused", "slow": "reused"}
-    out = json.loads((runner.plan(graph, runner.resolve_params(graph, [], []), tmp_path)["total"].out
+    out = json.loads((planner.plan(graph, planner.resolve_params(graph, [], []), tmp_path)["total"].out
                       / "total.json").read_text())
     assert out == {"total": 10.0}
     # An upstream change reruns everything downstream of it.
@@ -153,7 +153,7 @@ def test_force_reruns_one_stage(graph, tmp_path):
 
 def test_manifest_records_params_upstream_versions_and_files(graph, tmp_path):
     _execute(graph, tmp_path, "total.scale=2")
-    plans = runner.plan(graph, runner.resolve_params(graph, [], ["total.scale=2"]), tmp_path)
+    plans = planner.plan(graph, planner.resolve_params(graph, [], ["total.scale=2"]), tmp_path)
     m = cache.read_manifest(plans["total"].out)
     assert m["params"]["total"]["scale"] == 2.0
     assert m["upstream"] == {"numbers": plans["numbers"].key}
@@ -167,7 +167,7 @@ def test_manifest_records_params_upstream_versions_and_files(graph, tmp_path):
 
 def test_status_explains_staleness(graph, tmp_path):
     _execute(graph, tmp_path)
-    plans = runner.plan(graph, runner.resolve_params(graph, [], ["total.inner.offset=1.5"]), tmp_path)
+    plans = planner.plan(graph, planner.resolve_params(graph, [], ["total.inner.offset=1.5"]), tmp_path)
     assert plans["numbers"].up_to_date and plans["slow"].up_to_date
     assert plans["total"].state == "stale"
     assert plans["total"].reasons == ["param total.inner.offset: 0.0 -> 1.5"]
@@ -181,7 +181,7 @@ def test_failing_stage_leaves_no_output(graph, tmp_path):
     graph.stages["total"] = dataclasses.replace(graph.stages["total"], run=boom)
     with pytest.raises(RuntimeError, match="stage bug"):
         _execute(graph, tmp_path, targets=("total",))
-    plans = runner.plan(graph, runner.resolve_params(graph, [], []), tmp_path)
+    plans = planner.plan(graph, planner.resolve_params(graph, [], []), tmp_path)
     assert not plans["total"].up_to_date
     assert not cache.partial_dir(tmp_path, "total", plans["total"].key).exists()
     assert plans["numbers"].up_to_date  # finished upstream work is kept
@@ -261,14 +261,14 @@ def test_bad_params_file_names_file_and_line(tmp_path):
     out = run_cli("status", "--graph", TOY, "--params", str(bad), cwd=tmp_path)
     assert out.returncode == 2 and str(bad) in out.stderr and "line" in out.stderr
     with pytest.raises(ParamsError, match="does not exist"):
-        runner.resolve_params(load_graph(TOY), [tmp_path / "missing.yaml"])
+        planner.resolve_params(load_graph(TOY), [tmp_path / "missing.yaml"])
 
 
 def test_params_files_overlay_and_overrides_win(tmp_path, graph):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("total:\n  scale: 2\n  inner: {offset: 1, label: a}\n")
     b.write_text("total:\n  inner: {label: b}\n")
-    params = runner.resolve_params(graph, [a, b], ["total.inner.offset=5"])
+    params = planner.resolve_params(graph, [a, b], ["total.inner.offset=5"])
     assert (params["total"].scale, params["total"].inner.offset, params["total"].inner.label) == (2.0, 5.0, "b")
 
 
@@ -346,9 +346,9 @@ def test_fan_out_caches_each_part_by_its_own_key(tmp_path):
     root = tmp_path / "cache"
 
     def run(*overrides):
-        params = runner.resolve_params(graph, [], overrides)
+        params = planner.resolve_params(graph, [], overrides)
         results = runner.execute(graph, params, root, ["join"], QuietReporter())
-        plans = runner.plan(graph, params, root)
+        plans = planner.plan(graph, params, root)
         joined = json.loads((plans["join"].out / "joined.json").read_text())
         return [(r.name, r.action) for r in results], joined, plans
 
@@ -371,6 +371,6 @@ def test_fan_out_caches_each_part_by_its_own_key(tmp_path):
     removed, _, _ = run("pick.name=a")
     assert removed == [("part", "reused"), ("join", "reused")]
     assert log.read_text().splitlines() == ["part a", "part b"]
-    status = runner.plan(graph, runner.resolve_params(graph, [], ["pick.name=[a,c]"]), root)["part"]
+    status = planner.plan(graph, planner.resolve_params(graph, [], ["pick.name=[a,c]"]), root)["part"]
     assert not status.up_to_date and status.parts[0].up_to_date and not status.parts[1].up_to_date
     assert any(r.startswith("c: ") for r in status.reasons)

@@ -50,13 +50,13 @@ assert type(sys.modules["numpy"]).__name__ == "_Deferred", type(sys.modules["num
 def test_execute_loads_deferred_numpy_before_stages_run(tmp_path):
     code = f"""
 import sys
-from pipeline import runner
+from pipeline import planner, runner
 from pipeline.graph import load_graph
 from pipeline.progress import QuietReporter
 graph = load_graph("stages", defer_imports=True)
 assert type(sys.modules["numpy"]).__name__ == "_Deferred"
 graph = load_graph("tests.toy_graph")
-runner.execute(graph, runner.resolve_params(graph), {str(tmp_path / 'c')!r}, ["numbers"], QuietReporter())
+runner.execute(graph, planner.resolve_params(graph), {str(tmp_path / 'c')!r}, ["numbers"], QuietReporter())
 np = sys.modules["numpy"]
 assert type(np).__name__ == "module" and np.arange(4).sum() == 6
 import stages.features as f

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import images
+from pipeline import images, resize
 from pipeline.features.artifact import load_split
 from pipeline.params import ParamsError
 from stages import data as data_stage
@@ -70,7 +70,7 @@ def reference(data_dir, backbone, split, crops=("center",), flip=False):
     rows = []
     for src in ds.sources(split):
         img = images.decode_image(src)
-        v = images.views(img, backbone.spec, crops, flip).astype(np.float32)
+        v = resize.views(img, backbone.spec, crops, flip).astype(np.float32)
         rows.append(np.asarray(backbone.embed(backbone.params, v)))
     return np.stack(rows)
 
@@ -216,7 +216,7 @@ def test_lite0_through_the_registry_on_real_photos(tmp_path):
     bb = registry.load_backbone("efficientnet_lite0", cache)
     ds = data_stage.load_data(tmp_path / "data")
     srcs = list(ds.sources("train"))[:3]
-    px = np.stack([images.resize_and_crop(images.decode_image(s), bb.spec) for s in srcs]).astype(np.float32)
+    px = np.stack([resize.resize_and_crop(images.decode_image(s), bb.spec) for s in srcs]).astype(np.float32)
     np.testing.assert_allclose(feats[:3], np.asarray(bb.embed(bb.params, px)), rtol=1e-4, atol=1e-4)
 
 

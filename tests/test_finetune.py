@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import runner
+from pipeline import planner
 from pipeline.finetune.artifact import load_split
 from pipeline.graph import load_graph
 from pipeline.params import ParamsError
@@ -65,7 +65,7 @@ def trunk_dir(data_dir, tmp_path_factory):
 
 
 def test_trunk_rows_are_the_cut_of_the_centre_and_augmented_views(data_dir, trunk_dir):
-    from pipeline import images
+    from pipeline import images, resize
     from pipeline.models import cut
 
     bb = tiny_backbone.make_cuttable()
@@ -77,7 +77,7 @@ def test_trunk_rows_are_the_cut_of_the_centre_and_augmented_views(data_dir, trun
     ds = data_stage.load_data(data_dir)
     src = next(ds.sources("train"))
     img = images.decode_image(src, min_size=max(bb.spec.resize_size, bb.spec.input_size))  # as the stages decode
-    centre = images.resize_and_crop(img, bb.spec)[None].astype(np.float32)
+    centre = resize.resize_and_crop(img, bb.spec)[None].astype(np.float32)
     # Row 0 is the backbone's own preprocessing: through the top it gives embed's features.
     np.testing.assert_allclose(np.asarray(c.top(bb.params, acts[:1, 0])), np.asarray(bb.embed(bb.params, centre)),
                                atol=1e-3 * float(np.abs(bb.embed(bb.params, centre)).max()))
@@ -154,7 +154,7 @@ def test_finetune_beats_its_probe_on_train_loss_and_keeps_the_best_val_epoch(dat
 def _check_pixel_model(data_dir: Path, trunk_dir: Path, ft_dir: Path) -> None:
     """The gradient stages' view of the fine-tuned classifier (backbone with the trained top merged
     in, on pixels) gives the logits the stage computed from the cached activations."""
-    from pipeline import images
+    from pipeline import images, resize
     from pipeline.finetune import model as finetuned
     from pipeline.gradients import model as model_lib
     from pipeline.sources import load_data
@@ -166,7 +166,7 @@ def _check_pixel_model(data_dir: Path, trunk_dir: Path, ft_dir: Path) -> None:
     model, seg = model_lib.multi_head_model(bb, {"imagenet": "imagenet", "finetune": head}, {"finetune": merged})
     src = next(load_data(data_dir).sources("test"))
     img = images.decode_image(src, min_size=max(bb.spec.resize_size, bb.spec.input_size))
-    pixels = images.resize_and_crop(img, bb.spec)[None].astype(np.float32)
+    pixels = resize.resize_and_crop(img, bb.spec)[None].astype(np.float32)
     logits = np.asarray(model.apply(model.params, pixels))[0, slice(*seg["finetune"])]
     assert head.classes[int(np.argmax(logits))] == preds[0]["pred"] and preds[0]["id"] == ids[0]
     p = np.exp(logits - logits.max())
@@ -184,8 +184,8 @@ def test_learning_rate_reruns_only_finetune_and_views_rerun_the_trunk(tmp_path):
     graph = load_graph()
 
     def keys(*overrides):
-        params = runner.resolve_params(graph, [], list(overrides))
-        return {n: p.key for n, p in runner.plan(graph, params, tmp_path).items()}
+        params = planner.resolve_params(graph, [], list(overrides))
+        return {n: p.key for n, p in planner.plan(graph, params, tmp_path).items()}
 
     base = keys()
     lr = keys("finetune_train.lr_backbone=0.00001")

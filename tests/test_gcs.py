@@ -28,7 +28,7 @@ for _module, _dist in (("gcsfs", "gcsfs"), ("gcp_storage_emulator", "gcp-storage
     if importlib.util.find_spec(_module) is None:
         pytest.skip(f"gs:// tests need {_dist} (the project's test extra)", allow_module_level=True)
 
-from pipeline import cache, runner, storage  # noqa: E402
+from pipeline import folders, planner, publish, runner, storage  # noqa: E402
 from pipeline.graph import load_graph  # noqa: E402
 from pipeline.progress import QuietReporter  # noqa: E402
 from tests.stage_helpers import wait_for  # noqa: E402
@@ -105,7 +105,7 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: float
 
 
 def bucket_files(url: str) -> dict[str, int]:
-    return {f["path"]: f["size"] for f in storage.list_files(url)}
+    return {f["path"]: f["size"] for f in folders.list_files(url)}
 
 
 # --- the file API --------------------------------------------------------------------------------
@@ -130,16 +130,16 @@ def test_paths_files_and_folders_round_trip(root, tmp_path):
     (src / "a" / "b").mkdir(parents=True)
     (src / "a" / "b" / "x.npy").write_bytes(b"\x93NUMPY" + b"0" * 1000)
     (src / "empty").write_bytes(b"")
-    files = storage.list_files(src)
-    storage.upload(src, root + "/tree", [f["path"] for f in files])
-    assert storage.list_files(root + "/tree") == files
-    storage.download(root + "/tree", tmp_path / "back", [f["path"] for f in files])
-    assert storage.list_files(tmp_path / "back") == files
+    files = folders.list_files(src)
+    folders.upload(src, root + "/tree", [f["path"] for f in files])
+    assert folders.list_files(root + "/tree") == files
+    folders.download(root + "/tree", tmp_path / "back", [f["path"] for f in files])
+    assert folders.list_files(tmp_path / "back") == files
     assert (tmp_path / "back" / "a" / "b" / "x.npy").read_bytes() == (src / "a" / "b" / "x.npy").read_bytes()
-    assert storage.list_dirs(root) == ["report", "tree"]
-    storage.rmtree(root + "/tree")
-    assert storage.list_files(root + "/tree") == [] and not storage.exists(root + "/tree/empty")
-    storage.rmtree(root + "/never-existed")                 # absent is fine
+    assert folders.list_dirs(root) == ["report", "tree"]
+    folders.rmtree(root + "/tree")
+    assert folders.list_files(root + "/tree") == [] and not storage.exists(root + "/tree/empty")
+    folders.rmtree(root + "/never-existed")                 # absent is fine
     # Create-if-absent, the lock's primitive. Locally a second create is refused; on GCS that
     # is the ifGenerationMatch=0 precondition, which the emulator does not enforce, so only the
     # first create is checked there (the lock reads before it creates for that reason).
@@ -192,7 +192,7 @@ def test_run_status_reuse_on_gcs(root, tmp_path):
         listed = {f["path"]: f["size"] for f in manifest["files"]}
         assert bucket_files(s["out"]) == {**listed, "manifest.json": bucket_files(s["out"])["manifest.json"]}
     assert json.loads(storage.read_text(plans["total"]["out"] + "/total.json")) == {"total": 20.0}
-    assert not [d for d in storage.list_dirs(root + "/total") if d.endswith(".partial")]
+    assert not [d for d in folders.list_dirs(root + "/total") if d.endswith(".partial")]
     assert not storage.exists(root + "/.lock")          # released
     latest = json.loads(storage.read_text(root + "/runs/latest.json"))
     assert latest["stages"]["total"] == {"key": plans["total"]["key"], "complete": True}
@@ -214,7 +214,7 @@ def test_run_status_reuse_on_gcs(root, tmp_path):
 
 
 def _execute(graph, root, local, *overrides, targets=("total",)):
-    params = runner.resolve_params(graph, [], overrides)
+    params = planner.resolve_params(graph, [], overrides)
     res = runner.execute(graph, params, root, targets, QuietReporter(), local_dir=local)
     return {r.name: r.action for r in res}
 
@@ -230,21 +230,21 @@ def test_failed_stage_leaves_nothing_complete_on_gcs(root, tmp_path):
     graph.stages["total"] = dataclasses.replace(graph.stages["total"], run=boom)
     with pytest.raises(RuntimeError, match="stage bug"):
         _execute(graph, root, tmp_path / "local")
-    plans = runner.plan(graph, runner.resolve_params(graph, [], []), root)
+    plans = planner.plan(graph, planner.resolve_params(graph, [], []), root)
     assert plans["numbers"].up_to_date and not plans["total"].up_to_date
     assert plans["total"].state == "missing"
-    assert storage.list_files(root + "/total") == []                 # nothing uploaded
+    assert folders.list_files(root + "/total") == []                 # nothing uploaded
     assert not (tmp_path / "local" / "total").exists() or \
         not any((tmp_path / "local" / "total").iterdir())            # staging discarded
 
 
 def test_half_uploaded_output_is_not_complete_and_is_replaced(root, tmp_path):
     graph = load_graph(TOY)
-    key = runner.plan(graph, runner.resolve_params(graph, [], []), root)["numbers"].key
+    key = planner.plan(graph, planner.resolve_params(graph, [], []), root)["numbers"].key
     # What a host killed in the middle of an upload leaves: files, no manifest.
     storage.write_text(f"{root}/numbers/{key}/numbers.json", "[1, 2")
     storage.write_text(f"{root}/numbers/{key}/stray.bin", "x")
-    plans = runner.plan(graph, runner.resolve_params(graph, [], []), root)
+    plans = planner.plan(graph, planner.resolve_params(graph, [], []), root)
     assert not plans["numbers"].up_to_date and plans["numbers"].state == "missing"
     assert _execute(graph, root, tmp_path / "local", targets=("numbers",)) == {"numbers": "ran"}
     files = bucket_files(f"{root}/numbers/{key}")
@@ -256,31 +256,31 @@ def test_local_copies_are_verified_against_the_manifest(root, tmp_path):
     graph = load_graph(TOY)
     local = tmp_path / "local"
     _execute(graph, root, local, targets=("numbers",))
-    key = runner.plan(graph, runner.resolve_params(graph, [], []), root)["numbers"].key
-    copy = cache.local_copy(root, "numbers", key, local)
+    key = planner.plan(graph, planner.resolve_params(graph, [], []), root)["numbers"].key
+    copy = publish.local_copy(root, "numbers", key, local)
     assert copy == local / "numbers" / key       # the staging folder became the local copy
     inode = (copy / "numbers.json").stat().st_ino
-    assert cache.local_copy(root, "numbers", key, local) == copy
+    assert publish.local_copy(root, "numbers", key, local) == copy
     assert (copy / "numbers.json").stat().st_ino == inode        # complete: reused, not fetched
     (copy / "numbers.json").write_text("[9")                     # damaged (size differs)
-    cache.local_copy(root, "numbers", key, local)
+    publish.local_copy(root, "numbers", key, local)
     assert json.loads((copy / "numbers.json").read_text()) == [0, 1, 2, 3, 4]
-    other = cache.local_copy(root, "numbers", key, tmp_path / "elsewhere")   # another host
+    other = publish.local_copy(root, "numbers", key, tmp_path / "elsewhere")   # another host
     assert json.loads((other / "numbers.json").read_text()) == [0, 1, 2, 3, 4]
     with pytest.raises(FileNotFoundError):
-        cache.local_copy(root, "numbers", "0" * 20, local)
+        publish.local_copy(root, "numbers", "0" * 20, local)
 
 
 def test_a_download_that_differs_from_its_digest_is_refused(root, tmp_path):
     """An object changed in the bucket after publication (same size) is caught by its sha256."""
     graph = load_graph(TOY)
     _execute(graph, root, tmp_path / "local", targets=("numbers",))
-    key = runner.plan(graph, runner.resolve_params(graph, [], []), root)["numbers"].key
+    key = planner.plan(graph, planner.resolve_params(graph, [], []), root)["numbers"].key
     obj = storage.join(root, "numbers", key, "numbers.json")
     good = storage.read_bytes(obj)
     storage.write_bytes(obj, good.replace(b"1", b"7"))
     with pytest.raises(OSError, match="numbers.json changed after it was written"):
-        cache.local_copy(root, "numbers", key, tmp_path / "elsewhere")
+        publish.local_copy(root, "numbers", key, tmp_path / "elsewhere")
 
 
 def test_sigkill_mid_stage_then_rerun_resumes_on_gcs(root, tmp_path):
@@ -293,7 +293,7 @@ def test_sigkill_mid_stage_then_rerun_resumes_on_gcs(root, tmp_path):
     assert wait_for(lambda: len(list((local / "slow").glob("*.partial/step-*.json"))) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert storage.list_files(root + "/slow") == []         # nothing of slow in the bucket
+    assert folders.list_files(root + "/slow") == []         # nothing of slow in the bucket
     done_before = len(list((local / "slow").glob("*.partial/step-*.json")))
     holder = json.loads(storage.read_text(root + "/.lock"))  # the dead run's lock is left behind
     assert holder["pid"] == proc.pid and holder["host"] == socket.gethostname()
@@ -318,7 +318,7 @@ def test_lock_held_from_another_host_stops_the_run(root, tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "in use by another run (pid 4242 on tpu-worker-7" in out.stderr
     assert f"gcloud storage rm {root}/.lock" in out.stderr
-    assert storage.list_files(root + "/numbers") == []
+    assert folders.list_files(root + "/numbers") == []
 
 
 def test_missing_bucket_is_a_clear_error(gcs, tmp_path):
@@ -348,7 +348,7 @@ def test_two_processes_share_shards_through_the_bucket(root, tmp_path):
         for i in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    (key,) = storage.list_dirs(root + "/spread")
+    (key,) = folders.list_dirs(root + "/spread")
     out = f"{root}/spread/{key}"
     manifest = json.loads(storage.read_text(out + "/manifest.json"))
     assert manifest["process_count"] == 2
@@ -389,17 +389,17 @@ def test_features_and_report_written_to_and_read_back_from_the_bucket(root, tmp_
 
     write_photos(tmp_path / "photos", {"cat": 7, "dog": 6})
     graph = _real_graph()
-    params = runner.resolve_params(graph, [], [f"data.source=folder", f"data.path={tmp_path / 'photos'}",
-                                               "features.batch_size=4", "features.shard_size=4"])
+    params = planner.resolve_params(graph, [], [f"data.source=folder", f"data.path={tmp_path / 'photos'}",
+                                                "features.batch_size=4", "features.shard_size=4"])
     res = runner.execute(graph, params, root, ["report"], QuietReporter(), local_dir=tmp_path / "host")
     assert [r.action for r in res] == ["ran", "ran", "ran"]
-    plans = runner.plan(graph, params, root)
+    plans = planner.plan(graph, params, root)
     assert all(p.up_to_date for p in plans.values())
     # The same graph on a local cache: the bucket's features are the same arrays.
     runner.execute(graph, params, tmp_path / "local-cache", ["features"], QuietReporter())
-    local_plans = runner.plan(graph, params, tmp_path / "local-cache")
+    local_plans = planner.plan(graph, params, tmp_path / "local-cache")
     assert local_plans["features"].key == plans["features"].key
-    fresh = cache.local_copy(root, "features", plans["features"].key, tmp_path / "another-host")
+    fresh = publish.local_copy(root, "features", plans["features"].key, tmp_path / "another-host")
     for split in ("train", "val", "test"):
         got, want = load_split(fresh, split), load_split(local_plans["features"].out, split)
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]

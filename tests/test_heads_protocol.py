@@ -188,25 +188,25 @@ def test_metrics_carry_bootstrap_intervals(fused):
 
 
 def test_backbone_list_validation_names_the_bad_entry():
-    from pipeline import runner
+    from pipeline import planner
     from pipeline.graph import load_graph
 
     graph = load_graph()
     with pytest.raises(ParamsError, match=r"backbone\.name\[1\]: 'efficientnet_lite9' is not a registered backbone"):
-        runner.resolve_params(graph, [], ["backbone.name=[efficientnet_lite0,efficientnet_lite9]"])
+        planner.resolve_params(graph, [], ["backbone.name=[efficientnet_lite0,efficientnet_lite9]"])
     with pytest.raises(ParamsError, match="twice"):
-        runner.resolve_params(graph, [], ["backbone.name=[efficientnet_lite0,efficientnet_lite0]"])
+        planner.resolve_params(graph, [], ["backbone.name=[efficientnet_lite0,efficientnet_lite0]"])
 
 
 def test_each_backbone_of_a_list_keeps_its_own_features_key(tmp_path):
     """The real graph: [lite0, lite2]'s features parts are exactly lite0's and lite2's runs."""
-    from pipeline import runner
+    from pipeline import planner
     from pipeline.graph import load_graph
 
     graph = load_graph()
 
     def plan(*o):
-        return runner.plan(graph, runner.resolve_params(graph, [], list(o)), tmp_path)
+        return planner.plan(graph, planner.resolve_params(graph, [], list(o)), tmp_path)
 
     lite0, lite2 = plan("backbone.name=efficientnet_lite0"), plan("backbone.name=efficientnet_lite2")
     both = plan("backbone.name=[efficientnet_lite0,efficientnet_lite2]")
@@ -214,17 +214,17 @@ def test_each_backbone_of_a_list_keeps_its_own_features_key(tmp_path):
     assert both["features"].key == lite0["features"].key        # ctx.inputs["features"]: the first
     assert both["heads"].key not in (lite0["heads"].key, lite2["heads"].key)
     assert plan("backbone.name=[efficientnet_lite0]")["heads"].key == lite0["heads"].key
-    params = runner.resolve_params(graph, [], ["backbone.name=[efficientnet_lite2,efficientnet_lite0]"])
+    params = planner.resolve_params(graph, [], ["backbone.name=[efficientnet_lite2,efficientnet_lite0]"])
     assert params["backbone"].primary == "efficientnet_lite2"   # what ideal / adversarial run
 
 
 def test_accurate_overlay_parses(tmp_path):
-    from pipeline import runner
+    from pipeline import planner
     from pipeline.graph import load_graph
 
     root = Path(__file__).resolve().parents[1]
     graph = load_graph()
-    params = runner.resolve_params(graph, [root / "params.yaml", root / "params.accurate.yaml"], [])
+    params = planner.resolve_params(graph, [root / "params.yaml", root / "params.accurate.yaml"], [])
     assert params["backbone"].names == ("efficientnet_lite2",)
     assert params["features"].image_size is None  # the native size measured best (docs/accuracy.md)
     assert params["heads"].standardize == "auto" and params["heads"].logreg.criterion == "log_loss"

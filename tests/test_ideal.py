@@ -32,11 +32,11 @@ def test_defaults_validate_and_recipes_inherit_unset_fields():
 def test_ideal_study_overlay_adds_the_ablations():
     from pathlib import Path
 
-    from pipeline import runner
+    from pipeline import planner
     from pipeline.graph import load_graph
 
     root = Path(__file__).resolve().parents[1]
-    params = runner.resolve_params(load_graph(), [root / "params.yaml", root / "params.ideal-study.yaml"])
+    params = planner.resolve_params(load_graph(), [root / "params.yaml", root / "params.ideal-study.yaml"])
     assert [n for n, _ in ideal.recipes(params["ideal"])] == ["main", "lesson", "prob", "pixel_tv_transforms",
                                                             "no_transforms", "decay_1"]
 

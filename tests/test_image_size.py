@@ -16,20 +16,20 @@ SIZE = 256  # Lite0's native 224 crop of a 256 resize becomes a 256 crop of a 29
 
 
 def _params(extra: list[str]):
-    from pipeline import runner
+    from pipeline import planner
     from pipeline.graph import load_graph
 
     graph = load_graph()
-    return graph, runner.resolve_params(graph, [ROOT / "params.yaml", ROOT / "params.smoke.yaml"],
-                                        [*OVERRIDES, *extra])
+    return graph, planner.resolve_params(graph, [ROOT / "params.yaml", ROOT / "params.smoke.yaml"],
+                                         [*OVERRIDES, *extra])
 
 
 def test_image_size_keys_the_features_and_everything_after_them(tmp_path):
-    from pipeline import runner
+    from pipeline import planner
 
     graph, native = _params([])
     _, larger = _params([f"features.image_size={SIZE}"])
-    a, b = runner.plan(graph, native, tmp_path), runner.plan(graph, larger, tmp_path)
+    a, b = planner.plan(graph, native, tmp_path), planner.plan(graph, larger, tmp_path)
     assert a["data"].key == b["data"].key
     for stage in ("features", "doctor", "heads"):
         assert a[stage].key != b[stage].key, stage
@@ -51,7 +51,7 @@ def test_a_backbone_with_a_fixed_input_refuses_another_size():
 @pytest.mark.slow
 @needs_photos
 def test_features_predict_and_export_follow_a_larger_image_size(tmp_path, monkeypatch):
-    from pipeline import cli, images, runner
+    from pipeline import cli, images, planner, resize, runner
     from pipeline.models import registry
     from pipeline.predict import resolve
     from pipeline.predict.model import load_classifier
@@ -62,7 +62,7 @@ def test_features_predict_and_export_follow_a_larger_image_size(tmp_path, monkey
     cache = tmp_path / "cache"
     graph, params = _params([f"features.image_size={SIZE}"])
     runner.execute(graph, params, cache, ["heads"], QuietReporter())
-    plan = runner.plan(graph, params, cache)
+    plan = planner.plan(graph, params, cache)
     info = json.loads((plan["features"].out / "info.json").read_text())
     assert info["input_size"] == SIZE
 
@@ -71,11 +71,11 @@ def test_features_predict_and_export_follow_a_larger_image_size(tmp_path, monkey
     spec = registry.get_spec("efficientnet_lite0")
     backbone = registry.load_backbone(spec.name, cache)
     img = images.decode_image(PHOTOS / ids[0], min_size=spec.at_size(SIZE).resize_size)
-    crop = images.views(img, spec.at_size(SIZE))
+    crop = resize.views(img, spec.at_size(SIZE))
     assert crop.shape == (1, SIZE, SIZE, 3)
     row = np.asarray(backbone.embed(backbone.params, crop.astype(np.float32)))[0]
     np.testing.assert_allclose(row, feats[0], rtol=1e-4, atol=1e-4)
-    native = np.asarray(backbone.embed(backbone.params, images.views(img, spec).astype(np.float32)))[0]
+    native = np.asarray(backbone.embed(backbone.params, resize.views(img, spec).astype(np.float32)))[0]
     assert np.abs(native - feats[0]).max() > 1e-2  # the native crop is measurably another input
 
     # predict: same preprocessing, same probabilities as the heads stage stored (see test_predict).

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from pipeline import images
+from pipeline import images, resize
 from pipeline.models.spec import BackboneSpec, WeightSource
 from tests import image_zoo
 
@@ -93,8 +93,8 @@ def test_big_jpeg_draft_is_faster_and_close(zoo):
     assert full_img.size == (5000, 4000)
     assert draft_img.size == (1250, 1000)        # 1/4 scale keeps the shorter side >= 2 x 256
     assert t_draft < t_full
-    full = images.resize_and_crop(full_img, spec).astype(int)
-    draft = images.resize_and_crop(draft_img, spec).astype(int)
+    full = resize.resize_and_crop(full_img, spec).astype(int)
+    draft = resize.resize_and_crop(draft_img, spec).astype(int)
     diff = np.abs(full - draft)
     # Measured on photos upscaled to 5000x4000 with noise: mean 0.2-0.5 levels, max <= 5.
     assert diff.mean() < 1.0 and diff.max() <= 8
@@ -126,12 +126,12 @@ def test_missing_file_is_unreadable(tmp_path):
 def test_resize_and_crop_geometry():
     spec = make_spec(input_size=224, resize_size=256)
     img = image_zoo.textured(300, 200)
-    out = images.resize_and_crop(img, spec)
+    out = resize.resize_and_crop(img, spec)
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
     # Shorter side 200 -> 256, longer 300 -> int(256 * 300 / 200) = 384; centre crop at (80, 16).
     expect = np.asarray(img.resize((384, 256), Image.Resampling.BICUBIC).crop((80, 16, 304, 240)))
     assert np.array_equal(out, expect)
-    portrait = images.resize_and_crop(img.transpose(Image.Transpose.TRANSPOSE), spec)
+    portrait = resize.resize_and_crop(img.transpose(Image.Transpose.TRANSPOSE), spec)
     # PIL resizes rows then columns with a uint8 rounding in between, so a transposed image can
     # differ by a few levels; a crop off by one pixel would differ by tens (the noise texture).
     d = np.abs(portrait.astype(int) - out.transpose(1, 0, 2))
@@ -141,9 +141,9 @@ def test_resize_and_crop_geometry():
 def test_views_flip_and_corner_crops():
     spec = make_spec(input_size=32, resize_size=40, method="bilinear")
     img = image_zoo.textured(50, 40)
-    v = images.views(img, spec, ("center", "top_left", "bottom_right"), flip=True)
+    v = resize.views(img, spec, ("center", "top_left", "bottom_right"), flip=True)
     assert v.shape == (6, 32, 32, 3)
     assert np.array_equal(v[1], v[0][:, ::-1])
-    assert np.array_equal(v[0], images.resize_and_crop(img, spec))
+    assert np.array_equal(v[0], resize.resize_and_crop(img, spec))
     resized = np.asarray(img.resize((50, 40), Image.Resampling.BILINEAR))
     assert np.array_equal(v[2], resized[:32, :32]) and np.array_equal(v[4], resized[-32:, -32:])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cache
+from pipeline import cache, publish
 from pipeline.errors import UserError
 from tests.integrity_helpers import cli, count_events, kill_points, killed, leftovers, published
 
@@ -42,7 +42,7 @@ def test_truncated_output_is_damaged_rerun_and_refused_by_readers(tmp_path):
     assert f"✗ numbers" in st.stdout and f"damaged: numbers.json is 5 bytes, {size:,} written" in st.stdout
     # A reader refuses it and names the fix; it never reads the bytes.
     with pytest.raises(UserError, match=r"numbers\.json is 5 bytes.*python -m pipeline run numbers"):
-        cache.local_copy(root, "numbers", f.parent.name)
+        publish.local_copy(root, "numbers", f.parent.name)
     run = cli(*_toy("run", "total", cache_dir=root))
     assert run.returncode == 0, run.stderr
     assert "numbers      ran" in run.stdout and "total        reused" in run.stdout
@@ -80,7 +80,7 @@ def test_killed_forced_run_leaves_no_partial_after_the_next_run(tmp_path):
 
 
 def test_status_says_missing_once():
-    from pipeline.runner import StagePlan
+    from pipeline.planner import StagePlan
 
     p = StagePlan("x", "k", {}, {}, None, False, Path("."), ["missing: never run"])
     assert p.describe() == "missing"
@@ -127,7 +127,9 @@ def test_damaged_probe_memo_is_refit_not_read(tmp_path):
     from pipeline.heads import memo
 
     result = {"W": np.arange(12.0).reshape(3, 4), "b": np.zeros(3), "train_only": (np.ones((3, 4)), np.ones(3)),
-              "mean": None, "scale": None, "standardize": False, "chosen": {"C": 1.0}}
+              "mean": None, "scale": None, "standardize": False, "chosen": {"C": 1.0},
+              "plain": {"W": np.ones((3, 4)), "b": np.zeros(3), "mean": np.zeros(4), "scale": np.ones(4),
+                        "C": 1.0, "select": "cv"}}
     path = tmp_path / "memo.npz"
     for damage in (lambda p: p.write_bytes(p.read_bytes()[:200]), _flipper(result["W"].tobytes())):
         memo._save(path, result)
@@ -139,7 +141,7 @@ def test_damaged_probe_memo_is_refit_not_read(tmp_path):
 def test_damaged_converted_weights_are_converted_again(tmp_path):
     import numpy as np
 
-    from pipeline.models import registry
+    from pipeline.models import converted
     from pipeline.models.spec import BackboneSpec, WeightSource
 
     spec = BackboneSpec(name="npz_test", family="test", config={}, input_size=32, resize_size=36,
@@ -150,10 +152,10 @@ def test_damaged_converted_weights_are_converted_again(tmp_path):
     params = {"features": {"conv": {"kernel": kernel}}, "head": {"bias": np.zeros(16, np.float32)}}
     path = tmp_path / "converted.npz"
     for damage in (lambda p: p.write_bytes(p.read_bytes()[:300]), _flipper(kernel.tobytes())):
-        registry._save_converted(path, params, spec)
-        assert registry._load_converted(path, spec) is not None
+        converted.save(path, params, spec)
+        assert converted.load(path, spec) is not None
         damage(path)
-        assert registry._load_converted(path, spec) is None and not path.exists()
+        assert converted.load(path, spec) is None and not path.exists()
 
 
 # --- symlink loops, decompression-bomb warnings, a full disk -------------------------------------

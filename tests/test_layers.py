@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pipeline.models import layers
+from pipeline.models import depthwise, layers
 
 
 def _numpy_depthwise(x, kernel, stride, padding):
@@ -43,7 +43,7 @@ def test_depthwise_impls_match_numpy(h, w, k, stride, padding):
     kern = rng.standard_normal((k, k, 1, 6)).astype(np.float32)
     want = _numpy_depthwise(x, kern, stride, padding)
     for impl in ("xla", "shifted"):
-        got = np.asarray(layers.depthwise_conv(jnp.asarray(x), jnp.asarray(kern), stride, padding, impl))
+        got = np.asarray(depthwise.depthwise_conv(jnp.asarray(x), jnp.asarray(kern), stride, padding, impl))
         assert got.shape == want.shape, impl
         # float32 sums of <= 25 products of O(1) numbers: error ~1e-6.
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=impl)
@@ -58,7 +58,7 @@ def test_depthwise_gradients_agree(h, w, k, stride, padding):
     kern = jnp.asarray(rng.standard_normal((k, k, 1, 4)), jnp.float32)
 
     def grads(impl):
-        loss = lambda v, kk: jnp.sum(jnp.sin(layers.depthwise_conv(v, kk, stride, padding, impl)))  # noqa: E731
+        loss = lambda v, kk: jnp.sum(jnp.sin(depthwise.depthwise_conv(v, kk, stride, padding, impl)))  # noqa: E731
         return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kern)
 
     (gx_x, gk_x), (gx_s, gk_s) = grads("xla"), grads("shifted")
@@ -71,11 +71,11 @@ def test_depthwise_module_bf16_and_auto():
     x = jnp.asarray(rng.standard_normal((2, 8, 8, 5)), jnp.float32)
     outs = {}
     for impl in ("xla", "shifted", "auto"):
-        mod = layers.DepthwiseConv(kernel_size=3, stride=2, depthwise=impl)
+        mod = depthwise.DepthwiseConv(kernel_size=3, stride=2, depthwise=impl)
         params = mod.init(jax.random.PRNGKey(0), x)
         assert params["params"]["kernel"].shape == (3, 3, 1, 5)
         outs[impl] = mod.apply(params, x)
-        bf = layers.DepthwiseConv(kernel_size=3, stride=2, depthwise=impl, dtype=jnp.bfloat16).apply(params, x)
+        bf = depthwise.DepthwiseConv(kernel_size=3, stride=2, depthwise=impl, dtype=jnp.bfloat16).apply(params, x)
         assert bf.dtype == jnp.bfloat16
         # bf16 has an 8-bit mantissa: relative error ~2^-8 per rounding.
         np.testing.assert_allclose(np.asarray(bf, np.float32), outs[impl], rtol=0.05, atol=0.05)
@@ -85,10 +85,10 @@ def test_depthwise_module_bf16_and_auto():
 
 
 def test_resolve_depthwise():
-    assert layers.resolve_depthwise("auto") == ("shifted" if jax.default_backend() == "cpu" else "xla")
-    assert layers.resolve_depthwise("xla") == "xla"
+    assert depthwise.resolve_depthwise("auto") == ("shifted" if jax.default_backend() == "cpu" else "xla")
+    assert depthwise.resolve_depthwise("xla") == "xla"
     with pytest.raises(ValueError, match="depthwise"):
-        layers.resolve_depthwise("fast")
+        depthwise.resolve_depthwise("fast")
 
 
 @pytest.mark.parametrize("size,k,s", list(itertools.product([224, 112, 7, 15], [1, 3, 5], [1, 2])))

@@ -128,7 +128,7 @@ def test_a_fused_run_is_refused_with_a_fix_that_names_a_cached_run(trained_run):
     """Heads fused over two backbones need one pixel input per backbone, which predict does not
     take: `load_run` says so, and the rerun it names (`-S backbone.name=<first>`) is a heads run
     the cache already holds (here, the session's lite0 run), so the fix costs nothing to plan."""
-    from pipeline import runner
+    from pipeline import planner, runner
     from pipeline.errors import UserError
     from pipeline.graph import load_graph
     from pipeline.predict import resolve
@@ -137,14 +137,14 @@ def test_a_fused_run_is_refused_with_a_fix_that_names_a_cached_run(trained_run):
     cache, single = trained_run
     graph = load_graph()
     files = [ROOT / "params.yaml", ROOT / "params.smoke.yaml"]
-    fused = runner.resolve_params(graph, files, [*OVERRIDES, "backbone.name=[efficientnet_lite0,efficientnet_lite1]"])
+    fused = planner.resolve_params(graph, files, [*OVERRIDES, "backbone.name=[efficientnet_lite0,efficientnet_lite1]"])
     runner.execute(graph, fused, cache, ["heads"], QuietReporter())
-    key = runner.plan(graph, fused, cache)["heads"].key
+    key = planner.plan(graph, fused, cache)["heads"].key
     with pytest.raises(UserError) as err:
         resolve.load_run(cache, key)
     message = str(err.value)
     assert "fused features of efficientnet_lite0, efficientnet_lite1" in message
     fix = "-S backbone.name=efficientnet_lite0"
     assert fix in message and "--run latest" in message
-    again = runner.plan(graph, runner.resolve_params(graph, files, [*OVERRIDES, fix.split()[1]]), cache)
+    again = planner.plan(graph, planner.resolve_params(graph, files, [*OVERRIDES, fix.split()[1]]), cache)
     assert again["heads"].up_to_date and again["heads"].key == single.keys["heads"]

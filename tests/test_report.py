@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pipeline import cli, runner, show
+from pipeline import cli, planner, runner, show
 from pipeline.errors import UserError
 from pipeline.graph import load_graph
 from pipeline.progress import QuietReporter
@@ -84,10 +84,10 @@ def small_run(tmp_path_factory):
     params_file.write_text(yaml.safe_dump({s: _fit(graph.schema[s], v) for s, v in SMALL.items()
                                            if s in graph.schema}))
     cache_dir = root / "cache"
-    params = runner.resolve_params(graph, [params_file], [])
+    params = planner.resolve_params(graph, [params_file], [])
     t0 = time.perf_counter()
     res = runner.execute(graph, params, cache_dir, ["report"], QuietReporter())
-    plans = runner.plan(graph, params, cache_dir)
+    plans = planner.plan(graph, params, cache_dir)
     runner.record_latest(cache_dir, plans, [params_file], [])
     out = plans["report"].out
     return SimpleNamespace(graph=graph, cache_dir=cache_dir, params_file=params_file, plans=plans, out=out,
@@ -446,11 +446,11 @@ def test_show_without_a_run_says_how_to_make_one(tmp_path):
 def second_run(small_run):
     """The same run with another heads seed: only heads reruns (the backbone pass is reused)."""
     overrides = ["heads.seed=1"]
-    params = runner.resolve_params(small_run.graph, [small_run.params_file], overrides)
+    params = planner.resolve_params(small_run.graph, [small_run.params_file], overrides)
     res = runner.execute(small_run.graph, params, small_run.cache_dir, ["heads"], QuietReporter())
     assert {r.name: r.action for r in res} == {"data": "reused", "features": "reused", "doctor": "reused",
                                                "heads": "ran"}
-    return SimpleNamespace(overrides=overrides, heads=runner.plan(small_run.graph, params, small_run.cache_dir)["heads"])
+    return SimpleNamespace(overrides=overrides, heads=planner.plan(small_run.graph, params, small_run.cache_dir)["heads"])
 
 
 def _rows(text: str) -> dict[str, list[str]]:

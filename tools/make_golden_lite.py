@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import images  # noqa: E402  (PIL + numpy only)
+from pipeline import images, resize  # noqa: E402  (PIL + numpy only)
 from pipeline.models import imagenet, zoo_lite  # noqa: E402  (data only)
 
 GOLDEN = ROOT / "tests" / "golden"
@@ -62,7 +62,7 @@ def synthetic_pixels(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def load_photo(rel: str, spec) -> np.ndarray:
-    return images.resize_and_crop(images.decode_image(PHOTOS / rel), spec)  # (S, S, 3) uint8
+    return resize.resize_and_crop(images.decode_image(PHOTOS / rel), spec)  # (S, S, 3) uint8
 
 
 def reference_model(v: int):
@@ -87,7 +87,7 @@ def main() -> None:
     torch.set_num_threads(2)
     GOLDEN.mkdir(parents=True, exist_ok=True)
     report: dict = {"torch": torch.__version__, "reference": "efficientnet-lite-pytorch==0.1.0",
-                    "preprocessing": "pipeline.images.resize_and_crop, RGB/127.5-1", "variants": {}}
+                    "preprocessing": "pipeline.resize.resize_and_crop, RGB/127.5-1", "variants": {}}
     for v, spec in enumerate(zoo_lite.SPECS):
         model = reference_model(v)
         syn = synthetic_pixels(4, spec.input_size, seed=v)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from pipeline import images
+from pipeline import resize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +74,12 @@ def image_views(img: Image.Image, spec: Any, plan: ViewPlan, index: int) -> np.n
     if img.mode != "RGB":
         img = img.convert("RGB")
     s = spec.input_size
-    out = [images.resize_and_crop(img, spec)]
+    out = [resize.resize_and_crop(img, spec)]
     for v in range(1, plan.views + 1):
         rng = np.random.default_rng((plan.seed, index, v))
         if plan.crop:
             box = random_crop_box(*img.size, rng, plan.min_scale)
-            view = img.resize((s, s), images._RESAMPLE[spec.resize_method], box=box)
+            view = img.resize((s, s), resize.RESAMPLE[spec.resize_method], box=box)
         else:
             view = Image.fromarray(out[0])
         if plan.color_jitter > 0:

@@ -49,7 +49,7 @@ def choose_photos(data: Any, photos: int | str | Sequence[str], key: str = "insp
 
 def load_photos(data: Any, wanted: Sequence[tuple[str, str]], spec: Any) -> dict[str, np.ndarray]:
     """Decode, resize and centre-crop the photos `wanted` ((split, id) pairs): id -> (S, S, 3) uint8."""
-    from pipeline import images as images_lib
+    from pipeline import images as images_lib, resize
 
     by_split: dict[str, set[str]] = {}
     for s, i in wanted:
@@ -62,7 +62,7 @@ def load_photos(data: Any, wanted: Sequence[tuple[str, str]], spec: Any) -> dict
         for pos, src in zip(range(positions[0], positions[-1] + 1), data.sources(s, positions[0], positions[-1] + 1)):
             if rec.ids[pos] in ids:
                 pil = images_lib.decode_image(src, name=str(rec.ids[pos]))
-                out[rec.ids[pos]] = images_lib.resize_and_crop(pil, spec)
+                out[rec.ids[pos]] = resize.resize_and_crop(pil, spec)
     return out
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pipeline.models import layers
+from pipeline.models.depthwise import DepthwiseConv, resolve_depthwise
 from pipeline.models.convert import StateReader, torch_conv_kernel, torch_linear_kernel
 from pipeline.models.spec import BackboneSpec
 from pipeline.models.families import convert_version
@@ -113,8 +114,8 @@ class MBConv(nn.Module):
         y = x
         if c.expand != 1:
             y = relu6(layers.Conv(c.mid, 1, dtype=self.dtype, name="expand")(y))  # (B, H, W, mid)
-        y = relu6(layers.DepthwiseConv(c.kernel, c.stride, depthwise=self.depthwise, dtype=self.dtype,
-                                       name="dw")(y))  # (B, H/s, W/s, mid)
+        y = relu6(DepthwiseConv(c.kernel, c.stride, depthwise=self.depthwise, dtype=self.dtype,
+                                name="dw")(y))  # (B, H/s, W/s, mid)
         y = layers.Conv(c.cout, 1, dtype=self.dtype, name="project")(y)  # linear bottleneck
         return x + y if c.residual else y
 
@@ -163,7 +164,7 @@ def build(spec: BackboneSpec, dtype: str = "float32", depthwise: str = "auto", s
 
     `start`/`stop` cut it to a slice of `layer_names` (see `pipeline.models.cut`).
     """
-    return EfficientNetLite(block_configs(spec.config), depthwise=layers.resolve_depthwise(depthwise),
+    return EfficientNetLite(block_configs(spec.config), depthwise=resolve_depthwise(depthwise),
                             dtype=jnp.dtype(dtype), start=start, stop=stop)
 
 

@@ -12,7 +12,7 @@ Keras details that matter for parity with its weights:
 
 The backbone is frozen, so BatchNorm is folded into the preceding conv at conversion time
 (`pipeline.models.layers.fold_batchnorm`); every conv then has a bias. Depthwise convs use
-`pipeline.models.layers.DepthwiseConv`, whose ``depthwise`` setting picks XLA's grouped conv
+`pipeline.models.depthwise.DepthwiseConv`, whose ``depthwise`` setting picks XLA's grouped conv
 ("xla", fast on GPU/TPU) or shifted multiply-adds ("shifted", ~10x faster on XLA:CPU).
 
 Features are the global average of ``out_relu`` (1280-d), on which the ImageNet head
@@ -32,7 +32,8 @@ import numpy as np
 
 from pipeline.models import keras_h5
 from pipeline.models.convert import StateReader
-from pipeline.models.layers import DepthwiseConv, fold_batchnorm, layer_span, resolve_depthwise
+from pipeline.models.depthwise import DepthwiseConv, resolve_depthwise
+from pipeline.models.layers import fold_batchnorm, layer_span
 from pipeline.models.spec import BackboneSpec
 from pipeline.models.families import convert_version
 

@@ -261,7 +261,7 @@ def make_backbone(spec: BackboneSpec, params: Any, dtype: str = "float32", depth
 def _check_options(dtype: str, depthwise: str) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"dtype: {dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
-    from pipeline.models.layers import DEPTHWISE_IMPLS
+    from pipeline.models.depthwise import DEPTHWISE_IMPLS
 
     if depthwise not in DEPTHWISE_IMPLS:
         raise ValueError(f"depthwise: {depthwise!r} is not allowed; choose one of {', '.join(DEPTHWISE_IMPLS)}")

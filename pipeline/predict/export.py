@@ -165,12 +165,12 @@ def _alive(pid: int) -> bool:
 
 def _swap_in(work: Path, out: Path) -> None:
     """Rename the finished folder to `out`, replacing what was there (empty, or --force)."""
-    from pipeline import storage
+    from pipeline import folders
 
     if not out.exists():
         os.replace(work, out)
         return
-    if storage.exchange(work, out):   # one atomic step: `out` is the old folder, then the new
+    if folders.exchange(work, out):   # one atomic step: `out` is the old folder, then the new
         shutil.rmtree(work, ignore_errors=True)
         return
     trash = out.absolute().parent / f".{out.name}.replaced-{os.getpid()}"

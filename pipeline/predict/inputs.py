@@ -4,7 +4,7 @@ Folders are walked the way the data stage walks an image folder (`pipeline.sourc
 hidden files skipped, files with an image suffix taken); a file named on the command line is
 always tried, whatever its suffix, so that a photo saved as ``.jfif`` is not silently ignored.
 Every image goes through `pipeline.images.decode_image` and the backbone's own resize and crop
-(`pipeline.images.views`), exactly as the features stage prepared the training photos.
+(`pipeline.resize.views`), exactly as the features stage prepared the training photos.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from pipeline import images
+from pipeline import images, resize
 from pipeline.sources import IMAGE_SUFFIXES, walk_files
 
 _GLOB_CHARS = set("*?[")
@@ -119,7 +119,7 @@ def decoded(files: Sequence[Path], spec: Any, crops: Sequence[str], flip: bool, 
             img = images.decode_image(path, min_size=need)
         except images.ImageDecodeError as e:
             return BadFile(str(path), e.kind, e.reason)
-        return images.views(img, spec, crops, flip)
+        return resize.views(img, spec, crops, flip)
 
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         pending: collections.deque = collections.deque()

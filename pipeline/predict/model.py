@@ -147,7 +147,7 @@ def load_classifier(run: RunRef, head_name: str, *, depthwise: str | None = None
         feats = feats.reshape(b, v, -1).mean(axis=1)                          # (B, D)
         return jax.nn.softmax(head.logits(hp, feats), axis=-1)               # (B, C)
 
-    from pipeline.models.layers import resolve_depthwise
+    from pipeline.models.depthwise import resolve_depthwise
 
     config = (run.backbone_name, dtype, resolve_depthwise(depthwise), head.kind, repr(sorted(head.config.items())),
               len(run.classes), dataclasses.astuple(pre))

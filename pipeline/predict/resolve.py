@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline import cache, results, storage
+from pipeline import cache, publish, results, storage
 from pipeline.errors import UserError
 from pipeline.heads.artifact import read_heads_metrics
 
@@ -62,9 +62,9 @@ def _how(files: Sequence[Any], overrides: Sequence[str], cache_dir: Any = None) 
 def heads_key_from_params(cache_dir: Any, graph: Any, params: Mapping[str, Any],
                           files: Sequence[Any] = (), overrides: Sequence[str] = ()) -> str:
     """The heads key the params give, or a UserError naming the first stage still to run."""
-    from pipeline import runner
+    from pipeline import planner
 
-    plans = runner.plan(graph, params, cache_dir)
+    plans = planner.plan(graph, params, cache_dir)
     if "heads" not in plans:
         raise UserError("this pipeline has no heads stage, so there is no classifier to use.")
     heads = plans["heads"]
@@ -97,7 +97,7 @@ def load_run(cache_dir: Any, heads_key: str) -> RunRef:
       UserError: the features output it was trained on is gone, or its backbone cannot be used.
     """
     keys = results.chain_from_heads(cache_dir, heads_key)
-    heads_dir = cache.local_copy(cache_dir, "heads", heads_key, storage.default_local_dir())
+    heads_dir = publish.local_copy(cache_dir, "heads", heads_key, storage.default_local_dir())
     from pipeline.heads.trained import fused_backbones
 
     blocks = fused_backbones(heads_dir)
