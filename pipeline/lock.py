@@ -27,16 +27,6 @@ class LockHolder:
         return f"pid {self.pid} on {self.host}, started {self.started}: {self.command}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
     """An exclusive lock on a cache root, held for the whole of a `run` command.
 
@@ -75,7 +65,7 @@ class RunLock:
                 f"finish, or use a different --cache-dir. Two runs on one cache would race to "
                 f"write the same outputs.") from None
         previous = self._read_holder()
-        if previous is not None and previous.pid != os.getpid() and not _pid_alive(previous.pid):
+        if previous is not None and previous.pid != os.getpid() and not storage.pid_alive(previous.pid):
             self.took_over = previous  # the kernel dropped its flock when it died
         holder = LockHolder(os.getpid(), socket.gethostname(), self.command,
                             time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -142,7 +132,7 @@ class RemoteRunLock:
                         self.holder = me
                         return self
                     continue  # another run created it between our read and our write
-                if current.host == me.host and current.pid > 0 and not _pid_alive(current.pid):
+                if current.host == me.host and current.pid > 0 and not storage.pid_alive(current.pid):
                     storage.write_bytes(self.path, data)
                     self.holder, self.took_over = me, current
                     return self

@@ -204,7 +204,7 @@ def _drop_dead_temporaries(path: Path) -> None:
     """Remove ``.<name>.<pid>.tmp`` files that a SIGKILLed writer of `path` left behind."""
     for stray in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
         pid = stray.name[len(path.name) + 2:-4]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             stray.unlink(missing_ok=True)
 
 
@@ -214,7 +214,8 @@ def glob_escape(name: str) -> str:
     return glob.escape(name)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a writer's or a lock holder's, by its pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.errors import UserError, terminal_safe
 from pipeline.predict import formats as fmt_lib
 from pipeline.predict.model import Classifier, load_classifier
@@ -139,7 +140,7 @@ def _start(out: Path, force: bool) -> Path:
     parent = out.absolute().parent
     for stale in parent.glob(f".{out.name}.export-*") if parent.is_dir() else ():
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not storage.pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)   # left by a killed export
     work = parent / f".{out.name}.export-{os.getpid()}"
     try:
@@ -151,16 +152,6 @@ def _start(out: Path, force: bool) -> Path:
                         f"to build it in failed ({e.strerror or type(e).__name__}); choose a folder "
                         f"you may write to.") from None
     return work
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _swap_in(work: Path, out: Path) -> None:
