@@ -10,14 +10,13 @@ import dataclasses
 import platform
 import shutil
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pipeline import cache, publish, storage
 from pipeline.errors import UserError
 from pipeline.graph import Graph
-from pipeline.params import ParamsError, to_plain
+from pipeline.params import to_plain
 from pipeline.planner import StagePlan, plan
 from pipeline.stage import Reporter, StageContext
 
@@ -199,10 +198,3 @@ def record_latest(root: Any, plans: Mapping[str, StagePlan], params_files: Seque
                        **({"parts": [q.key for q in p.parts]} if p.parts else {})}
                    for n, p in plans.items()},
     })
-
-
-def format_exception_for_user(exc: BaseException) -> str:
-    """A user error is its message; anything else is a bug and keeps its traceback."""
-    if isinstance(exc, (UserError, ParamsError)):
-        return f"error: {exc}"
-    return "".join(traceback.format_exception(exc))
