@@ -64,12 +64,9 @@ def is_complete(root: AnyPath, stage: str, key: str) -> bool:
 
 
 def file_digest(path: AnyPath) -> str:
-    """sha256 of a local file's bytes, in hex (read in 1 MiB blocks: flat memory)."""
-    h = hashlib.sha256()
+    """sha256 of a local file's bytes, in hex (hashlib reads it in blocks: flat memory)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def damage(root: AnyPath, stage: str, key: str, digests: bool = False) -> str | None:

@@ -25,12 +25,9 @@ MEMO_VERSION = 1
 
 
 def file_sha1(path: Path) -> str:
-    """sha1 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha1()
+    """sha1 of a file's bytes (hashlib reads it in blocks)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def _memo_path(memo_dir: Path, root: Path) -> Path:
