@@ -92,65 +92,29 @@ def test_report_in_chromium_has_every_section_parsed_map_data_and_nothing_live(h
 
 
 def _evaluate(page: Path, profile: Path, exprs: dict[str, str]) -> dict:
-    """Open `page` in headless Chromium over the DevTools protocol (as `test_report` does) and
-    return each JavaScript expression's value once the page's own check has run. A dialog
-    (``alert``) opened by anything on the page fails the test."""
+    """Open `page` in headless Chromium over the DevTools protocol (`tests.devtools`) and return
+    each JavaScript expression's value once the page's own check has run. A dialog (``alert``)
+    opened by anything on the page fails the test."""
     import asyncio
     import time
 
-    import aiohttp
+    from tests.devtools import drive
 
-    proc = subprocess.Popen([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                             "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.time() + 60
-        while not (port_file.is_file() and len(port_file.read_text().split()) >= 2):
-            assert time.time() < deadline and proc.poll() is None, "chromium did not open its DevTools port"
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
+    async def script(cdp) -> dict:
+        for domain in ("Page", "Runtime"):
+            await cdp.call(f"{domain}.enable")
+        await cdp.call("Page.navigate", url=page.as_uri())
+        end = time.time() + 60
+        while not await cdp.value("document.readyState === 'complete' && !!document.body"):
+            assert time.time() < end
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
+        got = {k: await cdp.value(e) for k, e in exprs.items()}
+        dialogs = [e for e in cdp.events if e.get("method") == "Page.javascriptDialogOpening"]
+        assert dialogs == [], dialogs
+        return got
 
-        async def drive() -> dict:
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
-                    target = next(t for t in await r.json() if t["type"] == "page")
-                async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                    counter, events = iter(range(1, 10_000)), []
-
-                    async def call(method: str, **params) -> dict:
-                        i = next(counter)
-                        await ws.send_json({"id": i, "method": method, "params": params})
-                        while True:
-                            msg = await asyncio.wait_for(ws.receive_json(), 60)
-                            if msg.get("id") == i:
-                                assert "error" not in msg, msg
-                                return msg["result"]
-                            events.append(msg)
-
-                    async def value(expr: str):
-                        res = await call("Runtime.evaluate", expression=expr, returnByValue=True)
-                        assert "exceptionDetails" not in res, (expr, res["exceptionDetails"])
-                        return res["result"].get("value")
-
-                    for domain in ("Page", "Runtime"):
-                        await call(f"{domain}.enable")
-                    await call("Page.navigate", url=page.as_uri())
-                    end = time.time() + 60
-                    while not await value("document.readyState === 'complete' && !!document.body"):
-                        assert time.time() < end
-                        await asyncio.sleep(0.1)
-                    await asyncio.sleep(0.3)
-                    got = {k: await value(e) for k, e in exprs.items()}
-            dialogs = [e for e in events if e.get("method") == "Page.javascriptDialogOpening"]
-            assert dialogs == [], dialogs
-            return got
-
-        return asyncio.run(drive())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    return drive(script, profile)
 
 
 def _elements(page: str) -> list[tuple[str, list]]:

@@ -313,89 +313,50 @@ def test_report_opens_in_headless_chromium(small_run, tmp_path):
 
 
 def _devtools_hover(page: Path, tmp: Path) -> dict:
-    """Open `page` in headless Chromium over the DevTools protocol, move the mouse onto one point
-    of the 2-D map, and return what the page shows plus every console message / exception."""
+    """Open `page` in headless Chromium over the DevTools protocol (`tests.devtools`), move the
+    mouse onto one point of the 2-D map, and return what the page shows plus every console
+    message / exception."""
     import asyncio
 
-    import aiohttp
+    from tests.devtools import drive
 
-    proc = subprocess.Popen([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                             "--remote-debugging-port=0", f"--user-data-dir={tmp}", "--window-size=1280,1600",
-                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        port_file = tmp / "DevToolsActivePort"
-        deadline = time.time() + 60
-        while not (port_file.is_file() and len(port_file.read_text().split()) >= 2):
-            assert time.time() < deadline and proc.poll() is None, "chromium did not open its DevTools port"
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
+    async def script(cdp) -> dict:
+        for domain in ("Page", "Runtime", "Log"):
+            await cdp.call(f"{domain}.enable")
+        await cdp.call("Page.navigate", url=page.as_uri())
+        while not await cdp.value("document.body && document.body.dataset.checked === 'true'"):
+            await asyncio.sleep(0.1)
+        # The test point farthest from its neighbours, scrolled into view, in CSS pixels.
+        point = await cdp.value("""(() => {
+            const fig = document.getElementById('feature-map'); fig.scrollIntoView();
+            const d = JSON.parse(document.getElementById('feature-map-data').textContent);
+            const img = fig.querySelector('img'), r = img.getBoundingClientRect();
+            let best = 0, bestD = -1;
+            for (let i = 0; i < d.pos.length; i++) {
+              if (!d.labels[i].includes('(test)')) continue;
+              let m = 1e9;
+              for (let j = 0; j < d.pos.length; j++) if (j !== i)
+                m = Math.min(m, Math.hypot((d.pos[i][0] - d.pos[j][0]) * r.width, (d.pos[i][1] - d.pos[j][1]) * r.height));
+              if (m > bestD) { bestD = m; best = i; }
+            }
+            return {x: r.left + d.pos[best][0] * r.width, y: r.top + d.pos[best][1] * r.height,
+                    label: d.labels[best]};
+        })()""")
+        await cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=point["x"], y=point["y"])
+        shown = await cdp.value("""(() => { const t = document.querySelector('#feature-map .pm-tip');
+            return {text: t.textContent, display: getComputedStyle(t).display,
+                    hover: document.getElementById('feature-map').dataset.hover || ''}; })()""")
+        await cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=5, y=5)
+        hidden = await cdp.value("getComputedStyle(document.querySelector('#feature-map .pm-tip')).display")
+        body = await cdp.value("JSON.stringify(document.body.dataset)")
+        await asyncio.sleep(0.2)
+        await cdp.drain()  # what arrived meanwhile
+        problems = [e for e in cdp.events if e.get("method") == "Runtime.exceptionThrown"
+                    or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "warning"))
+                    or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] in ("error", "warning"))]
+        return {"point": point, "shown": shown, "hidden": hidden, "body": json.loads(body), "problems": problems}
 
-        async def drive() -> dict:
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
-                    target = next(t for t in await r.json() if t["type"] == "page")
-                async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                    ids, events = iter(range(1, 10_000)), []
-
-                    async def call(method: str, **params) -> dict:
-                        i = next(ids)
-                        await ws.send_json({"id": i, "method": method, "params": params})
-                        while True:
-                            msg = await asyncio.wait_for(ws.receive_json(), 60)
-                            if msg.get("id") == i:
-                                assert "error" not in msg, msg
-                                return msg["result"]
-                            events.append(msg)
-
-                    async def value(expr: str):
-                        res = await call("Runtime.evaluate", expression=expr, returnByValue=True)
-                        assert "exceptionDetails" not in res, res
-                        return res["result"].get("value")
-
-                    for domain in ("Page", "Runtime", "Log"):
-                        await call(f"{domain}.enable")
-                    await call("Page.navigate", url=page.as_uri())
-                    while not await value("document.body && document.body.dataset.checked === 'true'"):
-                        await asyncio.sleep(0.1)
-                    # The test point farthest from its neighbours, scrolled into view, in CSS pixels.
-                    point = await value("""(() => {
-                        const fig = document.getElementById('feature-map'); fig.scrollIntoView();
-                        const d = JSON.parse(document.getElementById('feature-map-data').textContent);
-                        const img = fig.querySelector('img'), r = img.getBoundingClientRect();
-                        let best = 0, bestD = -1;
-                        for (let i = 0; i < d.pos.length; i++) {
-                          if (!d.labels[i].includes('(test)')) continue;
-                          let m = 1e9;
-                          for (let j = 0; j < d.pos.length; j++) if (j !== i)
-                            m = Math.min(m, Math.hypot((d.pos[i][0] - d.pos[j][0]) * r.width, (d.pos[i][1] - d.pos[j][1]) * r.height));
-                          if (m > bestD) { bestD = m; best = i; }
-                        }
-                        return {x: r.left + d.pos[best][0] * r.width, y: r.top + d.pos[best][1] * r.height,
-                                label: d.labels[best]};
-                    })()""")
-                    await call("Input.dispatchMouseEvent", type="mouseMoved", x=point["x"], y=point["y"])
-                    shown = await value("""(() => { const t = document.querySelector('#feature-map .pm-tip');
-                        return {text: t.textContent, display: getComputedStyle(t).display,
-                                hover: document.getElementById('feature-map').dataset.hover || ''}; })()""")
-                    await call("Input.dispatchMouseEvent", type="mouseMoved", x=5, y=5)
-                    hidden = await value("getComputedStyle(document.querySelector('#feature-map .pm-tip')).display")
-                    body = await value("JSON.stringify(document.body.dataset)")
-                    await asyncio.sleep(0.2)
-                    while True:  # drain what arrived meanwhile
-                        try:
-                            events.append(await asyncio.wait_for(ws.receive_json(), 0.2))
-                        except asyncio.TimeoutError:
-                            break
-            problems = [e for e in events if e.get("method") == "Runtime.exceptionThrown"
-                        or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "warning"))
-                        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] in ("error", "warning"))]
-            return {"point": point, "shown": shown, "hidden": hidden, "body": json.loads(body), "problems": problems}
-
-        return asyncio.run(drive())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    return drive(script, tmp, ["--window-size=1280,1600"])
 
 
 @pytest.mark.slow
