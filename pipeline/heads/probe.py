@@ -110,18 +110,16 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
         log(f"logreg: C={C:.3g}, standardize={std} ({lp.cv_folds}-fold CV accuracy "
             f"{chosen['cv_accuracy_at_C']:.4f}, chosen by {lp.criterion}) from {len(chosen['cv_table'])} (C, standardize) points")
     else:
-        best, table = None, []
+        options, table = [], []
         for std in standardize_options(p):
             mean, scale = stats(xtr, std)
             z = as_seen(data, mean, scale)
             found = choose_on_val(p, z, ytr, yva, K)
             table += [{"standardize": std, **r} for r in found["sweep"]]
-            b = found["best"]
-            key = ((-b["val_log_loss"], b["val_accuracy"]) if lp.criterion == "log_loss"
-                   else (b["val_accuracy"], -b["val_log_loss"]))
-            if best is None or key > best[0]:
-                best = (key, std, mean, scale, z, found)
-        _, std, mean, scale, z, found = best
+            options.append((std, mean, scale, z, found))
+        # Between scalings, the same rule as between C values (ties: the first option, raw).
+        top = best_on_val([o[4]["best"] for o in options], lp.criterion)
+        std, mean, scale, z, found = next(o for o in options if o[4]["best"] is top)
         C = found["best"]["C"]
         W, b = found["solutions"][C]
         # "sweep": the chosen scaling's C path (what the report plots); "val_table": every point.
