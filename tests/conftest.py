@@ -43,6 +43,18 @@ def thorough(request) -> bool:
 
 
 @pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """`tests.small_run`: the real pipeline over pets-dev with a smoke profile, run once through
+    the CLI; shared by `test_report` (its outputs) and `test_end_to_end` (what a change reruns)."""
+    from tests.small_run import make_small_run
+
+    run = make_small_run(tmp_path_factory.mktemp("small_run"))
+    if isinstance(run, str):
+        pytest.skip(run)
+    return run
+
+
+@pytest.fixture(scope="session")
 def hostile_run(tmp_path_factory):
     """The real stages (`tests.short_graph`: data .. heads, trunk, inspect, report) run once over
     `tests.hostile_fixtures`' folder of hostile names, with every file-system event counted.

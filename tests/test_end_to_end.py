@@ -1,9 +1,10 @@
 """The product through its CLI: `run all` on real photos, then rerun only what a param touches.
 
-Real efficientnet_lite0 weights, the real stages, the smoke profile (params.smoke.yaml) on a few
-cats-vs-dogs photos. Checks what a user relies on: every stage runs once, `status` is then up to
-date, a heads change reruns heads and its downstream stages but not the backbone pass, setting it
-back reuses the first outputs, `show` and `compare` answer, and params.yaml holds the defaults.
+Real efficientnet_lite0 weights, the real stages, a smoke profile on the 37 Pets breeds: the
+session's shared run (`tests.small_run`, fixture ``small_run``, also read by `test_report`).
+Checks what a user relies on: every stage runs once, `status` is then up to date, a heads change
+reruns heads and its downstream stages but not the backbone pass, setting it back reuses the
+first outputs, `show` and `compare` answer, and params.yaml holds the defaults.
 """
 
 from __future__ import annotations
@@ -16,14 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.small_run import cli
+
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT.parent / "shared" / "data" / "cats-dogs-dev"
-
-
-def cli(*args: str, cache: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args, "--cache-dir", str(cache)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def actions(stdout: str) -> dict[str, str]:
@@ -61,18 +57,12 @@ def test_dag_and_backbones_commands(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"real photos not found at {PHOTOS} "
-                                                "(../shared/data exists only in the workplace)")
-def test_run_all_then_rerun_only_what_changed(tmp_path):
-    cache = tmp_path / "cache"
-    base = ["--params", str(ROOT / "params.yaml"), "--params", str(ROOT / "params.smoke.yaml"),
-            "-S", "data.source=folder", "-S", f"data.path={PHOTOS}", "-S", "data.max_per_class=4",
-            "-S", "ideal.targets=[tabby, 'logreg:cat']", "-S", "ideal.steps=8"]
-    first = cli("run", "all", *base, cache=cache)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert actions(first.stdout) == {s: "ran" for s in
-                                     ("data", "features", "doctor", "heads", "trunk", "finetune", "inspect",
-                                      "ideal", "adversarial", "report")}
+def test_run_all_then_rerun_only_what_changed(small_run):
+    cache = small_run.cache_dir
+    base = ["--params", str(small_run.params_file)]
+    assert actions(small_run.stdout) == {s: "ran" for s in
+                                         ("data", "features", "doctor", "heads", "trunk", "finetune", "inspect",
+                                          "ideal", "adversarial", "report")}
     status = json.loads(cli("status", "--json", *base, cache=cache).stdout)
     assert all(s["up_to_date"] for s in status["stages"])
     report = Path(next(s["out"] for s in status["stages"] if s["name"] == "report")) / "report.html"

@@ -1,7 +1,8 @@
 """The report, `show` and `compare`, on a small real run (real photos, the real stages).
 
-One module-scoped run of the real pipeline over the 37 Pets breeds (3 photos each) with the
-real efficientnet_lite0 and few ideal / attack steps feeds every test here. Stages that are not
+One run of the real pipeline over the 37 Pets breeds (3 photos each) with the real
+efficientnet_lite0 and few ideal / attack steps feeds every test here: the session fixture
+``small_run`` (`tests.small_run`, shared with `test_end_to_end`). Stages that are not
 in this checkout yet are simply not run; their report sections must then say "not run".
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import dataclasses
 import html
 import io
 import json
@@ -18,81 +18,25 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from pipeline import cli, planner, runner, show
 from pipeline.errors import UserError
-from pipeline.graph import load_graph
 from pipeline.progress import QuietReporter
+from tests.small_run import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
-PETS = ROOT.parent / "shared" / "data" / "pets-dev"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
-
-# A smoke profile: every class (the plots must stay readable at 37), one photo per class and
-# split, few steps everywhere. Keys of stages missing from this checkout are left out.
-SMALL = {
-    "data": {"source": "folder", "path": str(PETS), "val_fraction": 0.34, "test_fraction": 0.34},
-    "backbone": {"name": "efficientnet_lite0"},
-    "heads": {"shots": [], "logreg": {"c_per_decade": 1, "refine": False},
-              "mlp": {"max_epochs": 8, "hidden": [64]}},
-    "ideal": {"steps": 4, "compare": [], "transfer": []},
-    "adversarial": {"methods": ["pgd"], "steps": 3, "refine_steps": 1, "max_images": 2, "batch_size": 2,
-                    "save_examples": 2, "transfer": []},
-    "inspect": {"photos": 2, "max_mistakes": 3, "max_correct": 3, "channels": 8},
-    "report": {"max_mistakes": 12},
-}
 
 ALL_SECTIONS = ("overview", "params", "data", "doctor", "metrics", "confusion", "per-class", "mistakes",
                 "feature-maps", "gradcam", "map", "ideal", "adversarial", "timing")
 SECTION_STAGE = {"data": "data", "doctor": "doctor", "metrics": "heads", "confusion": "heads", "per-class": "heads",
                  "mistakes": "heads", "feature-maps": "inspect", "gradcam": "inspect", "map": "inspect",
                  "ideal": "ideal", "adversarial": "adversarial"}
-
-
-def _fit(schema_cls: type, values: dict) -> dict:
-    """The part of `values` that `schema_cls` knows (nested sections recursively)."""
-    fields = {f.name: f for f in dataclasses.fields(schema_cls)}
-    out = {}
-    for k, v in values.items():
-        if k not in fields:
-            continue
-        default = fields[k].default_factory() if fields[k].default_factory is not dataclasses.MISSING else None
-        out[k] = _fit(type(default), v) if dataclasses.is_dataclass(default) and isinstance(v, dict) else v
-    return out
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    if not PETS.is_dir():
-        pytest.skip(f"real photos not found at {PETS} (../shared/data is only in the dev workplace)")
-    try:
-        graph = load_graph()
-    except ValueError as e:
-        pytest.skip(f"the stage graph is incomplete in this checkout: {e}")
-    for needed in ("data", "features", "heads", "report"):
-        if needed not in graph.stages:
-            pytest.skip(f"stage {needed!r} is not in this checkout yet")
-    root = tmp_path_factory.mktemp("report_run")
-    params_file = root / "small.yaml"
-    params_file.write_text(yaml.safe_dump({s: _fit(graph.schema[s], v) for s, v in SMALL.items()
-                                           if s in graph.schema}))
-    cache_dir = root / "cache"
-    params = planner.resolve_params(graph, [params_file], [])
-    t0 = time.perf_counter()
-    res = runner.execute(graph, params, cache_dir, ["report"], QuietReporter())
-    plans = planner.plan(graph, params, cache_dir)
-    runner.record_latest(cache_dir, plans, [params_file], [])
-    out = plans["report"].out
-    return SimpleNamespace(graph=graph, cache_dir=cache_dir, params_file=params_file, plans=plans, out=out,
-                           html=(out / "report.html").read_text(), seconds=time.perf_counter() - t0,
-                           results={r.name: r for r in res})
 
 
 def _sections(page: str) -> dict[str, str]:
