@@ -124,9 +124,9 @@ def test_choose_takes_the_weakest_penalty_tied_with_the_best():
 
     # n = 400, best 0.80: one standard error is 0.02, so 0.79 ties and 0.77 does not.
     rows = [row(0.1, 0.70), row(1.0, 0.80), row(10.0, 0.79), row(100.0, 0.77), row(10.0, 0.793, std=True)]
-    assert cv.choose(rows, 400, tie_se=1.0) == rows[4]   # C = 10 twice: the higher CV accuracy
-    assert cv.choose(rows, 400, tie_se=0.25)["C"] == 1.0  # band 0.005: 0.793 does not tie
-    assert cv.choose(rows, 400, tie_se=0.0) == cv.best(rows) == rows[1]
+    assert cv.choose(rows, 400, tie_se=1.0, criterion="accuracy") == rows[4]   # C = 10 twice: the higher CV accuracy
+    assert cv.choose(rows, 400, tie_se=0.25, criterion="accuracy")["C"] == 1.0  # band 0.005: 0.793 does not tie
+    assert cv.choose(rows, 400, tie_se=0.0, criterion="accuracy") == cv.best(rows) == rows[1]
 
 
 SMALL = dict(shots=[2, "all"], shot_draws=1, mlp={"max_epochs": 6, "patience": 2, "hidden": [16]})

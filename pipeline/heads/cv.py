@@ -147,11 +147,11 @@ def best(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: (r["cv_accuracy"], -r["cv_log_loss"]))
 
 
-def choose(rows: list[dict], n_rows: int, tie_se: float = 0.25, criterion: str = "accuracy") -> dict:
+def choose(rows: list[dict], n_rows: int, tie_se: float = 0.25, criterion: str = "log_loss") -> dict:
     """The (standardize, C) point to refit.
 
-    ``criterion="log_loss"``: the lowest pooled held-out log loss (ties: the higher accuracy, then
-    the larger C). The log loss scores every held-out image by how much probability it gives the
+    ``criterion="log_loss"`` (the default, as ``heads.logreg.criterion``'s): the lowest pooled
+    held-out log loss (ties: the higher accuracy, then the larger C). The log loss scores every held-out image by how much probability it gives the
     right class, so it separates points that accuracy, counting a few dozen images, calls equal.
 
     ``criterion="accuracy"``: the weakest penalty statistically tied with the best accuracy.

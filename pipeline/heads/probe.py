@@ -99,7 +99,7 @@ def fit_logreg(p: HeadsParams, data: dict, K: int, log: Callable[[str], None] = 
     from pipeline.heads import logreg
 
     lp = p.logreg
-    (xtr, ytr, _), (xva, yva, _) = data["train"], data["val"]
+    (xtr, ytr, _), (_, yva, _) = data["train"], data["val"]
     kw = dict(solver=lp.solver, tol=lp.tol, max_iter=lp.max_iter)
     if uses_cv(p, yva):
         std, C, chosen = _choose_by_cv(p, data, K)
