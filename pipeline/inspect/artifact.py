@@ -176,8 +176,8 @@ def _check(kind: Any, v: Any, where: str) -> Any:
         names = [f.name for f in dataclasses.fields(kind)]
         missing, extra = [n for n in names if n not in v], sorted(set(v) - set(names))
         if missing or extra:
-            raise ValueError(f"{where or 'the file'}: " + "; ".join(
-                ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(extra)}"] if extra else [])))
+            said = [f"{what} {', '.join(ks)}" for what, ks in (("missing", missing), ("unknown", extra)) if ks]
+            raise ValueError(f"{where or 'the file'}: {'; '.join(said)}")
         return kind(**{n: _check(hints[n], v[n], f"{where}.{n}".lstrip(".")) for n in names})
     if origin in (Union, types.UnionType):
         for a in args:
