@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="headline metrics of the latest run")
     show.add_argument("--cache-dir", type=_path_or_url, default=DEFAULT_CACHE)
+    show.add_argument("--graph", default=DEFAULT_GRAPH, help=argparse.SUPPRESS)
 
     compare = sub.add_parser("compare", help="two runs' metrics side by side (heads keys or params)")
     compare.add_argument("a", help="a heads key (or unique prefix), or 'latest'")

@@ -187,7 +187,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from pipeline import show
 
-    print(show.show_latest(args.cache_dir))
+    print(show.show_latest(args.cache_dir, load_graph(args.graph)))
     return 0
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pipeline import cache, folders, publish, storage
 from pipeline.errors import UserError
 from pipeline.heads.artifact import read_heads_metrics
 from pipeline.plain import flatten, load_json
 
-STAGES = ("data", "features", "heads", "trunk", "finetune", "ideal", "adversarial", "report")
 HEAD_METRICS = ("accuracy", "mean_per_class_accuracy", "log_loss")
 ADV_METRICS = ("success_rate", "mean_target_prob", "mean_linf", "mean_l2", "mean_psnr")
 IDEAL_METRICS = ("mean_prob", "min_prob", "mean_tv")
@@ -134,10 +133,16 @@ def run_metrics(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def run_params(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
-    """Flat params (``section.key``) the run's stages were computed with, from their manifests."""
+def run_params(cache_dir: Path, keys: Mapping[str, str], order: Sequence[str] | None = None) -> dict[str, Any]:
+    """Flat params (``section.key``) the run's stages were computed with, from their manifests.
+
+    Args:
+      keys: stage -> key.
+      order: the stages in the graph's order (`pipeline.graph.Graph.names`); a section two stages
+        recorded is taken from the first. None: the order of `keys`.
+    """
     out: dict[str, Any] = {}
-    for stage in STAGES:
+    for stage in [s for s in order if s in keys] if order is not None else keys:
         m = _manifest(cache_dir, stage, keys.get(stage))
         for section, values in ((m or {}).get("params") or {}).items():
             for k, v in flatten(values, section).items():

@@ -14,10 +14,10 @@ from typing import Any, Callable, Sequence
 
 from pipeline import cache
 from pipeline.errors import UserError
+from pipeline.graph import DEFAULT_GRAPH, Graph, load_graph
 from pipeline.heads.artifact import read_heads_metrics
 from pipeline.plain import canonical
-from pipeline.results import (STAGES, _manifest, _out, chain_from_heads, find_key, read_latest, run_metrics,
-                              run_params)
+from pipeline.results import _manifest, _out, chain_from_heads, find_key, read_latest, run_metrics, run_params
 
 
 # --- plain text tables -----------------------------------------------------------------------------
@@ -64,11 +64,12 @@ def _delta(a: Any, b: Any) -> str:
 
 # --- show ----------------------------------------------------------------------------------------
 
-def show_latest(cache_dir: Path) -> str:
+def show_latest(cache_dir: Path, graph: Graph | None = None) -> str:
     """The latest run's headline metrics as text tables.
 
     Args:
       cache_dir: the cache root the run used.
+      graph: the stage graph, whose order the stages are listed in (default: the product's).
 
     Returns:
       Text: when and how the run was made, each stage's key and state, a table of every head's
@@ -79,9 +80,10 @@ def show_latest(cache_dir: Path) -> str:
       UserError: no run was recorded in this cache.
     """
     latest = read_latest(cache_dir)
-    # latest.json is written with sorted keys; show the stages in pipeline order.
+    # latest.json is written with sorted keys; show the stages in the graph's order.
+    order = (graph or load_graph()).names
     stages = dict(sorted(latest["stages"].items(),
-                         key=lambda kv: STAGES.index(kv[0]) if kv[0] in STAGES else len(STAGES)))
+                         key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     how = " ".join([*(f"--params {p}" for p in latest.get("params_files", [])),
                     *(f"-S {o}" for o in latest.get("overrides", []))]) or "defaults"
     lines = [f"latest run: {latest.get('time', '?')}  ({how})", ""]
@@ -142,7 +144,8 @@ def compare(args: argparse.Namespace, resolve: Callable[[argparse.Namespace], tu
 
     Args:
       args: the CLI's parsed `compare` arguments: ``a`` (heads key, unique prefix or ``latest``),
-        ``b`` (another, or None: the run the ``-S`` / ``--params`` options describe), ``cache_dir``.
+        ``b`` (another, or None: the run the ``-S`` / ``--params`` options describe), ``cache_dir``,
+        ``graph`` (the graph module, whose stages' params are compared; default the product's).
       resolve: ``resolve(args) -> (graph, params files, params)`` (the CLI's own), used when ``b``
         is None.
 
@@ -157,6 +160,7 @@ def compare(args: argparse.Namespace, resolve: Callable[[argparse.Namespace], tu
     label_a, keys_a = _side(cache_dir, args.a)
     if args.b is not None:
         label_b, keys_b = _side(cache_dir, args.b)
+        graph = load_graph(getattr(args, "graph", DEFAULT_GRAPH))
     else:
         from pipeline import planner
 
@@ -182,7 +186,7 @@ def compare(args: argparse.Namespace, resolve: Callable[[argparse.Namespace], tu
     if note:
         out.append(note)
     out += ["", text_table(["metric", "A", "B", "change"], rows, right=[1, 2, 3]) if rows else "no metrics on either side"]
-    pa, pb = run_params(cache_dir, keys_a), run_params(cache_dir, keys_b)
+    pa, pb = run_params(cache_dir, keys_a, graph.names), run_params(cache_dir, keys_b, graph.names)
     # Only params both runs have: a stage one side has not run (its report) is no difference.
     diff = [[k, _fmt(k, pa[k]), _fmt(k, pb[k])]
             for k in sorted(set(pa) & set(pb)) if canonical(pa[k]) != canonical(pb[k])]

@@ -13,59 +13,20 @@ Outputs:
   gradcam/<NN>.png               photo | CAM of the predicted class | CAM of the true class
   map.png, map.json              the 2-D map; per point id, split, true, predicted, p, position
   inspect.json                   layers (shape, channels shown), Grad-CAM records, map settings, times
+
+map.json and inspect.json are one type, `pipeline.inspect.artifact.InspectOutput`, written and read
+there; the params section is `pipeline.inspect.params.InspectParams`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import re
 import time
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.params import ParamsError, spec
+from pipeline.inspect.params import InspectParams
 from pipeline.stage import Stage, StageContext
-
-
-@dataclasses.dataclass(frozen=True)
-class InspectParams:
-    """params.yaml section ``inspect``."""
-
-    photos: Union[int, str, tuple[str, ...]] = spec(
-        4, help="photos for the feature maps: a count (that many test photos, one class after another), "
-                "'one_per_class' (first test photo of every class), or a list of image ids")
-    layers: tuple[str, ...] = spec((), help="layers whose output maps are shown (names from the backbone's layer "
-                                             "list; empty: an early, a middle and the last)")
-    channels: int = spec(16, min=1, max=64, help="most active channels shown per layer and photo")
-    gradcam_layer: str = spec("auto", help="layer whose output Grad-CAM weighs ('auto': the last map, the "
-                                           "usual choice)")
-    head: str = spec("auto", help="trained head explained by Grad-CAM and the map: logreg, mlp, or 'auto' "
-                                  "(the best by CV or val accuracy, as the report picks)")
-    max_mistakes: int = spec(8, min=0, max=200, help="most confident test mistakes explained by Grad-CAM")
-    max_correct: int = spec(12, min=0, max=200, help="correct test examples explained (one per class, at most this)")
-    map_method: Literal["opentsne", "tsne", "umap"] = spec(
-        "opentsne", help="2-D map: opentsne (FFT t-SNE), tsne (scikit-learn) or umap (umap-learn)")
-    map_splits: tuple[str, ...] = spec(("test", "train"), min_len=1, help="splits of cached features on the map")
-    map_max_points: int = spec(20000, min=10, help="at most this many points (a seeded sample beyond it)")
-    seed: int = spec(0, help="seed of the map layout and the point sample")
-    batch_size: int = spec(8, min=1, max=256, help="photos per Grad-CAM / feature-map call",
-                           affects_output=False)
-
-    def validate(self) -> None:
-        if isinstance(self.photos, int) and self.photos < 1:
-            raise ParamsError(f"photos: {self.photos} must be at least 1 (or 'one_per_class', or a list of ids).")
-        if isinstance(self.photos, str) and self.photos != "one_per_class":
-            raise ParamsError(f"photos: {self.photos!r} is not allowed; give a count, 'one_per_class' or a list "
-                              "of image ids.")
-        if isinstance(self.photos, tuple) and not self.photos:
-            raise ParamsError("photos: the list of ids is empty; give at least one id or a count.")
-        if not re.fullmatch(r"[A-Za-z0-9_]+", self.head):
-            raise ParamsError(f"head: {self.head!r} is not a head name; use auto, logreg or mlp.")
-        for i, s in enumerate(self.map_splits):
-            if s not in ("train", "val", "test"):
-                raise ParamsError(f"map_splits[{i}]: {s!r} is not a split; use train, val or test.")
 
 
 def _pick_head(heads_dir: Path, wanted: str) -> str:
@@ -120,7 +81,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import numpy as np
 
     from pipeline.heads.trained import fused_backbones, load_head
-    from pipeline.inspect import mapplot, steps
+    from pipeline.inspect import artifact, mapplot, steps
     from pipeline.models import cut, registry
     from pipeline.heads.artifact import read_predictions
     from pipeline.sources import load_data
@@ -178,19 +139,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                f"{p.map_method} map of {bp.primary} features ({', '.join(p.map_splits)}), "
                                f"head {head_name}")
     (out / "map.png").write_bytes(png)
-    (out / "map.json").write_text(json.dumps({
-        "method": p.map_method, "seed": p.seed, "classes": classes, "head": head_name,
-        "ids": pts["ids"], "split": pts["split"], "true": pts["labels"].tolist(), "pred": pts["pred"].tolist(),
-        "p": [round(float(v), 4) for v in pts["p"]], "xy": np.round(xy, 5).tolist(),
-        "pos": np.round(pos, 5).tolist()}))
     ctx.log(f"map: {len(xy)} points by {p.map_method} in {times['map']:.1f}s")
 
-    doc = {"backbone": bp.primary, "head": head_name, "layers": layers, "gradcam_layer": cam_layer,
-           "feature_maps": fmaps, "gradcam": cams,
-           "map": {"method": p.map_method, "points": len(xy), "splits": list(p.map_splits),
-                   "mistakes": int(wrong.sum()), "image": "map.png"},
-           "seconds": {k: round(v, 3) for k, v in times.items()}}
-    (out / "inspect.json").write_text(json.dumps(doc, indent=1))
+    points = artifact.PointMapData(
+        method=p.map_method, seed=p.seed, classes=list(classes), head=head_name, ids=list(pts["ids"]),
+        split=list(pts["split"]), true=pts["labels"].tolist(), pred=pts["pred"].tolist(),
+        p=[round(float(v), 4) for v in pts["p"]], xy=np.round(xy, 5).tolist(), pos=np.round(pos, 5).tolist())
+    artifact.write(out, artifact.InspectOutput(
+        backbone=bp.primary, head=head_name, layers=list(layers), gradcam_layer=cam_layer,
+        feature_maps=[artifact.FeatureMapRecord(**r) for r in fmaps],
+        gradcam=[artifact.GradcamRecord(**r) for r in cams],
+        map=artifact.MapSummary(method=p.map_method, points=len(xy), splits=list(p.map_splits),
+                                mistakes=int(wrong.sum()), image="map.png"),
+        seconds={k: round(v, 3) for k, v in times.items()}, points=points))
     return {"photos": len(photos), "layers": len(layers), "gradcam": len(cams), "map_points": len(xy)}
 
 
@@ -214,7 +175,7 @@ STAGE = Stage(
     run=run,
     deps=("data", "features", "heads"),
     sections=("backbone", "inspect"),
-    version="1",
+    version="2",
     schemas={"inspect": InspectParams},
     all_processes=False,
     description="feature maps, Grad-CAM of the trained head, a 2-D map of the cached features",

@@ -180,7 +180,6 @@ def test_feature_map_grids_have_the_layers_real_channels_and_size(lite0, tmp_pat
     """Shapes checked against the Flax module's own intermediates (no cut involved)."""
     from PIL import Image
 
-    from pipeline.inspect import featuremaps as fm
     from pipeline.inspect import steps
 
     bb, _, x, y, _ = lite0
@@ -205,31 +204,32 @@ def test_feature_map_grids_have_the_layers_real_channels_and_size(lite0, tmp_pat
 
 def test_layer_names_are_checked_with_the_nearest_names():
     from pipeline.errors import UserError
+    from pipeline.inspect.params import InspectParams
     from pipeline.models import registry
     from stages import inspect as stage
     from tests.stage_helpers import section
 
     names = __import__("pipeline.models.cut", fromlist=["layer_names"]).layer_names(
         registry.get_spec("efficientnet_lite0"))
-    p = section(stage.InspectParams, "inspect", layers=["block3", "blok5"])
+    p = section(InspectParams, "inspect", layers=["block3", "blok5"])
     with pytest.raises(UserError, match=r"inspect.layers\[1\].*'blok5'.*block5"):
         stage._layers(p, names, "efficientnet_lite0")
     with pytest.raises(UserError, match="inspect.gradcam_layer.*pool"):
-        stage._layers(section(stage.InspectParams, "inspect", gradcam_layer="pool"), names, "efficientnet_lite0")
-    layers, cam = stage._layers(section(stage.InspectParams, "inspect"), names, "efficientnet_lite0")
+        stage._layers(section(InspectParams, "inspect", gradcam_layer="pool"), names, "efficientnet_lite0")
+    layers, cam = stage._layers(section(InspectParams, "inspect"), names, "efficientnet_lite0")
     assert cam == "head_conv" and len(layers) == 3 and layers[-1] == "head_conv"
 
 
 def test_photos_param_rejects_a_bad_choice():
+    from pipeline.inspect.params import InspectParams
     from pipeline.params import ParamsError
-    from stages import inspect as stage
     from tests.stage_helpers import section
 
     with pytest.raises(ParamsError, match="photos: 'one_per_clas'"):
-        section(stage.InspectParams, "inspect", photos="one_per_clas")
+        section(InspectParams, "inspect", photos="one_per_clas")
     with pytest.raises(ParamsError, match="photos: 0"):
-        section(stage.InspectParams, "inspect", photos=0)
-    assert section(stage.InspectParams, "inspect", photos=["a.jpg"]).photos == ("a.jpg",)
+        section(InspectParams, "inspect", photos=0)
+    assert section(InspectParams, "inspect", photos=["a.jpg"]).photos == ("a.jpg",)
 
 
 # --- the 2-D map -----------------------------------------------------------------------------------
@@ -272,3 +272,79 @@ def test_feature_maps_are_remembered_and_redrawn_the_same(lite0, tmp_path, monke
         m.write_bytes(b"damaged")
     monkeypatch.setattr(steps, "_feature_maps", computed)
     assert steps.feature_maps(bb, ["block5"], photos, pixels, 8, tmp_path / "c", cache_dir=cache) == first
+
+
+# --- the artifact --------------------------------------------------------------------------------
+
+def _output(n_points: int = 3):
+    from pipeline.inspect import artifact as a
+
+    return a.InspectOutput(
+        backbone="efficientnet_lite0", head="logreg", layers=["block3", "head_conv"], gradcam_layer="head_conv",
+        feature_maps=[a.FeatureMapRecord(photo=0, id="cat/1.jpg", split="test", label=0, layer="block3",
+                                         shape=[28, 28, 40], channels=[3, 1], mean_activation=[0.5, 0.25],
+                                         image="featuremaps/00_block3.png")],
+        gradcam=[a.GradcamRecord(id="dog/2.jpg", kind="mistake", true="dog", pred="cat", p_pred=0.9, p_true=None,
+                                 p_pred_here=0.875, image="gradcam/00.png",
+                                 panels=["photo", "CAM of cat", "CAM of dog"], cam_shape=[7, 7])],
+        map=a.MapSummary(method="opentsne", points=n_points, splits=["test", "train"], mistakes=1, image="map.png"),
+        seconds={"decode": 0.125, "map": 2.5},
+        points=a.PointMapData(method="opentsne", seed=0, classes=["cat", "dog"], head="logreg",
+                              ids=[f"p{i}" for i in range(n_points)], split=["test"] * n_points,
+                              true=[i % 2 for i in range(n_points)], pred=[0] * n_points, p=[0.75] * n_points,
+                              xy=[[0.1 * i, -0.2] for i in range(n_points)], pos=[[0.5, 0.25]] * n_points))
+
+
+def test_the_artifact_reads_back_what_it_wrote_and_names_a_damaged_file(tmp_path):
+    import json
+
+    from pipeline.errors import UserError
+    from pipeline.inspect import artifact
+
+    assert artifact.read(tmp_path) is None and artifact.read(None) is None  # not run
+    out = _output()
+    artifact.write(tmp_path, out)
+    assert artifact.read(tmp_path) == out
+    doc = json.loads((tmp_path / "inspect.json").read_text())
+    assert set(doc) == {"backbone", "head", "layers", "gradcam_layer", "feature_maps", "gradcam", "map", "seconds"}
+    assert set(json.loads((tmp_path / "map.json").read_text())) == {
+        "method", "seed", "classes", "head", "ids", "split", "true", "pred", "p", "xy", "pos"}
+
+    def damaged(file: str, change) -> str:
+        artifact.write(tmp_path, out)
+        raw = json.loads((tmp_path / file).read_text())
+        (tmp_path / file).write_text(change(raw) if callable(change) else change)
+        with pytest.raises(UserError, match="rerun|Rerun") as err:
+            artifact.read(tmp_path)
+        assert str(tmp_path / file) in str(err.value) and "inspect" in str(err.value)
+        return str(err.value)
+
+    assert "gradcam" in damaged("inspect.json", lambda d: json.dumps({k: v for k, v in d.items() if k != "gradcam"}))
+    assert "feature_maps[0].shape" in damaged(
+        "inspect.json", lambda d: json.dumps({**d, "feature_maps": [{**d["feature_maps"][0], "shape": "28x28"}]}))
+    damaged("inspect.json", "{not json")
+    damaged("inspect.json", "[]")
+    assert "xy" in damaged("map.json", lambda d: json.dumps({**d, "xy": d["xy"][:1]}))
+    damaged("map.json", lambda d: json.dumps({**d, "true": [5] * len(d["true"])}))
+    damaged("map.json", lambda d: json.dumps({k: v for k, v in d.items() if k != "pos"}))
+    artifact.write(tmp_path, out)
+    (tmp_path / "map.json").unlink()
+    with pytest.raises(UserError, match="map.json: it is missing"):
+        artifact.read(tmp_path)
+
+
+def test_the_report_shows_an_inspect_output_built_by_the_writer(tmp_path):
+    """A fake inspect folder, written through the artifact: the report's three sections read it."""
+    from pipeline.inspect import artifact
+    from pipeline.report import inspect_section
+    from pipeline.report.common import Options
+    from PIL import Image
+
+    out = _output()
+    for file in ["map.png"] + [r.image for r in out.feature_maps] + [r.image for r in out.gradcam]:
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / file)
+    artifact.write(tmp_path, out)
+    got = inspect_section.sections(tmp_path, Options())
+    assert [s.id for s in got] == [i for i, _ in inspect_section.IDS]
+    assert all(s.status != "not run" for s in got)

@@ -25,6 +25,7 @@ import pytest
 
 from pipeline import cli, planner, runner, show
 from pipeline.errors import UserError
+from pipeline.inspect import artifact as inspect_artifact
 from pipeline.progress import QuietReporter
 from tests.small_run import SMALL
 
@@ -179,10 +180,10 @@ def test_report_has_every_section_with_its_images(small_run):
         assert seconds < 5 * load, f"doctor took {seconds:.1f} s on pets-dev (load factor {load:.1f})"
     # Inspect: a feature-map figure per photo and layer, a Grad-CAM card per explained example, the map.
     if "inspect" in graph.stages:
-        ins = json.loads((small_run.plans["inspect"].out / "inspect.json").read_text())
+        ins = inspect_artifact.read(small_run.plans["inspect"].out)
         fmaps = [a for a in sizes if a.startswith("feature maps of ")]
-        assert len(fmaps) == len(ins["feature_maps"]) == SMALL["inspect"]["photos"] * len(ins["layers"])
-        assert len(ins["gradcam"]) >= 1 and all(f"CAM of {r['pred']}" in page for r in ins["gradcam"])
+        assert len(fmaps) == len(ins.feature_maps) == SMALL["inspect"]["photos"] * len(ins.layers)
+        assert len(ins.gradcam) >= 1 and all(f"CAM of {r.pred}" in page for r in ins.gradcam)
         assert page.count('id="feature-map-data"') == 1 and "2-D map of the cached features" in sizes
 
     # Params: the smoke profile's changes are listed as differences from the defaults.
@@ -314,11 +315,11 @@ def test_map_hover_names_the_photo_in_headless_chromium(small_run, tmp_path):
     page = tmp_path / "report.html"
     shutil.copy(small_run.out / "report.html", page)
     got = _devtools_hover(page, tmp_path / "profile-cdp")
-    m = json.loads(next((small_run.plans["inspect"].out).glob("map.json")).read_text())
+    m = inspect_artifact.read(small_run.plans["inspect"].out).points
     label = got["point"]["label"]
-    i = next(k for k, pid in enumerate(m["ids"]) if label.startswith(f"{pid} ("))
+    i = next(k for k, pid in enumerate(m.ids) if label.startswith(f"{pid} ("))
     assert got["shown"]["display"] == "block" and got["shown"]["text"] == label == got["shown"]["hover"]
-    assert f"true {m['classes'][m['true'][i]]}" in label and f"predicted {m['classes'][m['pred'][i]]}" in label
+    assert f"true {m.classes[m.true[i]]}" in label and f"predicted {m.classes[m.pred[i]]}" in label
     assert got["hidden"] == "none"
     assert got["body"].get("checked") == "true" and got["body"].get("imagesOk") == "true"
     assert json.loads(got["body"]["errors"]) == [] and got["problems"] == [], got["problems"]
