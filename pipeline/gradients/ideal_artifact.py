@@ -35,6 +35,8 @@ from pipeline.errors import UserError
 
 FILE = "ideal.json"
 MAIN = "main"  # the recipe that is the params section itself
+_KEYS = {"backbone", "head", "targets", "grid", "main_min_prob", "main_mean_prob", "main_mean_tv", "recipes",
+         "images", "work"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +145,8 @@ def read(folder: str | Path | None) -> IdealOutput | None:
         return None
     try:
         raw = json.loads(path.read_text())
+        if set(raw) != _KEYS or MAIN not in raw["recipes"]:
+            raise KeyError(", ".join(sorted(set(raw) ^ _KEYS)) or MAIN)
         return IdealOutput(
             backbone=str(raw["backbone"]), head=str(raw["head"]), targets=[str(t) for t in raw["targets"]],
             grid=str(raw["grid"]),

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.gradients import attack_artifact
-from pipeline.gradients.attack_artifact import AttackOutput
 from pipeline.heads.primary import choose_primary, pick_split
 from pipeline.heads.artifact import read_heads_metrics, read_predictions
 from pipeline.report import galleries, readers
@@ -39,7 +38,7 @@ def not_run(id: str, title: str, stage: str, inputs: Mapping[str, Path], manifes
 
 
 def overview_section(opts: Options, heads: dict | None, primary: str | None, classes: list[str] | None,
-                     sizes: Mapping[str, int], adv_metrics: AttackOutput | None,
+                     sizes: Mapping[str, int], adv_metrics: attack_artifact.AttackOutput | None,
                      manifests: Mapping[str, Any], params: Mapping[str, Mapping]) -> Section:
     tiles = []
     if heads and primary:
