@@ -14,8 +14,9 @@ from typing import Any, Mapping, Sequence
 
 from pipeline import cache, folders, publish, storage
 from pipeline.errors import UserError
+from pipeline.gradients import attack_artifact, ideal_artifact
 from pipeline.heads.artifact import read_heads_metrics
-from pipeline.plain import flatten, load_json
+from pipeline.plain import flatten
 
 HEAD_METRICS = ("accuracy", "mean_per_class_accuracy", "log_loss")
 ADV_METRICS = ("success_rate", "mean_target_prob", "mean_linf", "mean_l2", "mean_psnr")
@@ -105,31 +106,20 @@ def run_metrics(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
             for metric in HEAD_METRICS:
                 if metric in m:
                     out[f"heads/{name}/{split}/{metric}"] = m[metric]
-    adv = _out(cache_dir, "adversarial", keys.get("adversarial"))
-    raw = load_json(adv / "metrics.json") if adv is not None else None
-    if isinstance(raw, Mapping) and isinstance(raw.get("methods"), Mapping):
-        for method, mm in raw["methods"].items():
-            for k in ADV_METRICS:
-                if isinstance((mm or {}).get(k), (int, float)):
-                    out[f"adversarial/{method}/{k}"] = mm[k]
-        for backbone, row in (raw.get("transfer") or {}).items():
-            for method, v in (row or {}).items():
-                if isinstance(v, (int, float)):
-                    out[f"adversarial/transfer/{backbone}/{method}"] = v
-    elif isinstance(raw, Mapping):  # another layout: every number outside lists
-        for k, v in flatten({k: v for k, v in raw.items() if not isinstance(v, list)}).items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[f"adversarial/{k.replace('.', '/')}"] = v
-    ideal = _out(cache_dir, "ideal", keys.get("ideal"))
-    raw = load_json(ideal / "ideal.json") if ideal is not None else None
-    if isinstance(raw, Mapping) and isinstance(raw.get("recipes"), Mapping):
-        for recipe, r in raw["recipes"].items():
-            for k in IDEAL_METRICS:
-                if isinstance((r or {}).get(k), (int, float)):
-                    out[f"ideal/{recipe}/{k}"] = r[k]
-            for backbone, t in ((r or {}).get("transfer") or {}).items():
-                if isinstance((t or {}).get("top5_rate"), (int, float)):
-                    out[f"ideal/{recipe}/transfer/{backbone}/top5_rate"] = t["top5_rate"]
+    adv = attack_artifact.read(_out(cache_dir, "adversarial", keys.get("adversarial")))
+    for method, mm in (adv.methods if adv is not None else {}).items():
+        for k in ADV_METRICS:
+            if (v := getattr(mm, k)) is not None:
+                out[f"adversarial/{method}/{k}"] = v
+    for backbone, row in (adv.transfer if adv is not None else {}).items():
+        for method, v in row.items():
+            out[f"adversarial/transfer/{backbone}/{method}"] = v
+    ideal = ideal_artifact.read(_out(cache_dir, "ideal", keys.get("ideal")))
+    for recipe, r in (ideal.recipes if ideal is not None else {}).items():
+        for k in IDEAL_METRICS:
+            out[f"ideal/{recipe}/{k}"] = getattr(r, k)
+        for backbone, t in r.transfer.items():
+            out[f"ideal/{recipe}/transfer/{backbone}/top5_rate"] = t.top5_rate
     return out
 
 

@@ -11,7 +11,7 @@ trained-head target this includes the attacked backbone's own ImageNet head): do
 changed to fool one classifier fool another? A target that is one species counts any ImageNet
 class of that species (281-285 for cats, 151-268 for dogs).
 
-Outputs:
+Outputs (`pipeline.gradients.attack_artifact`, which describes them in full, writes and reads them):
   metrics.json   per method: success rate (top-1 in the target group), rate with target
                  probability > 0.5, mean target probability, L-inf / L2 / PSNR; clean baselines;
                  transfer success per backbone; ``examples``: one record per attacked image and
@@ -28,11 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.gradients import attack_artifact as artifact
 from pipeline.gradients.attack_params import AdversarialParams
 from pipeline.stage import Stage, StageContext
-
-# PNG examples list PGD first: it is the attack the targets are about.
-_EXAMPLE_ORDER = ("pgd", "fgsm", "unbounded")
 
 
 def _slug(text: str) -> str:
@@ -132,11 +130,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                                           refine_steps=0)[1][:n] for _, n, batch in batches()])
     clean_hit = attacks.success(clean_logits, mask)
     clean_prob = attacks.target_prob(clean_logits, mask)
-    metrics: dict[str, Any] = {
-        "backbone": bp.primary, "classifier": model.name, "source": source.label, "target": target.label,
-        "split": p.split, "images": len(ids), "epsilon": p.epsilon,
-        "clean_target_rate": round(float(clean_hit.mean()), 4),
-        "clean_mean_target_prob": round(float(clean_prob.mean()), 6), "methods": {}}
+    methods: dict[str, artifact.AttackMethod] = {}
     adversarial: dict[str, np.ndarray] = {}
     adv_logits: dict[str, np.ndarray] = {}
     for method in p.methods:
@@ -160,23 +154,25 @@ def run(ctx: StageContext) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         adversarial[method] = np.concatenate(out)
         adv_logits[method] = np.concatenate(logits_out)  # of the returned uint8 images
-        metrics["methods"][method] = _method_metrics(originals, adversarial[method], adv_logits[method], mask,
-                                                     seconds, bounded=method != "unbounded", epsilon=p.epsilon)
-        m = metrics["methods"][method]
-        m["passes"] = passes
-        m["image_steps_per_second"] = round(passes * p.batch_size / max(seconds, 1e-9), 2)
-        ctx.log(f"{method}: success {m['success_rate']:.3f}, target prob {m['mean_target_prob']:.3f}, "
-                f"L-inf {m['max_linf']:g}, PSNR {m['mean_psnr']:.1f} dB, {seconds:.1f}s: {passes} "
-                f"forward/backward pass(es) of {p.batch_size} images, {m['image_steps_per_second']:.1f} image-steps/s")
+        m = methods[method] = artifact.AttackMethod(
+            **_method_metrics(originals, adversarial[method], adv_logits[method], mask, seconds,
+                              bounded=method != "unbounded", epsilon=p.epsilon),
+            passes=passes, image_steps_per_second=round(passes * p.batch_size / max(seconds, 1e-9), 2))
+        ctx.log(f"{method}: success {m.success_rate:.3f}, target prob {m.mean_target_prob:.3f}, "
+                f"L-inf {m.max_linf:g}, PSNR {m.mean_psnr:.1f} dB, {seconds:.1f}s: {passes} "
+                f"forward/backward pass(es) of {p.batch_size} images, {m.image_steps_per_second:.1f} image-steps/s")
 
-    metrics["transfer"] = _transfer(ctx, p, bp, target, originals, adversarial)
-    metrics["examples"] = _save_examples(Path(ctx.out_dir), p, model, ids, originals, clean_logits, mask,
-                                         adversarial, adv_logits)
-    (Path(ctx.out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    artifact.write(ctx.out_dir, artifact.AttackOutput(
+        backbone=bp.primary, classifier=model.name, source=source.label, target=target.label, split=p.split,
+        images=len(ids), epsilon=p.epsilon, clean_target_rate=round(float(clean_hit.mean()), 4),
+        clean_mean_target_prob=round(float(clean_prob.mean()), 6), methods=methods,
+        transfer=_transfer(ctx, p, bp, target, originals, adversarial),
+        examples=_save_examples(Path(ctx.out_dir), p, model, ids, originals, clean_logits, mask, adversarial,
+                                adv_logits)))
     summary: dict[str, Any] = {"images": len(ids)}
-    for method, m in metrics["methods"].items():
-        summary[f"{method}_success"] = m["success_rate"]
-        summary[f"{method}_psnr"] = m["mean_psnr"]
+    for method, m in methods.items():
+        summary[f"{method}_success"] = m.success_rate
+        summary[f"{method}_psnr"] = m.mean_psnr
     return summary
 
 
@@ -198,9 +194,8 @@ def _method_metrics(originals, adversarial, logits, mask, seconds: float, bounde
         "mean_l2": round(float(d["l2"].mean()), 3),
         "mean_psnr": round(float(finite.mean()), 3) if finite.size else None,
         "min_psnr": round(float(finite.min()), 3) if finite.size else None,
-        "seconds": round(seconds, 2), "seconds_per_image": round(seconds / len(originals), 4)}
-    if bounded:
-        out["linf_bound_holds"] = bool(d["linf"].max() <= np.floor(epsilon + 1e-6))
+        "seconds": round(seconds, 2), "seconds_per_image": round(seconds / len(originals), 4),
+        "linf_bound_holds": bool(d["linf"].max() <= np.floor(epsilon + 1e-6)) if bounded else None}
     return out
 
 
@@ -251,13 +246,13 @@ def _describe(model, logits_row, mask) -> tuple[str, float, float]:
 
 
 def _save_examples(out: Path, p: AdversarialParams, model, ids, originals, clean_logits, mask, adversarial,
-                   adv_logits) -> list[dict]:
+                   adv_logits) -> list[artifact.AttackExample]:
     """PNG triplets and their records (original, amplified perturbation, adversarial, predictions)."""
     from pipeline.gradients import attacks, pictures
 
     records = []
     n = min(p.save_examples, len(ids))
-    methods = sorted(adversarial, key=lambda m: _EXAMPLE_ORDER.index(m))
+    methods = sorted(adversarial, key=lambda m: artifact.ORDER.index(m))  # PGD's examples first
     for i in range(n):
         stem = f"examples/{i:02d}_{_slug(ids[i])}"
         pictures.save_png(out / f"{stem}_original.png", originals[i])
@@ -271,13 +266,13 @@ def _save_examples(out: Path, p: AdversarialParams, model, ids, originals, clean
                               pictures.amplified_perturbation(originals[i], adv))
             c_top, c_p, c_t = _describe(model, clean_logits[i], mask)
             a_top, a_p, a_t = _describe(model, adv_logits[method][i], mask)
-            records.append({
-                "id": str(ids[i]), "method": method, "original": f"{stem}_original.png",
-                "perturbation": f"{stem}_{method}_perturbation.png", "adversarial": f"{stem}_{method}_adversarial.png",
-                "original_prediction": f"{c_top} ({c_p:.3f})", "original_target_prob": round(c_t, 5),
-                "adversarial_prediction": f"{a_top} ({a_p:.3f})", "adversarial_target_prob": round(a_t, 5),
-                "success": bool(attacks.success(adv_logits[method][i:i + 1], mask)[0]),
-                "linf": float(d["linf"][i]), "psnr": round(float(d["psnr"][i]), 2)})
+            records.append(artifact.AttackExample(
+                id=str(ids[i]), method=method, original=f"{stem}_original.png",
+                perturbation=f"{stem}_{method}_perturbation.png", adversarial=f"{stem}_{method}_adversarial.png",
+                original_prediction=f"{c_top} ({c_p:.3f})", original_target_prob=round(c_t, 5),
+                adversarial_prediction=f"{a_top} ({a_p:.3f})", adversarial_target_prob=round(a_t, 5),
+                success=bool(attacks.success(adv_logits[method][i:i + 1], mask)[0]),
+                linf=float(d["linf"][i]), psnr=round(float(d["psnr"][i]), 2)))
     return records
 
 
@@ -287,7 +282,7 @@ STAGE = Stage(
     deps=("data", "heads", "finetune"),
     reads_part=("finetune",),  # the fine-tuned head only, none while finetune is disabled
     sections=("backbone", "adversarial"),
-    version="2",
+    version="3",  # 3: metrics.json written by pipeline.gradients.attack_artifact
     schemas={"adversarial": AdversarialParams},
     description="targeted FGSM / PGD / unbounded attacks (dog -> cat), judged on uint8 images, with transfer",
 )

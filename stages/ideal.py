@@ -13,7 +13,7 @@ top-1 / top-5 hit of the target (for trained-head targets of one species, any Im
 that species counts). Images that another network also reads as the class are the ones that look
 like it.
 
-Outputs:
+Outputs (`pipeline.gradients.ideal_artifact`, which describes them in full, writes and reads them):
   <NN>_<target>.png            main recipe, one per target
   <option>/<NN>_<target>.png   each compare option
   grid.png                     rows = recipes, columns = targets
@@ -30,8 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.gradients import ideal_artifact as artifact
 from pipeline.gradients.ideal_params import IdealParams, recipe_values, recipes
 from pipeline.stage import Stage, StageContext
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_")[:40] or "target"
@@ -128,8 +130,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     out = Path(ctx.out_dir)
     files = [f"{i:02d}_{_slug(t.spec)}.png" for i, t in enumerate(targets)]
-    results: dict[str, dict[str, Any]] = {}
-    records: list[dict[str, Any]] = []
+    results: dict[str, artifact.IdealRecipe] = {}
+    records: list[artifact.IdealImage] = []
     record_at: dict[tuple[str, int], int] = {}  # (recipe, target index) -> index in records
     images_by_recipe: dict[str, np.ndarray] = {}
     total_steps = sum(s.steps for s in settings)
@@ -148,19 +150,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
             top = np.argsort(-seg_p)[:5]
             curve = found[t_i]["curve"][:recipe.steps, r]
             record_at[(name, t_i)] = len(records)
-            records.append({
-                "target": t.label, "spec": t.spec, "head": t.head, "option": name,
-                "image": folder + files[t_i], "prob": round(float(probs[t_i]), 6),
-                "tv": round(float(tvs[t_i]), 5),
-                "top5": [{"class": model.classes[lo + int(c)].split(":", 1)[1], "prob": round(float(seg_p[c]), 5)}
-                         for c in top],
-                "prob_curve": [round(float(v), 4) for v in np.exp(curve)[::max(1, recipe.steps // 32)]],
-            })
+            records.append(artifact.IdealImage(
+                target=t.label, spec=t.spec, head=t.head, option=name,
+                image=folder + files[t_i], prob=round(float(probs[t_i]), 6),
+                tv=round(float(tvs[t_i]), 5),
+                top5=[(model.classes[lo + int(c)].split(":", 1)[1], round(float(seg_p[c]), 5)) for c in top],
+                prob_curve=[round(float(v), 4) for v in np.exp(curve)[::max(1, recipe.steps // 32)]]))
         # Recipes run side by side in one batch: each is given its share of the time by steps.
-        results[name] = {"settings": dataclasses.asdict(recipe),
-                         "seconds": round(seconds * recipe.steps / max(total_steps, 1), 2),
-                         "compiles": compiles if r == 0 else 0, "mean_prob": round(float(probs.mean()), 6),
-                         "min_prob": round(float(probs.min()), 6), "mean_tv": round(float(tvs.mean()), 5)}
+        results[name] = artifact.IdealRecipe(
+            settings=dataclasses.asdict(recipe), seconds=round(seconds * recipe.steps / max(total_steps, 1), 2),
+            compiles=compiles if r == 0 else 0, mean_prob=round(float(probs.mean()), 6),
+            min_prob=round(float(probs.min()), 6), mean_tv=round(float(tvs.mean()), 5))
         ctx.log(f"{name}: target probability min {probs.min():.4f} mean {probs.mean():.4f}, TV {tvs.mean():.4f}")
 
     transfer = [b for b in p.transfer if b != bp.primary]
@@ -169,19 +169,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     grid = pictures.grid([list(images_by_recipe[n]) for n in images_by_recipe], row_labels=list(images_by_recipe),
                          col_labels=[t.label for t in targets])
-    pictures.save_png(out / "grid.png", grid)
-    main = results["main"]
-    doc = {"backbone": bp.primary, "head": p.head, "targets": [t.label for t in targets],
-           "main_min_prob": main["min_prob"], "main_mean_prob": main["mean_prob"],
-           "main_mean_tv": main["mean_tv"], "recipes": results, "images": records,
-           "work": {"batches": len(todo), "reused": len(targets) - len(todo), "image_steps": image_steps,
-                    "seconds": round(seconds, 2),
-                    "image_steps_per_second": round(image_steps / seconds, 2) if todo and seconds > 0 else None}}
-    (out / "ideal.json").write_text(json.dumps(doc, indent=1))
-    summary = {"targets": len(targets), "min_prob": main["min_prob"], "mean_tv": main["mean_tv"],
+    doc = artifact.IdealOutput(
+        backbone=bp.primary, head=p.head, targets=[t.label for t in targets], recipes=results, images=records,
+        work=artifact.IdealWork(batches=len(todo), reused=len(targets) - len(todo), image_steps=image_steps,
+                                seconds=round(seconds, 2),
+                                image_steps_per_second=round(image_steps / seconds, 2) if todo and seconds > 0 else None))
+    pictures.save_png(out / doc.grid, grid)
+    artifact.write(out, doc)
+    summary = {"targets": len(targets), "min_prob": doc.main.min_prob, "mean_tv": doc.main.mean_tv,
                "reused": len(targets) - len(todo)}
-    for b, rates in main.get("transfer", {}).items():
-        summary[f"{b}_top5"] = rates["top5_rate"]
+    for b, rates in doc.main.transfer.items():
+        summary[f"{b}_top5"] = rates.top5_rate
     return summary
 
 
@@ -189,8 +187,9 @@ _CHUNK = 16  # steps per jitted call of the optimiser (the progress bar's granul
 
 
 def _transfer_check(ctx: StageContext, backbones: list[str], targets: list, images_by_recipe: dict,
-                    records: list[dict], record_at: dict, results: dict, bp: Any, unit_keys: list[str]) -> None:
-    """Classify every ideal image with other backbones' ImageNet heads; add hits to the records.
+                    records: list, record_at: dict, results: dict, bp: Any, unit_keys: list[str]) -> None:
+    """Classify every ideal image with other backbones' ImageNet heads; add their hits to the
+    records and their hit rates to the recipes (`results`), both replaced in place.
 
     `unit_keys`: each target's memo key; a backbone's verdicts on a target's images are remembered
     under it, so only targets whose images changed are classified again.
@@ -232,21 +231,21 @@ def _transfer_check(ctx: StageContext, backbones: list[str], targets: list, imag
             top5 = np.stack([tops[i]["top5"][r_i] for i in range(len(targets))])
             hits1, hits5 = [], []
             for t_i, (t, group) in enumerate(zip(targets, groups)):
-                rec = records[record_at[(recipe, t_i)]]
-                entry = {"top1": imagenet.CLASSES[int(top5[t_i, 0])]}
+                at = record_at[(recipe, t_i)]
+                entry = artifact.TransferHit(top1=imagenet.CLASSES[int(top5[t_i, 0])])
                 if group is not None:
-                    entry["top1_hit"] = bool(top5[t_i, 0] in group)
-                    entry["top5_hit"] = bool(any(c in group for c in top5[t_i]))
-                    hits1.append(entry["top1_hit"])
-                    hits5.append(entry["top5_hit"])
-                rec.setdefault("transfer", {})[name] = entry
+                    entry = dataclasses.replace(entry, top1_hit=bool(top5[t_i, 0] in group),
+                                                top5_hit=bool(any(c in group for c in top5[t_i])))
+                    hits1.append(entry.top1_hit)
+                    hits5.append(entry.top5_hit)
+                records[at] = dataclasses.replace(records[at], transfer={**records[at].transfer, name: entry})
             if hits1:
-                results[recipe].setdefault("transfer", {})[name] = {
-                    "top1_rate": round(float(np.mean(hits1)), 4), "top5_rate": round(float(np.mean(hits5)), 4),
-                    "checked": len(hits1)}
+                rate = artifact.TransferRate(top1_rate=round(float(np.mean(hits1)), 4),
+                                             top5_rate=round(float(np.mean(hits5)), 4), checked=len(hits1))
+                results[recipe] = dataclasses.replace(results[recipe], transfer={**results[recipe].transfer, name: rate})
         ctx.log(f"transfer to {name}: " + ", ".join(
-            f"{r} top-1 {results[r]['transfer'][name]['top1_rate']:.2f} top-5 {results[r]['transfer'][name]['top5_rate']:.2f}"
-            for r in images_by_recipe if name in results[r].get("transfer", {})))
+            f"{r} top-1 {results[r].transfer[name].top1_rate:.2f} top-5 {results[r].transfer[name].top5_rate:.2f}"
+            for r in images_by_recipe if name in results[r].transfer))
 
 
 STAGE = Stage(
@@ -255,7 +254,7 @@ STAGE = Stage(
     deps=("heads", "finetune"),
     reads_part=("finetune",),  # the fine-tuned head only, none while finetune is disabled
     sections=("backbone", "ideal"),
-    version="3",
+    version="4",  # 4: ideal.json written by pipeline.gradients.ideal_artifact (adds "grid")
     schemas={"ideal": IdealParams},
     all_processes=False,
     description="ideal images: gradient ascent on class probabilities, several recipes, cross-backbone check",

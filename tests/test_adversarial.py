@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.gradients import attack_artifact
 from pipeline.params import ParamsError, parse_section
 from stages import adversarial
 
@@ -78,6 +79,8 @@ def test_pgd_at_epsilon_2_succeeds_on_uint8_dog_photos(tmp_path):
     assert pgd["success_rate"] == 1.0 and summary["pgd_success"] == 1.0  # measured on the uint8 images
     assert pgd["max_linf"] <= 2 and pgd["linf_bound_holds"] and pgd["mean_psnr"] > 40.0
     assert len(m["examples"]) == 4
+    typed = attack_artifact.read(out)  # what the report and `show` read
+    assert typed.headline() == ("pgd", pgd["success_rate"]) and len(typed.examples) == 4
     for ex in m["examples"]:
         orig = np.asarray(Image.open(out / ex["original"])).astype(int)
         adv = np.asarray(Image.open(out / ex["adversarial"])).astype(int)

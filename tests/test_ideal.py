@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.gradients import ideal_artifact
 from pipeline.params import ParamsError, parse_section
 from stages import ideal
 
@@ -115,6 +116,8 @@ def test_stage_real_weights_raises_target_probability(tmp_path):
     assert main["tabby"]["prob"] > 0.5 and main["logreg:cat"]["prob"] > 0.9
     assert (out / "grid.png").is_file() and (out / "no_transforms" / "00_tabby.png").is_file()
     assert summary["targets"] == 2
+    typed = ideal_artifact.read(out)  # what the report and `show` read
+    assert typed.main.compiles == 1 and len(typed.images) == len(doc["images"]) and typed.grid == "grid.png"
 
 
 @pytest.mark.slow

@@ -10,4 +10,6 @@ Modules, one job each:
   ideal             the jitted, scanned ideal-image optimiser (all targets in one batch)
   attacks           FGSM / PGD / unbounded attacks finished on the uint8 grid, distortion metrics
   pictures          PNG output: images, grids, amplified perturbations
+  ideal_artifact    the ideal stage's output (ideal.json): its type, `write`, `read`
+  attack_artifact   the adversarial stage's output (metrics.json): its type, `write`, `read`
 """

@@ -1,86 +1,59 @@
 """Report sections for the gradient stages: ideal images and adversarial examples.
 
-Both read a JSON index that names PNG files beside it (``ideal.json`` with ``recipes`` and
-``images``; the attack's ``metrics.json`` with ``methods``, ``transfer`` and ``examples``). The
-known fields get tables and readable captions; any other scalar field of a record is still shown
-under its image, so a field added upstream appears without a change here. Without an index, PNGs
-named ``<stem>_<role>.png`` are grouped into triplets.
+Both read their stage's output through its artifact reader (`pipeline.gradients.ideal_artifact`,
+`pipeline.gradients.attack_artifact`): typed records that name the PNG files beside them. Each
+field a card shows is formatted here by name.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
-from pipeline.report import readers
+from pipeline.gradients import attack_artifact, ideal_artifact
+from pipeline.gradients.attack_artifact import AttackExample, AttackOutput
+from pipeline.gradients.ideal_artifact import IdealImage, IdealRecipe
 from pipeline.report.common import Log, Options, num, pct, photo_asset, safe_name, seconds, top_k_text, value
 from pipeline.report.document import ASSET_DIR, Asset, Card, Details, Figure, Gallery, Section, Table, Text
 
-ATTACK_ORDER = ("pgd", "fgsm", "unbounded")  # PGD first: the attack the bounds are about
+ATTACK_ORDER = attack_artifact.ORDER  # PGD first: the attack the bounds are about
+R = TypeVar("R")
 
 
-def extra_lines(item: Mapping, known: Sequence[str], max_lines: int = 4) -> list[str]:
-    """Scalar fields of a record that the caller did not format itself, as ``key: value`` lines."""
-    lines = []
-    for k, v in readers.scalars(item).items():
-        if k.split(".")[0] in known:
-            continue
-        if isinstance(v, float) and any(w in k for w in ("prob", "rate", "acc")) and 0 <= v <= 1:
-            lines.append(f"{k.replace('_', ' ')}: {pct(v)}")
-        else:
-            lines.append(f"{k.replace('_', ' ')}: {value(v)}")
-    return lines[:max_lines]
-
-
-def _group(records: Sequence[Mapping], key: str, first: Sequence[str]) -> dict[str, list[Mapping]]:
+def _group(records: Sequence[R], key: Callable[[R], str], first: Sequence[str]) -> dict[str, list[R]]:
     """Records grouped by `key`, groups named in `first` first, the rest in order of appearance."""
-    groups: dict[str, list[Mapping]] = {}
+    groups: dict[str, list[R]] = {}
     for r in records:
-        groups.setdefault(str(r.get(key, "")), []).append(r)
+        groups.setdefault(key(r), []).append(r)
     order = [g for g in first if g in groups] + [g for g in groups if g not in first]
     return {g: groups[g] for g in order}
 
 
 # --- ideal images --------------------------------------------------------------------------------
 
-_IDEAL_KNOWN = ("target", "spec", "head", "option", "image", "prob", "tv", "top5", "prob_curve", "transfer")
-
-
-def _ideal_card(rec: Mapping, folder: Path, i: int) -> Card:
-    refs = readers.image_refs(rec, folder)
-    imgs = [(photo_asset(p, f"ideal_{i:03d}_{safe_name(k)}", max_width=448), "" if len(refs) == 1 else k)
-            for k, p in refs.items()]
-    title = str(rec.get("target") or rec.get("spec") or rec.get("class") or "")
-    lines = []
-    if isinstance(rec.get("prob"), (int, float)):
-        on = rec.get("head")
-        lines.append(f"p(target) = {pct(rec['prob'])}" + (f" on {on}" if on else ""))
-    if isinstance(rec.get("tv"), (int, float)):
-        lines.append(f"total variation {num(rec['tv'])}")
-    if (top := top_k_text(rec.get("top5") or rec.get("top"))):
+def _ideal_card(rec: IdealImage, folder: Path, i: int) -> Card:
+    lines = [f"p(target) = {pct(rec.prob)}" + (f" on {rec.head}" if rec.head else ""),
+             f"total variation {num(rec.tv)}"]
+    if (top := top_k_text(rec.top5)):
         lines.append(f"top-5: {top}")
-    for b, t in (rec.get("transfer") or {}).items():
-        if isinstance(t, Mapping):
-            mark = " ✓" if t.get("top1_hit") else (" (top-5 ✓)" if t.get("top5_hit") else
-                                                   (" ✗" if "top1_hit" in t else ""))
-            lines.append(f"{b} sees {t.get('top1', '?')}{mark}")
-    lines += extra_lines(rec, _IDEAL_KNOWN)
-    return Card(imgs, title=title, lines=lines)
+    for b, t in rec.transfer.items():
+        mark = " ✓" if t.top1_hit else (" (top-5 ✓)" if t.top5_hit else (" ✗" if t.top1_hit is not None else ""))
+        lines.append(f"{b} sees {t.top1}{mark}")
+    return Card([(photo_asset(folder / rec.image, f"ideal_{i:03d}_image", max_width=448), "")],
+                title=rec.target or rec.spec, lines=lines)
 
 
-def _recipe_table(recipes: Mapping[str, Mapping]) -> Table:
-    main = (recipes.get("main") or next(iter(recipes.values())) or {}).get("settings") or {}
-    backbones = list(dict.fromkeys(b for r in recipes.values() for b in (r.get("transfer") or {})))
+def _recipe_table(recipes: Mapping[str, IdealRecipe]) -> Table:
+    main = (recipes.get(ideal_artifact.MAIN) or next(iter(recipes.values()))).settings
+    backbones = list(dict.fromkeys(b for r in recipes.values() for b in r.transfer))
     rows = []
     for name, r in recipes.items():
-        settings = r.get("settings") or {}
-        changes = ", ".join(f"{k}={value(v)}" for k, v in settings.items() if main.get(k) != v)
-        row = [name, pct(r.get("mean_prob")), pct(r.get("min_prob")), num(r.get("mean_tv", "–")),
-               seconds(r.get("seconds"))]
+        changes = ", ".join(f"{k}={value(v)}" for k, v in r.settings.items() if main.get(k) != v)
+        row = [name, pct(r.mean_prob), pct(r.min_prob), num(r.mean_tv), seconds(r.seconds)]
         for b in backbones:
-            t = (r.get("transfer") or {}).get(b) or {}
-            row.append(f"{pct(t.get('top1_rate'), 0)} / {pct(t.get('top5_rate'), 0)}" if t else "–")
-        rows.append(row + [changes or ("the params" if name == "main" else "same as main")])
+            t = r.transfer.get(b)
+            row.append(f"{pct(t.top1_rate, 0)} / {pct(t.top5_rate, 0)}" if t else "–")
+        rows.append(row + [changes or ("the params" if name == ideal_artifact.MAIN else "same as main")])
     caption = ("Hits: the share of images another network's ImageNet head also reads as the target "
                "(any cat or dog class for a species target). High probability with no hits means the "
                "image fools only the network it was made on.") if backbones else ""
@@ -89,11 +62,10 @@ def _recipe_table(recipes: Mapping[str, Mapping]) -> Table:
                  numeric=list(range(1, 5 + len(backbones))), caption=caption)
 
 
-def _prob_curves(records: Sequence[Mapping], dpi: int) -> Figure | None:
+def _prob_curves(records: Sequence[IdealImage], dpi: int) -> Figure | None:
     from pipeline.report import plots
 
-    series = {str(r.get("target", i)): r["prob_curve"] for i, r in enumerate(records)
-              if isinstance(r.get("prob_curve"), list) and len(r["prob_curve"]) > 1}
+    series = {r.target: list(r.prob_curve) for r in records if len(r.prob_curve) > 1}
     if not series:
         return None
     n = max(len(v) for v in series.values())
@@ -107,29 +79,25 @@ def _prob_curves(records: Sequence[Mapping], dpi: int) -> Figure | None:
 
 def ideal_section(ideal_dir: Path, opts: Options, log: Log = lambda m: None) -> Section | None:
     """Grid, recipe comparison, probability curves and one card per image; None if nothing is there."""
-    data = readers.load_json(ideal_dir / "ideal.json")
-    data = data if isinstance(data, Mapping) else {}
-    blocks: list = []
-    if data:
-        who = data.get("backbone")
-        targets = data.get("targets") or []
-        blocks.append(Text(f"Images optimised from random noise so that {who or 'the backbone'} gives each target "
-                           f"a high probability" + (f" ({', '.join(map(str, targets))})" if targets else "") +
-                           ". Under each image: the probability it reached, its top-5 classes, and what other "
-                           "backbones see in it."))
-    for g in sorted(ideal_dir.glob("*grid*.png"))[:2]:
-        blocks.append(Figure(photo_asset(g, f"ideal_{safe_name(g.stem)}"), alt=f"ideal images {g.name}",
+    out = ideal_artifact.read(ideal_dir)
+    if out is None:
+        return None
+    targets = ", ".join(out.targets)
+    blocks: list = [Text(f"Images optimised from random noise so that {out.backbone} gives each target a high "
+                         f"probability" + (f" ({targets})" if targets else "") + ". Under each image: the "
+                         "probability it reached, its top-5 classes, and what other backbones see in it.")]
+    if (grid := ideal_dir / out.grid).is_file():
+        blocks.append(Figure(photo_asset(grid, f"ideal_{safe_name(grid.stem)}"), alt=f"ideal images {grid.name}",
                              caption="Rows: recipes (main = the params; each other row changes a few settings); "
                                      "columns: targets."))
-    if isinstance(data.get("recipes"), Mapping) and data["recipes"]:
-        blocks.append(_recipe_table(data["recipes"]))
-    records = data.get("images") if isinstance(data.get("images"), list) else readers.image_items(data, ideal_dir)
-    records = [r for r in records if isinstance(r, Mapping) and readers.image_refs(r, ideal_dir)]
-    groups = _group(records, "option", ["main"])
+    if out.recipes:
+        blocks.append(_recipe_table(out.recipes))
+    records = [r for r in out.images if (ideal_dir / r.image).is_file()]
+    groups = _group(records, lambda r: r.option, [ideal_artifact.MAIN])
     try:
         if (fig := _prob_curves(next(iter(groups.values()), []), opts.dpi)) is not None:
             blocks.append(fig)
-    except Exception as e:  # a malformed curve must not cost the whole section
+    except Exception as e:  # a failed plot must not cost the whole section
         log(f"ideal progress plot not drawn: {e}")
     left = opts.max_ideal
     for gi, (name, recs) in enumerate(groups.items()):
@@ -140,102 +108,65 @@ def ideal_section(ideal_dir: Path, opts: Options, log: Log = lambda m: None) -> 
         gallery = Gallery(cards, min_width=220)
         label = f"recipe {name}" if name else "images"
         blocks.append(gallery if gi == 0 else Details(f"Images of {label} ({len(cards)})", [gallery]))
-    if not blocks:
-        return None
     return Section("ideal", "Ideal images", blocks)
 
 
 # --- adversarial examples ----------------------------------------------------------------------
 
-_ROLE_ORDER = ("original", "clean", "input", "perturbation", "amplified", "delta", "noise", "diff", "adversarial", "adv")
-_ADV_KNOWN = ("id", "method", "original", "perturbation", "adversarial", "original_prediction",
-              "original_target_prob", "adversarial_prediction", "adversarial_target_prob", "success", "linf", "psnr")
 _METHOD_COLUMNS = (("success_rate", "success", pct), ("prob_over_half_rate", "p(target) > 0.5", pct),
                    ("mean_target_prob", "mean p(target)", pct), ("mean_linf", "mean L∞", num),
                    ("mean_l2", "mean L2", num), ("mean_psnr", "mean PSNR (dB)", num), ("seconds", "time", seconds))
+# An example's images, in the order shown, with the label under each.
+_ROLES = (("original", "original"), ("perturbation", "perturbation (amplified)"), ("adversarial", "adversarial"))
 
 
-def attack_headline(metrics: Mapping) -> tuple[str, float, str] | None:
+def attack_headline(m: AttackOutput) -> tuple[str, float, str] | None:
     """(method, success rate, "source → target") for the overview: PGD when it ran."""
-    methods = metrics.get("methods")
-    if isinstance(methods, Mapping) and methods:
-        name = next((m for m in ATTACK_ORDER if m in methods), next(iter(methods)))
-        rate = (methods[name] or {}).get("success_rate")
-        if isinstance(rate, (int, float)):
-            return name, float(rate), f"{metrics.get('source', '?')} → {metrics.get('target', '?')}"
-    rate = next((v for k, v in readers.flatten(metrics).items() if "success" in k and isinstance(v, float)), None)
-    return ("attack", rate, "") if rate is not None else None
+    head = m.headline()
+    return (*head, f"{m.source} → {m.target}") if head is not None else None
 
 
-def _role_rank(key: str) -> int:
-    k = key.lower()
-    return next((i for i, r in enumerate(_ROLE_ORDER) if r in k), len(_ROLE_ORDER))
+def _adv_images(rec: AttackExample, folder: Path) -> list[tuple[str, str, Path]]:
+    """(role, label, path) of the example's PNGs that are on disk, original first."""
+    return [(role, label, folder / getattr(rec, role)) for role, label in _ROLES
+            if (folder / getattr(rec, role)).is_file()]
 
 
-def _role_label(key: str) -> str:
-    k = key.lower()
-    if "perturb" in k or "amplif" in k or "delta" in k:
-        return "perturbation (amplified)"
-    return key.replace("_", " ")
-
-
-def _adv_card(rec: Mapping, folder: Path, i: int) -> Card:
-    refs = sorted(readers.image_refs(rec, folder).items(), key=lambda kv: _role_rank(kv[0]))
-    imgs = [(photo_asset(p, f"adv_{i:03d}_{safe_name(k)}", max_width=192), _role_label(k)) for k, p in refs]
-    lines = []
-    for when, key in (("before", "original"), ("after", "adversarial")):
-        pred, prob = rec.get(f"{key}_prediction"), rec.get(f"{key}_target_prob")
-        if pred is not None or prob is not None:
-            lines.append(f"{when}: {pred or '?'}" + (f", p(target) {pct(prob)}" if isinstance(prob, (int, float)) else ""))
-    dist = []
-    if isinstance(rec.get("linf"), (int, float)):
-        dist.append(f"L∞ {num(rec['linf'])}/255")
-    if isinstance(rec.get("psnr"), (int, float)):
-        dist.append(f"PSNR {num(rec['psnr'])} dB")
-    if dist:
-        lines.append(", ".join(dist))
-    success = rec.get("success")
-    if isinstance(success, bool):
-        lines.append("attack succeeded" if success else "attack failed")
-    lines += extra_lines(rec, _ADV_KNOWN)
-    title = str(rec.get("id") or f"example {i + 1}")
-    return Card(imgs, title=title, lines=lines, kind="" if not isinstance(success, bool) else ("good" if success else "bad"))
+def _adv_card(rec: AttackExample, folder: Path, i: int) -> Card:
+    imgs = [(photo_asset(path, f"adv_{i:03d}_{role}", max_width=192), label)
+            for role, label, path in _adv_images(rec, folder)]
+    lines = [f"before: {rec.original_prediction}, p(target) {pct(rec.original_target_prob)}",
+             f"after: {rec.adversarial_prediction}, p(target) {pct(rec.adversarial_target_prob)}",
+             f"L∞ {num(rec.linf)}/255, PSNR {num(rec.psnr)} dB",
+             "attack succeeded" if rec.success else "attack failed"]
+    return Card(imgs, title=rec.id or f"example {i + 1}", lines=lines, kind="good" if rec.success else "bad")
 
 
 def adversarial_section(adv_dir: Path, opts: Options) -> Section | None:
     """Attack summary, per-method and transfer tables, and triplet cards; None if nothing is there."""
-    m = readers.load_json(adv_dir / "metrics.json")
-    m = m if isinstance(m, Mapping) else {}
-    blocks: list = []
-    if m:
-        bound = f"an L∞ bound of ε = {num(m['epsilon'])}/255 (FGSM, PGD; 'unbounded' has none)" if "epsilon" in m else ""
-        text = (f"{num(m.get('images', '?'))} {m.get('split', '')} photos of {m.get('source', '?')} changed so that "
-                f"{m.get('classifier', 'the classifier')} says {m.get('target', '?')}" + (f", within {bound}" if bound else "") + ".")
-        if isinstance(m.get("clean_target_rate"), (int, float)):
-            text += f" Before any change, {pct(m['clean_target_rate'])} of them were already classified as {m.get('target', 'the target')}."
-        blocks.append(Text(text))
-    methods = m.get("methods") if isinstance(m.get("methods"), Mapping) else {}
-    if methods:
-        order = [x for x in ATTACK_ORDER if x in methods] + [x for x in methods if x not in ATTACK_ORDER]
+    m = attack_artifact.read(adv_dir)
+    if m is None:
+        return None
+    bound = f"an L∞ bound of ε = {num(m.epsilon)}/255 (FGSM, PGD; 'unbounded' has none)"
+    blocks: list = [Text(f"{num(m.images)} {m.split} photos of {m.source} changed so that {m.classifier} says "
+                         f"{m.target}, within {bound}. Before any change, {pct(m.clean_target_rate)} of them "
+                         f"were already classified as {m.target}.")]
+    if m.methods:
+        order = [x for x in ATTACK_ORDER if x in m.methods] + [x for x in m.methods if x not in ATTACK_ORDER]
         blocks.append(Table(["method", *(h for _, h, _ in _METHOD_COLUMNS)],
-                            [[name, *(f(methods[name].get(k)) if methods[name].get(k) is not None else "–"
-                                      for k, _, f in _METHOD_COLUMNS)] for name in order],
+                            [[name, *(f(getattr(m.methods[name], k)) if getattr(m.methods[name], k) is not None
+                                      else "–" for k, _, f in _METHOD_COLUMNS)] for name in order],
                             caption="Success: the classifier's top-1 is the target. Distances are measured on the "
                                     "saved uint8 images, in grey levels of 0..255."))
-    transfer = m.get("transfer") if isinstance(m.get("transfer"), Mapping) else {}
-    if transfer:
-        cols = list(dict.fromkeys(c for row in transfer.values() for c in row))
+    if m.transfer:
+        cols = list(dict.fromkeys(c for row in m.transfer.values() for c in row))
         blocks.append(Table(["ImageNet head of", *cols],
-                            [[b, *(pct(row.get(c)) for c in cols)] for b, row in transfer.items()],
+                            [[b, *(pct(row.get(c)) for c in cols)] for b, row in m.transfer.items()],
                             caption="Transfer: how often other networks' ImageNet heads read the same images as the "
                                     "target (clean = the unchanged photos)."))
-    records = m.get("examples") if isinstance(m.get("examples"), list) else []
-    records = [r for r in records if isinstance(r, Mapping) and len(readers.image_refs(r, adv_dir)) >= 2]
-    if not records:
-        records = _triplets_from_files(adv_dir)
-    groups = _group(records, "method", ATTACK_ORDER)
+    records = [r for r in m.examples if len(_adv_images(r, adv_dir)) >= 2]
     n = 0
-    for gi, (name, recs) in enumerate(groups.items()):
+    for gi, (name, recs) in enumerate(_group(records, lambda r: r.method, ATTACK_ORDER).items()):
         cards = [_adv_card(r, adv_dir, n + j) for j, r in enumerate(recs[:opts.max_adversarial])]
         n += len(cards)
         if not cards:
@@ -248,16 +179,4 @@ def adversarial_section(adv_dir: Path, opts: Options) -> Section | None:
             blocks.append(gallery)
         else:
             blocks.append(Details(f"{title} ({len(cards)})", [gallery]))
-    if not blocks:
-        return None
     return Section("adversarial", "Adversarial examples", blocks)
-
-
-def _triplets_from_files(folder: Path) -> list[dict]:
-    """Group ``<stem>_<role>.png`` files by stem when no JSON index names them."""
-    groups: dict[str, dict] = {}
-    for p in sorted(folder.rglob("*.png")):
-        stem, _, role = p.stem.rpartition("_")
-        if stem and _role_rank(role) < len(_ROLE_ORDER):
-            groups.setdefault(stem, {"id": stem})[role] = str(p.relative_to(folder))
-    return [g for g in groups.values() if len(g) >= 3]

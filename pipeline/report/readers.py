@@ -9,14 +9,12 @@ package writes it (the data stage through `pipeline.sources.dataset`, the heads 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from pipeline.params import to_plain
 from pipeline.plain import canonical, flatten, load_json  # noqa: F401 (the report's readers use them as readers.*)
 from pipeline.sources.dataset import DataSet, load_data
 from pipeline.sources.dataset import read_skipped as read_skipped_records
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 
 
 def manifest(folder: Path | None) -> dict | None:
@@ -162,48 +160,3 @@ def normalize_curve(curve: Any) -> tuple[str, list[float], dict[str, list], dict
     std = {k: cols[f"{k}_std"] for k in series if f"{k}_std" in cols}
     return (xk, cols[xk], series, std) if series else None
 
-
-# --- image galleries (ideal, adversarial) ----------------------------------------------------------
-
-def image_refs(obj: Mapping, folder: Path) -> dict[str, Path]:
-    """The values of a record that name an image file in `folder` (key -> existing path)."""
-    out = {}
-    for k, v in obj.items():
-        if isinstance(v, str) and v.lower().endswith(IMAGE_EXTS):
-            p = Path(folder) / v
-            if p.is_file():
-                out[str(k)] = p
-    return out
-
-
-def image_items(obj: Any, folder: Path) -> list[Mapping]:
-    """Every mapping in a JSON tree that names at least one existing image file in `folder`."""
-    found: list[Mapping] = []
-
-    def visit(o: Any) -> None:
-        if isinstance(o, Mapping):
-            if image_refs(o, folder):
-                found.append(o)
-                return
-            for v in o.values():
-                visit(v)
-        elif isinstance(o, list):
-            for v in o:
-                visit(v)
-
-    visit(obj)
-    return found
-
-
-def scalars(obj: Mapping, skip: Iterable[str] = ()) -> dict[str, Any]:
-    """The scalar fields of a record (nested mappings flattened), minus image names and `skip`."""
-    skip = set(skip)
-    out = {}
-    for k, v in flatten(obj).items():
-        if k in skip or k.split(".")[0] in skip:
-            continue
-        if isinstance(v, str) and v.lower().endswith(IMAGE_EXTS):
-            continue
-        if isinstance(v, (int, float, str, bool)) or v is None:
-            out[k] = v
-    return out

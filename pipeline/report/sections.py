@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
+from pipeline.gradients import attack_artifact
 from pipeline.heads.primary import choose_primary, pick_split
 from pipeline.heads.artifact import read_heads_metrics, read_predictions
 from pipeline.report import galleries, readers
@@ -37,7 +38,7 @@ def not_run(id: str, title: str, stage: str, inputs: Mapping[str, Path], manifes
 
 
 def overview_section(opts: Options, heads: dict | None, primary: str | None, classes: list[str] | None,
-                     sizes: Mapping[str, int], adv_metrics: Mapping | None,
+                     sizes: Mapping[str, int], adv_metrics: attack_artifact.AttackOutput | None,
                      manifests: Mapping[str, Any], params: Mapping[str, Mapping]) -> Section:
     tiles = []
     if heads and primary:
@@ -258,7 +259,7 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
     sizes = readers.split_sizes(data, feat_dir)
     primary = choose_primary(heads, opts.primary_head, log)
     adv_dir = inputs.get("adversarial")
-    adv_metrics = readers.load_json(adv_dir / "metrics.json") if adv_dir else None
+    adv_metrics = attack_artifact.read(adv_dir)
 
     sections = [overview_section(opts, heads, primary, classes, sizes, adv_metrics, manifests, params),
                 params_section(params, readers.section_defaults(schema))]
