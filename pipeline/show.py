@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from pipeline import cache
 from pipeline.errors import UserError
-from pipeline.heads.artifact import read_heads_metrics
+from pipeline.finetune.artifact import read_with_finetune
 from pipeline.plain import canonical
 from pipeline.results import (STAGES, _manifest, _out, chain_from_heads, find_key, read_latest, run_metrics,
                               run_params)
@@ -95,12 +95,12 @@ def show_latest(cache_dir: Path) -> str:
     lines += [text_table(["stage", "key", "state", "time"], rows, right=[3]), ""]
 
     keys = {n: s.get("key") for n, s in stages.items()}
-    heads = read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")),
-                                       _out(cache_dir, "finetune", keys.get("finetune")))
-    if heads and heads["heads"]:
+    heads = read_with_finetune(_out(cache_dir, "heads", keys.get("heads")),
+                               _out(cache_dir, "finetune", keys.get("finetune")))
+    if heads and heads.heads:
         rows = []
-        for name, h in heads["heads"].items():
-            for split, m in h["splits"].items():
+        for name, h in heads.heads.items():
+            for split, m in h.splits.items():
                 ci = m.get("ci95") or {}
                 rows.append([name, split, _fmt("n", m.get("n")),
                              _fmt("accuracy", m.get("accuracy")) + _ci(ci.get("accuracy")),
