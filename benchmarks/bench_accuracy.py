@@ -126,10 +126,11 @@ def run_ours(xfit, yfit, xtest, ytest, K: int, seed: int, mlp: bool, overrides: 
         out["epoch"] = info["best_epoch"]
         selections["mlp"] = info["selection"]
     # The report's and predict's rule (`pipeline.heads.primary.choose_primary`).
+    from pipeline.heads.artifact import HeadMetrics, HeadsMetrics
     from pipeline.heads.primary import choose_primary
 
-    out["primary"] = out[choose_primary({"heads": {h: {"hyper": {"selection": s}} for h, s in selections.items()}},
-                                        "auto")]
+    heads = {h: HeadMetrics(hyper={"selection": s}, splits={}) for h, s in selections.items()}
+    out["primary"] = out[choose_primary(HeadsMetrics(classes=[], heads=heads), "auto")]
     return out
 
 

@@ -2,7 +2,8 @@
 
 A run is identified by its stages' cache keys: the latest `run` records them in
 ``<cache>/runs/latest.json``; a heads key (or a unique prefix) names the chain of outputs behind it.
-Metrics come through the readers the HTML report uses (`pipeline.heads.artifact`), so they agree.
+Metrics come through the readers the HTML report uses (`pipeline.finetune.artifact.read_with_finetune`
+for the heads), so they agree.
 No jax or tensorflow here.
 """
 
@@ -14,8 +15,8 @@ from typing import Any, Mapping, Sequence
 
 from pipeline import cache, folders, publish, storage
 from pipeline.errors import UserError
+from pipeline.finetune.artifact import read_with_finetune
 from pipeline.gradients import attack_artifact, ideal_artifact
-from pipeline.heads.artifact import read_heads_metrics
 from pipeline.plain import flatten
 
 HEAD_METRICS = ("accuracy", "mean_per_class_accuracy", "log_loss")
@@ -99,10 +100,10 @@ def run_metrics(cache_dir: Path, keys: Mapping[str, str]) -> dict[str, Any]:
     """Flat metrics of a run: ``heads/<head>/<split>/<metric>``, ``adversarial/<method>/<metric>``,
     ``adversarial/transfer/<backbone>/<method>``, ``ideal/<recipe>/<metric>``."""
     out: dict[str, Any] = {}
-    heads = read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")),
-                                       _out(cache_dir, "finetune", keys.get("finetune")))
-    for name, h in (heads or {}).get("heads", {}).items():
-        for split, m in h["splits"].items():
+    heads = read_with_finetune(_out(cache_dir, "heads", keys.get("heads")),
+                               _out(cache_dir, "finetune", keys.get("finetune")))
+    for name, h in (heads.heads if heads else {}).items():
+        for split, m in h.splits.items():
             for metric in HEAD_METRICS:
                 if metric in m:
                     out[f"heads/{name}/{split}/{metric}"] = m[metric]

@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 
 from pipeline import cache
 from pipeline.errors import UserError
+from pipeline.finetune.artifact import read_with_finetune
 from pipeline.graph import DEFAULT_GRAPH, Graph, load_graph
-from pipeline.heads.artifact import read_heads_metrics
 from pipeline.plain import canonical
 from pipeline.results import _manifest, _out, chain_from_heads, find_key, read_latest, run_metrics, run_params
 
@@ -97,12 +97,12 @@ def show_latest(cache_dir: Path, graph: Graph | None = None) -> str:
     lines += [text_table(["stage", "key", "state", "time"], rows, right=[3]), ""]
 
     keys = {n: s.get("key") for n, s in stages.items()}
-    heads = read_heads_metrics(_out(cache_dir, "heads", keys.get("heads")),
-                                       _out(cache_dir, "finetune", keys.get("finetune")))
-    if heads and heads["heads"]:
+    heads = read_with_finetune(_out(cache_dir, "heads", keys.get("heads")),
+                               _out(cache_dir, "finetune", keys.get("finetune")))
+    if heads and heads.heads:
         rows = []
-        for name, h in heads["heads"].items():
-            for split, m in h["splits"].items():
+        for name, h in heads.heads.items():
+            for split, m in h.splits.items():
                 ci = m.get("ci95") or {}
                 rows.append([name, split, _fmt("n", m.get("n")),
                              _fmt("accuracy", m.get("accuracy")) + _ci(ci.get("accuracy")),

@@ -4,7 +4,8 @@ Reads the `trunk` stage's activations and the `heads` stage's logistic-regressio
 the head starts from it, `pipeline.heads.trained.load_head`), trains with `pipeline.finetune.train`
 (AdamW, warm-up + cosine, lower learning rate for the pretrained layers, early stopping on val,
 best epoch kept), and writes the result as a head like the heads stage's: ``metrics.json`` with
-the same per-head structure (``heads.finetune.{hyperparameters, train, val, test}``), and
+the same per-head structure (``heads.finetune.{hyperparameters, train, val, test}``, written by
+`pipeline.finetune.artifact.write_metrics` through the heads artifact's serialisation), and
 ``predictions_finetune.json``. Its own section ``finetune_train`` holds every optimiser setting,
 so changing one reruns this stage alone, never the trunk pass.
 
@@ -16,13 +17,12 @@ Outputs:
   finetune.npz + finetune.json   trained params and `pipeline.finetune.artifact.Finetuned`;
                             `pipeline.finetune.model.load_finetuned` rebuilds the classifier on pixels
 With ``finetune.enabled: false`` (the trunk stage then wrote a stub) only metrics.json is written,
-``{"enabled": false}``.
+``{"enabled": false}`` (`pipeline.finetune.artifact.read_metrics` reads it as None).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -30,7 +30,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.finetune.artifact import Finetuned, TrunkInfo, read_trunk_info, write_finetuned
+from pipeline.finetune.artifact import Finetuned, TrunkInfo, read_trunk_info, write_finetuned, write_metrics
 from pipeline.params import spec
 from pipeline.stage import Stage, StageContext
 
@@ -63,7 +63,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     info = read_trunk_info(ctx.inputs["trunk"])
     if not info.enabled:
         ctx.log("finetune.enabled is false: no fine-tuning (set it true, e.g. -S finetune.enabled=true)")
-        (Path(ctx.out_dir) / "metrics.json").write_text(json.dumps({"enabled": False}))
+        write_metrics(ctx.out_dir, None)
         return {"enabled": False}
     from pipeline.models import registry
 
@@ -85,8 +85,8 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
     from pipeline.heads.metrics import classification_report, softmax
     from pipeline.heads.trained import load_head
     from pipeline.models import cut
-    from pipeline.heads.artifact import write_predictions
-    from pipeline.finetune.artifact import load_split, read_trunk_classes
+    from pipeline.heads.artifact import HeadMetrics, HeadsMetrics, write_predictions
+    from pipeline.finetune.artifact import FinetuneMetrics, load_split, read_trunk_classes
 
     p: FinetuneTrainParams = ctx.params["finetune_train"]
     out = Path(ctx.out_dir)
@@ -122,15 +122,14 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
     if p.refit:
         best, refit_info = _refit(c, probe, data, result["best_epoch"], cfg, full_weights, fit, ctx.log)
     t_eval = time.perf_counter()
-    head_metrics: dict[str, Any] = {"hyperparameters": {
-        **dataclasses.asdict(p), "cut": info.cut, "views": info.views, "best_epoch": result["best_epoch"],
-        "seconds": result["seconds"], "batch_size": result["batch_size"],
-        "refit": refit_info}}
+    hyper = {**dataclasses.asdict(p), "cut": info.cut, "views": info.views, "best_epoch": result["best_epoch"],
+             "seconds": result["seconds"], "batch_size": result["batch_size"], "refit": refit_info}
+    reports: dict[str, Any] = {}
     probe_metrics: dict[str, Any] = {}
     for s, (acts, y, ids) in data.items():
         logits = predict(c, best, acts, result["batch_size"])
         probs = softmax(logits)
-        head_metrics[s] = classification_report(probs, y, classes)
+        reports[s] = classification_report(probs, y, classes)
         start = softmax(predict(c, {"top": c.top_params(backbone.params), "head": {"W": W, "b": b}}, acts,
                                 result["batch_size"])) if p.init == "logreg" else None
         if start is not None:
@@ -138,21 +137,21 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
         if s == "test":
             write_predictions(out / "predictions_finetune.json", probs, y, ids, classes, p.top_k)
     _save(out, best, info, classes, c.top_keys)
-    metrics = {"classes": classes, "heads": {"finetune": head_metrics}, "probe": probe_metrics,
-               "start": result["start"], "best_train_loss": result["best_train_loss"],
-               "history": result["history"],
-               "seconds": {"train": result["seconds"], "evaluate": round(time.perf_counter() - t_eval, 2),
-                           "total": round(time.perf_counter() - t_start, 2)}}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    split = "test" if "test" in head_metrics else "val"
+    split = "test" if "test" in reports else "val"
     best_probe = _best_probe(heads_dir, split)  # the heads stage's best head: what fine-tuning must beat
     if best_probe:
-        metrics["best_probe"] = {**best_probe, "gain": head_metrics[split]["accuracy"] - best_probe["accuracy"]}
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    summary = {"best_epoch": result["best_epoch"], f"{split}_accuracy": round(head_metrics[split]["accuracy"], 4),
+        best_probe["gain"] = reports[split]["accuracy"] - best_probe["accuracy"]
+    metrics = FinetuneMetrics(
+        heads=HeadsMetrics(classes=classes, heads={"finetune": HeadMetrics(hyper=hyper, splits=reports)}),
+        probe=probe_metrics, start=result["start"], best_train_loss=result["best_train_loss"],
+        history=result["history"], best_probe=best_probe,
+        seconds={"train": result["seconds"], "evaluate": round(time.perf_counter() - t_eval, 2),
+                 "total": round(time.perf_counter() - t_start, 2)})
+    write_metrics(out, metrics)
+    summary = {"best_epoch": result["best_epoch"], f"{split}_accuracy": round(reports[split]["accuracy"], 4),
                f"probe_{split}_accuracy": round(probe_metrics.get(split, {}).get("accuracy", float("nan")), 4),
                f"best_head_{split}_accuracy": round(best_probe["accuracy"], 4) if best_probe else None,
-               "seconds": metrics["seconds"]["total"]}
+               "seconds": metrics.seconds["total"]}
     ctx.log(f"finetune: best epoch {result['best_epoch']}, {split} accuracy {summary[f'{split}_accuracy']} "
             f"(probe {summary[f'probe_{split}_accuracy']})")
     return summary

@@ -33,7 +33,7 @@ def _pick_head(heads_dir: Path, wanted: str) -> str:
     """The head to explain: the one named, else the one the report picks (best by CV or val accuracy)."""
     from pipeline.heads.trained import available
     from pipeline.heads.primary import choose_primary
-    from pipeline.heads.artifact import read_heads_metrics
+    from pipeline.heads.artifact import read
 
     names = available(heads_dir)
     if not names:
@@ -43,7 +43,7 @@ def _pick_head(heads_dir: Path, wanted: str) -> str:
             raise UserError(f"inspect.head: {wanted!r} is not a head of this run; choose auto or one of "
                             f"{', '.join(names)}.")
         return wanted
-    choice = choose_primary(read_heads_metrics(heads_dir), "auto")
+    choice = choose_primary(read(heads_dir), "auto")
     return choice if choice in names else names[0]
 
 
@@ -109,12 +109,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # Every photo either part needs, decoded once.
     photos = steps.choose_photos(data, p.photos)
     preds = read_predictions(heads_dir, answer, classes) or []
-    preds = [{"id": r["id"], "true": classes[r["true"]], "pred": classes[r["pred"]], "p_pred": r["conf"],
-              "p_true": r["true_prob"]} for r in preds]
-    examples = steps.pick_examples(preds, classes, p.max_mistakes, p.max_correct)
+    examples = steps.pick_examples(preds, p.max_mistakes, p.max_correct)
     test = "test" if "test" in data.splits else next(iter(data.splits))
     t0 = time.perf_counter()
-    pixels = steps.load_photos(data, [(s, i) for s, i, _ in photos] + [(test, r["id"]) for r in examples],
+    pixels = steps.load_photos(data, [(s, i) for s, i, _ in photos] + [(test, r.id) for _, r in examples],
                                backbone.spec)
     times["decode"] = time.perf_counter() - t0
 

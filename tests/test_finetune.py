@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from pipeline import planner
+from pipeline.finetune import artifact as ft_artifact
 from pipeline.finetune.artifact import load_split
 from pipeline.graph import load_graph
 from pipeline.params import ParamsError
@@ -148,6 +149,12 @@ def test_finetune_beats_its_probe_on_train_loss_and_keeps_the_best_val_epoch(dat
     assert summary["best_epoch"] == head["hyperparameters"]["best_epoch"] == best[2]
     assert head["val"]["accuracy"] == pytest.approx(best[0], abs=1e-4)  # history rounds to 5 digits
     assert (tmp_path / "ft" / "predictions_finetune.json").exists() and (tmp_path / "ft" / "finetune.npz").exists()
+    # One type, one writer, one reader: the typed metrics write the same JSON back.
+    got = ft_artifact.read_metrics(tmp_path / "ft")
+    assert got.heads.heads["finetune"].splits["test"] == head["test"] and got.history == hist
+    (tmp_path / "again").mkdir()
+    ft_artifact.write_metrics(tmp_path / "again", got)
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text()) == m
     _check_pixel_model(data_dir, trunk_dir, tmp_path / "ft")
 
 
@@ -171,6 +178,34 @@ def _check_pixel_model(data_dir: Path, trunk_dir: Path, ft_dir: Path) -> None:
     assert head.classes[int(np.argmax(logits))] == preds[0]["pred"] and preds[0]["id"] == ids[0]
     p = np.exp(logits - logits.max())
     assert float(p.max() / p.sum()) == pytest.approx(preds[0]["p_pred"], abs=1e-3)  # float16 cache rounding
+
+
+def test_the_fine_tuned_classifier_is_one_more_head_to_every_reader(tmp_path):
+    """`read_with_finetune` adds the finetune stage's head to the heads stage's; the disabled
+    stage's stub reads as no head."""
+    from pipeline.heads import artifact
+    from pipeline.heads.artifact import HeadMetrics, HeadsMetrics
+
+    report = {"accuracy": 0.5, "mean_per_class_accuracy": 0.5, "log_loss": 0.7}
+    heads = HeadsMetrics(classes=["cat", "dog"], heads={"logreg": HeadMetrics(hyper={"C": 1.0}, splits={"test": report})})
+    for d in ("heads", "ft", "off"):
+        (tmp_path / d).mkdir()
+    artifact.write_metrics(tmp_path / "heads", heads)
+    tuned = HeadMetrics(hyper={"best_epoch": 2}, splits={"val": report, "test": {**report, "accuracy": 0.75}})
+    ft = ft_artifact.FinetuneMetrics(heads=HeadsMetrics(classes=["cat", "dog"], heads={"finetune": tuned}),
+                                     probe={"test": {"accuracy": 0.5}}, start={"val_loss": 0.7}, best_train_loss=0.4,
+                                     history=[{"epoch": 1, "val_accuracy": 0.5}], seconds={"total": 1.0},
+                                     best_probe={"head": "logreg", "split": "test", "accuracy": 0.5, "gain": 0.25})
+    ft_artifact.write_metrics(tmp_path / "ft", ft)
+    ft_artifact.write_metrics(tmp_path / "off", None)
+    assert json.loads((tmp_path / "off" / "metrics.json").read_text()) == {"enabled": False}
+    assert ft_artifact.read_metrics(tmp_path / "ft") == ft and ft_artifact.read_metrics(tmp_path / "off") is None
+    both = ft_artifact.read_with_finetune(tmp_path / "heads", tmp_path / "ft")
+    assert list(both.heads) == ["logreg", "finetune"] and both.heads["finetune"] == tuned
+    assert both.classes == heads.classes and both.heads["logreg"] == heads.heads["logreg"]
+    assert ft_artifact.read_with_finetune(tmp_path / "heads", tmp_path / "off") == heads
+    assert ft_artifact.read_with_finetune(tmp_path / "heads") == heads
+    assert ft_artifact.read_with_finetune(tmp_path / "absent", tmp_path / "ft") is None
 
 
 def test_bad_cut_names_the_key_and_near_layers():

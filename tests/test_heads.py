@@ -134,6 +134,8 @@ def test_predictions_file_and_loaded_heads_agree(fitted, feats):
     import jax
     import jax.numpy as jnp
 
+    from pipeline.heads import artifact
+
     _, out = fitted
     x = np.load(feats / "test" / "features.npy")
     y = np.load(feats / "test" / "labels.npy")
@@ -143,6 +145,9 @@ def test_predictions_file_and_loaded_heads_agree(fitted, feats):
         assert [r["id"] for r in rows] == [f"test/{i}.jpg" for i in range(len(y))]
         assert [r["true"] for r in rows] == [CLASSES[i] for i in y]
         assert all(len(r["top"]) == 4 and r["top"][0][0] == r["pred"] for r in rows)
+        typed = artifact.read_predictions(out, name, None)  # the one reader: rows as `PredictionRow`s
+        assert [(t.id, CLASSES[t.true], CLASSES[t.pred], t.p_pred, t.p_true, [list(x) for x in t.top]) for t in typed] \
+            == [(r["id"], r["true"], r["pred"], r["p_pred"], r["p_true"], r["top"]) for r in rows]
         head = load_head(out, name)
         assert head.classes == CLASSES
         logits = head.logits(head.params, jnp.asarray(x))  # raw features: standardisation folded in

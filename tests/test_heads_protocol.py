@@ -244,7 +244,7 @@ def xor_classes(n_per_class: int, seed: int, dim: int = 8):
 def test_mlp_epochs_chosen_by_cv_and_the_primary_head_follows_cv(tmp_path):
     """Where only a non-linear head can win: CV trains the MLP past epoch 0, and it is primary."""
     from pipeline.heads.primary import choose_primary, selection_scores
-    from pipeline.heads.artifact import read_heads_metrics
+    from pipeline.heads.artifact import read
 
     splits = {s: xor_classes(n, seed) for s, n, seed in (("train", 24, 0), ("val", 2, 1), ("test", 50, 2))}
     feats = write_features(tmp_path / "feats", splits)
@@ -262,19 +262,21 @@ def test_mlp_epochs_chosen_by_cv_and_the_primary_head_follows_cv(tmp_path):
     assert m["logreg"]["hyperparameters"]["selection"]["by"] == "cv"
     assert hyper["selection"]["accuracy"] > m["logreg"]["hyperparameters"]["selection"]["accuracy"] + 0.2
     assert summary["mlp_test_accuracy"] > summary["logreg_test_accuracy"] + 0.2
-    read = read_heads_metrics(tmp_path / "heads")
-    assert selection_scores(read)[1] == "the best by cross-validated accuracy"
-    assert choose_primary(read, "auto") == "mlp"
+    got = read(tmp_path / "heads")
+    assert selection_scores(got)[1] == "the best by cross-validated accuracy"
+    assert choose_primary(got, "auto") == "mlp"
 
 
 def test_a_later_head_must_beat_the_first_by_more_than_the_selection_noise():
     """The MLP's score is the best of many epochs' CV scores: a win inside one standard error of
     the probe's accuracy (over the images scored) leaves the probe primary."""
+    from pipeline.heads.artifact import HeadMetrics, HeadsMetrics
     from pipeline.heads.primary import choose_primary
 
     def run(mlp_accuracy, n=400):
         sel = {"logreg": {"by": "cv", "accuracy": 0.80, "n": n}, "mlp": {"by": "cv", "accuracy": mlp_accuracy, "n": n}}
-        return choose_primary({"heads": {h: {"hyper": {"selection": v}} for h, v in sel.items()}}, "auto")
+        heads = {h: HeadMetrics(hyper={"selection": v}, splits={}) for h, v in sel.items()}
+        return choose_primary(HeadsMetrics(classes=[], heads=heads), "auto")
 
     # n = 400 at 0.80: one standard error is 0.02.
     assert run(0.81) == "logreg" and run(0.819) == "logreg"

@@ -437,7 +437,7 @@ def test_tfds_mistakes_get_thumbnails_from_the_data_stage(tmp_path):
     preds = [{"id": i, "true": classes[y], "pred": classes[(y + 1) % len(classes)], "p_pred": 0.9, "p_true": 0.05}
              for i, y in zip(test_ids, splits["test"]["labels"])]
     (heads_dir / "predictions_logreg.json").write_text(json.dumps({"predictions": preds}))
-    sec = sections.mistakes_section(heads_dir, {}, "logreg", classes, finder, sections.Options(split="test"))
+    sec = sections.mistakes_section(heads_dir, "logreg", classes, finder, sections.Options(split="test"))
     gallery = next(b for b in sec.blocks if isinstance(b, sections.Gallery))
     assert len(gallery.cards) == len(test_ids) and all(card.images for card in gallery.cards)
 

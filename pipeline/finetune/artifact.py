@@ -8,10 +8,18 @@ Trunk (the contract with `finetune`):
   <split>/labels.npy         (N,) int32, one per image
   <split>/ids.json           N image ids
 
-Finetune (besides metrics.json and predictions_finetune.json, read as a head by
-`pipeline.heads.artifact`):
+Finetune:
+  metrics.json               `FinetuneMetrics`: {"classes", "heads": {"finetune": {"hyperparameters",
+                             "train"|"val"|"test"}} (the heads stage's shape, through
+                             `pipeline.heads.artifact.heads_record`), "probe", "start",
+                             "best_train_loss", "history", "seconds", "best_probe" (when there is one)};
+                             ``{"enabled": false}`` when fine-tuning is off (`read_metrics` gives None)
+  predictions_finetune.json  as the heads stage's (`pipeline.heads.artifact.read_predictions`)
   finetune.npz               trained params (``top/...``, ``head/W``, ``head/b``)
   finetune.json              `Finetuned`: what `pipeline.finetune.model.load_finetuned` rebuilds it from
+
+`read_with_finetune` gives the heads stage's metrics with the fine-tuned classifier as one more
+head: how the report, ``show``/``compare`` and the run's flat metrics compare the heads.
 """
 
 from __future__ import annotations
@@ -19,14 +27,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from pipeline import shards
+from pipeline.heads.artifact import HeadsMetrics, heads_from_record, heads_record, read, write_json
+from pipeline.plain import load_json
 
 TRUNK_INFO = "info.json"
 FINETUNED = "finetune.json"
+METRICS = "metrics.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,3 +110,62 @@ def write_finetuned(out_dir: str | Path, meta: Finetuned) -> None:
 def read_finetuned(finetune_dir: str | Path) -> Finetuned:
     """The finetune stage's finetune.json."""
     return Finetuned(**json.loads((Path(finetune_dir) / FINETUNED).read_text()))
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneMetrics:
+    """The finetune stage's metrics.json: the fine-tuned classifier as a head, and its training.
+
+    Attributes:
+      heads: the classes and ``heads["finetune"]`` (hyperparameters, per-split reports), as the heads
+        stage writes its heads (its other fields are unused here).
+      probe: split -> ``{"accuracy"}`` of the starting probe on the pretrained top (empty with init zeros).
+      start: the losses and accuracies before the first epoch.
+      best_train_loss: the train loss of the kept epoch.
+      history: one record per epoch (`pipeline.finetune.train.fit`).
+      seconds: ``{"train", "evaluate", "total"}``.
+      best_probe: ``{"head", "split", "accuracy", "gain"}``: the heads stage's most accurate head, what
+        fine-tuning must beat, or None.
+    """
+
+    heads: HeadsMetrics
+    probe: Mapping[str, Mapping[str, float]]
+    start: Mapping[str, Any]
+    best_train_loss: float | None
+    history: list[dict]
+    seconds: Mapping[str, float]
+    best_probe: Mapping[str, Any] | None = None
+
+
+def write_metrics(out_dir: str | Path, m: FinetuneMetrics | None) -> None:
+    """Write metrics.json; None writes the disabled stage's ``{"enabled": false}``."""
+    if m is None:
+        write_json(Path(out_dir) / METRICS, {"enabled": False})
+        return
+    raw: dict[str, Any] = {"classes": list(m.heads.classes), "heads": heads_record(m.heads.heads),
+                           "probe": dict(m.probe), "start": dict(m.start), "best_train_loss": m.best_train_loss,
+                           "history": list(m.history), "seconds": dict(m.seconds)}
+    if m.best_probe is not None:
+        raw["best_probe"] = dict(m.best_probe)
+    write_json(Path(out_dir) / METRICS, raw)
+
+
+def read_metrics(finetune_dir: str | Path | None) -> FinetuneMetrics | None:
+    """The finetune stage's metrics.json, or None when absent or fine-tuning was off."""
+    raw = load_json(Path(finetune_dir) / METRICS) if finetune_dir is not None else None
+    if not isinstance(raw, dict) or not isinstance(raw.get("heads"), dict):
+        return None
+    return FinetuneMetrics(heads=HeadsMetrics(classes=raw.get("classes"), heads=heads_from_record(raw["heads"])),
+                           probe=raw.get("probe") or {}, start=raw.get("start") or {},
+                           best_train_loss=raw.get("best_train_loss"), history=raw.get("history") or [],
+                           seconds=raw.get("seconds") or {}, best_probe=raw.get("best_probe"))
+
+
+def read_with_finetune(heads_dir: str | Path | None, finetune_dir: str | Path | None = None) -> HeadsMetrics | None:
+    """The heads stage's metrics with the fine-tuned classifier as one more head (when `finetune_dir`
+    holds one), or None when the heads output is absent."""
+    m = read(heads_dir)
+    ft = read_metrics(finetune_dir)
+    if m is None or ft is None:
+        return m
+    return dataclasses.replace(m, heads={**m.heads, **ft.heads.heads})

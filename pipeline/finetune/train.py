@@ -219,7 +219,6 @@ def _pad(x: np.ndarray, y: np.ndarray, bs: int) -> tuple[np.ndarray, np.ndarray,
 def predict(cut: Any, params: Mapping[str, Any], acts: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, K) float32 logits of centre views ``acts[:, 0]`` (N, r, h, w, c) under trained params."""
     import jax
-    import jax.numpy as jnp
 
     @jax.jit
     def logits(p, x):

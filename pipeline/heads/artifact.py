@@ -1,7 +1,8 @@
 """The heads stage's output: one type, one writer (`write`), one reader (`read`).
 
-On disk (the finetune stage's ``metrics.json`` has the same ``classes`` / ``heads`` shape, so
-`read` reads its one head too):
+On disk (the finetune stage's ``metrics.json`` holds its one head in the same ``classes`` /
+``heads`` shape, written by `pipeline.finetune.artifact` through `heads_record` and read back
+through `heads_from_record`):
 
   heads.json + <head>.npz    the fitted heads (`pipeline.heads.trained.save_head`; loaded as JAX
                              functions on raw features by `pipeline.heads.trained.load_head`)
@@ -15,7 +16,9 @@ On disk (the finetune stage's ``metrics.json`` has the same ``classes`` / ``head
                               "p_true", "top": [[class, p], ...]}]} (test split; labels are names)
 
 Nothing here imports jax at import time; the report, `show`/`compare`, `predict`, inspect and the
-finetune stage read through it. Changing this shape bumps ``stages/heads.py``'s version.
+finetune stage read through it (the heads with the fine-tuned one added:
+`pipeline.finetune.artifact.read_with_finetune`). Changing this shape bumps ``stages/heads.py``'s
+version.
 """
 
 from __future__ import annotations
@@ -91,6 +94,25 @@ class Predictions:
 
 
 @dataclasses.dataclass(frozen=True)
+class PredictionRow:
+    """One test image of predictions_<head>.json, as `read_predictions` gives it.
+
+    Attributes:
+      id: the image id.
+      true, pred: the true and the predicted class, as indices into the classes.
+      p_pred, p_true: the head's probability of the predicted and of the true class (None where absent).
+      top: the top-k classes, ``((name, p), ...)``, most probable first.
+    """
+
+    id: str
+    true: int
+    pred: int
+    p_pred: float | None
+    p_true: float | None
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class HeadsOutput:
     """Everything the heads stage writes."""
 
@@ -115,56 +137,51 @@ def write_metrics(out_dir: Path, m: HeadsMetrics) -> None:
     """metrics.json alone (NaN and infinities as null: they are not JSON)."""
     raw: dict[str, Any] = {"classes": list(m.classes), "class_weight": m.class_weight,
                            "standardize_param": m.standardize_param, "backbones": list(m.backbones),
-                           "fuse": m.fuse, "heads": {}}
+                           "fuse": m.fuse, "heads": heads_record(m.heads)}
     if m.standardize is not None:
         raw["standardize"] = m.standardize
-    for name, h in m.heads.items():
-        raw["heads"][name] = {"hyperparameters": dict(h.hyper), **{s: h.splits[s] for s in SPLITS if s in h.splits}}
-        if h.vs_plain_probe is not None:
-            raw["heads"][name]["vs_plain_probe"] = dict(h.vs_plain_probe)
     if m.baseline is not None:
         raw["baseline"] = dict(m.baseline)
     if m.learning_curve is not None:
         raw["learning_curve"] = m.learning_curve
     raw["seconds"] = dict(m.seconds)
-    (Path(out_dir) / METRICS).write_text(json.dumps(_finite(raw), indent=1))
+    write_json(Path(out_dir) / METRICS, raw)
+
+
+def heads_record(heads: Mapping[str, HeadMetrics]) -> dict[str, Any]:
+    """The ``heads`` entry of a metrics.json (this stage's, and the finetune stage's one head):
+    name -> ``{"hyperparameters", "train"|"val"|"test", "vs_plain_probe" (when set)}``."""
+    out: dict[str, Any] = {}
+    for name, h in heads.items():
+        out[name] = {"hyperparameters": dict(h.hyper), **{s: h.splits[s] for s in SPLITS if s in h.splits}}
+        if h.vs_plain_probe is not None:
+            out[name]["vs_plain_probe"] = dict(h.vs_plain_probe)
+    return out
+
+
+def heads_from_record(raw: Mapping[str, Any]) -> dict[str, HeadMetrics]:
+    """`heads_record` read back."""
+    return {str(name): HeadMetrics(hyper=h.get("hyperparameters") or {},
+                                   splits={s: h[s] for s in SPLITS if isinstance(h.get(s), dict)},
+                                   vs_plain_probe=h.get("vs_plain_probe"))
+            for name, h in raw.items()}
+
+
+def write_json(path: Path, raw: Any) -> None:
+    """A metrics file, indented, NaN and infinities as null."""
+    Path(path).write_text(json.dumps(_finite(raw), indent=1))
 
 
 def read(folder: Path | None) -> HeadsMetrics | None:
-    """metrics.json of a heads (or finetune) output, or None when absent or the finetune stage's
-    disabled stub (``{"enabled": false}``)."""
+    """metrics.json of a heads output, or None when absent."""
     raw = load_json(Path(folder) / METRICS) if folder is not None else None
     if not isinstance(raw, dict) or not isinstance(raw.get("heads"), dict):
         return None
-    heads = {str(name): HeadMetrics(hyper=h.get("hyperparameters") or {},
-                                    splits={s: h[s] for s in SPLITS if isinstance(h.get(s), dict)},
-                                    vs_plain_probe=h.get("vs_plain_probe"))
-             for name, h in raw["heads"].items()}
-    return HeadsMetrics(classes=raw.get("classes"), heads=heads, learning_curve=raw.get("learning_curve"),
-                        baseline=raw.get("baseline"), backbones=raw.get("backbones") or [], fuse=raw.get("fuse"),
+    return HeadsMetrics(classes=raw.get("classes"), heads=heads_from_record(raw["heads"]),
+                        learning_curve=raw.get("learning_curve"), baseline=raw.get("baseline"),
+                        backbones=raw.get("backbones") or [], fuse=raw.get("fuse"),
                         class_weight=raw.get("class_weight"), standardize_param=raw.get("standardize_param"),
                         standardize=raw.get("standardize"), seconds=raw.get("seconds") or {})
-
-
-def read_heads_metrics(heads_dir: Path | None, finetune_dir: Path | None = None) -> dict | None:
-    """The heads as the report, ``show``/``compare``, ``predict`` and inspect compare them: the heads
-    stage's (plus the finetune stage's head, when given), from `read`.
-
-    Returns:
-      ``{"classes": [...] | None, "heads": {name: {"splits": {split: metrics}, "hyper": {...},
-      "vs_plain_probe": {...} | None}}, "curve": the learning curve or None, "baseline": the plain
-      probe's record or None}``, or None when the heads output is absent.
-    """
-    m = read(heads_dir)
-    if m is None:
-        return None
-    heads = dict(m.heads)
-    extra = read(finetune_dir) if finetune_dir is not None else None
-    if extra is not None:
-        heads.update(extra.heads)  # the fine-tuned classifier is one more head
-    return {"classes": m.classes, "curve": m.learning_curve, "baseline": m.baseline,
-            "heads": {name: {"splits": dict(h.splits), "hyper": dict(h.hyper), "vs_plain_probe": h.vs_plain_probe}
-                      for name, h in heads.items()}}
 
 
 def write_predictions(path: Path, probs: np.ndarray, y: np.ndarray, ids: Sequence[Any], classes: list[str],
@@ -185,8 +202,9 @@ def write_predictions(path: Path, probs: np.ndarray, y: np.ndarray, ids: Sequenc
     path.write_text(f'{head}, "predictions": [\n{body}\n]}}\n')
 
 
-def read_predictions(heads_dir: Path | None, head: str, classes: Sequence[str] | None) -> list[dict] | None:
-    """predictions_<head>.json as rows ``{id, true, pred, conf, true_prob, top}`` (labels as indices).
+def read_predictions(heads_dir: Path | None, head: str, classes: Sequence[str] | None
+                     ) -> list[PredictionRow] | None:
+    """predictions_<head>.json as `PredictionRow`s (labels as indices), or None when absent.
 
     `classes` names the labels when the file does not; a row whose label is not a class is left out.
     """
@@ -201,8 +219,8 @@ def read_predictions(heads_dir: Path | None, head: str, classes: Sequence[str] |
         true, pred = index.get(r["true"]), index.get(r["pred"])
         if true is None or pred is None:
             continue
-        rows.append({"id": str(r["id"]), "true": true, "pred": pred, "conf": r.get("p_pred"),
-                     "true_prob": r.get("p_true"), "top": r.get("top")})
+        rows.append(PredictionRow(id=str(r["id"]), true=true, pred=pred, p_pred=r.get("p_pred"),
+                                  p_true=r.get("p_true"), top=tuple((str(c), p) for c, p in r.get("top") or ())))
     return rows
 
 

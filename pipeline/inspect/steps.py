@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.heads.artifact import PredictionRow
 
 
 # --- photos --------------------------------------------------------------------------------------
@@ -155,48 +156,49 @@ def gradcam_model(backbone: Any, head: Any, layer: str) -> tuple[Any, Any, Any, 
     return trunk, top, (backbone.params, head.params), c
 
 
-def pick_examples(preds: Sequence[dict], classes: Sequence[str], max_mistakes: int, max_correct: int
-                  ) -> list[dict]:
-    """The most confident mistakes, then the surest correct example of each class (capped)."""
-    wrong = sorted((r for r in preds if r["true"] != r["pred"]), key=lambda r: -r["p_pred"])[:max_mistakes]
-    best: dict[str, dict] = {}
+def pick_examples(preds: Sequence[PredictionRow], max_mistakes: int, max_correct: int
+                  ) -> list[tuple[str, PredictionRow]]:
+    """(kind, row): the most confident mistakes, then the surest correct example of each class, in
+    class order (capped); kind is ``mistake`` or ``correct``."""
+    wrong = sorted((r for r in preds if r.true != r.pred), key=lambda r: -r.p_pred)[:max_mistakes]
+    best: dict[int, PredictionRow] = {}
     for r in preds:
-        if r["true"] == r["pred"] and (r["true"] not in best or r["p_pred"] > best[r["true"]]["p_pred"]):
-            best[r["true"]] = r
-    right = [best[c] for c in classes if c in best][:max_correct]
-    return [{**r, "kind": "mistake"} for r in wrong] + [{**r, "kind": "correct"} for r in right]
+        if r.true == r.pred and (r.true not in best or r.p_pred > best[r.true].p_pred):
+            best[r.true] = r
+    right = [best[c] for c in sorted(best)][:max_correct]
+    return [("mistake", r) for r in wrong] + [("correct", r) for r in right]
 
 
-def gradcam_examples(backbone: Any, head: Any, layer: str, examples: Sequence[dict], pixels: dict[str, np.ndarray],
-                     classes: Sequence[str], out: Path, batch_size: int = 8) -> list[dict]:
-    """Grad-CAM of the predicted and the true class per example; writes ``gradcam/<NN>.png``."""
+def gradcam_examples(backbone: Any, head: Any, layer: str, examples: Sequence[tuple[str, PredictionRow]],
+                     pixels: dict[str, np.ndarray], classes: Sequence[str], out: Path, batch_size: int = 8
+                     ) -> list[dict]:
+    """Grad-CAM of the predicted and the true class per example (`pick_examples`); writes ``gradcam/<NN>.png``."""
     from pipeline.gradients import pictures
     from pipeline.inspect import gradcam as gc
 
     if not examples:
         return []
     trunk, top, params, _ = gradcam_model(backbone, head, layer)
-    index = {c: i for i, c in enumerate(classes)}
-    x = np.stack([pixels[r["id"]] for r in examples]).astype(np.float32)
-    cls = np.array([[index[r["pred"]], index[r["true"]]] for r in examples], np.int32)
+    x = np.stack([pixels[r.id] for _, r in examples]).astype(np.float32)
+    cls = np.array([[r.pred, r.true] for _, r in examples], np.int32)
     # A 2-class head scores one decision: centred logits give both classes a map (gradcam docstring).
     cams, logits = gc.gradcam(trunk, top, params, x, cls, batch_size=batch_size, centre=len(classes) == 2)
     up = gc.upsample(cams, x.shape[1])  # (N, 2, S, S)
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     records = []
-    for n, r in enumerate(examples):
-        photo = pixels[r["id"]]
+    for n, (kind, r) in enumerate(examples):
+        photo = pixels[r.id]
         panels = [photo, gc.overlay(photo, up[n, 0])]
-        if r["kind"] == "mistake":
+        if kind == "mistake":
             panels.append(gc.overlay(photo, up[n, 1]))
         file = f"gradcam/{n:02d}.png"
         pictures.save_png(out / file, np.concatenate([np.pad(q, ((0, 0), (0, 4), (0, 0)), constant_values=255)
                                                       for q in panels], axis=1)[:, :-4])
-        records.append({"id": r["id"], "kind": r["kind"], "true": r["true"], "pred": r["pred"],
-                        "p_pred": r["p_pred"], "p_true": r.get("p_true"),
+        true, pred = classes[r.true], classes[r.pred]
+        records.append({"id": r.id, "kind": kind, "true": true, "pred": pred, "p_pred": r.p_pred, "p_true": r.p_true,
                         "p_pred_here": round(float(p[n, cls[n, 0]]), 5), "image": file,
-                        "panels": ["photo", f"CAM of {r['pred']}"] + ([f"CAM of {r['true']}"] if r["kind"] == "mistake" else []),
+                        "panels": ["photo", f"CAM of {pred}"] + ([f"CAM of {true}"] if kind == "mistake" else []),
                         "cam_shape": list(cams.shape[2:])})
     return records
 

@@ -10,9 +10,9 @@ from pipeline.predict.model import Classifier
 from pipeline.predict.resolve import RunRef
 
 
-def _metrics_table(head: Mapping[str, Any]) -> list[str]:
+def _metrics_table(splits: Mapping[str, Mapping[str, Any]]) -> list[str]:
     rows = ["| split | images | accuracy | mean per-class accuracy | log loss |", "|---|---|---|---|---|"]
-    for split, m in (head.get("splits") or {}).items():
+    for split, m in splits.items():
         def f(k: str) -> str:
             v = m.get(k)
             return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
@@ -62,8 +62,8 @@ def model_card(run: RunRef, head: str, clf: Classifier, fmts: Sequence[str], che
       checks: per format, the largest probability difference against jax on random crops.
     """
     spec, pre = clf.spec, clf.preprocess
-    h = (run.metrics.get("heads") or {}).get(head, {})
-    hyper = {k: v for k, v in (h.get("hyper") or {}).items() if isinstance(v, (int, float, str, bool))}
+    h = run.metrics.heads.get(head)
+    hyper = {k: v for k, v in (h.hyper if h else {}).items() if isinstance(v, (int, float, str, bool))}
     lines = [
         f"# Image classifier: {len(clf.classes)} classes, {spec.name} + {head}", "",
         f"Exported by `python -m pipeline export` from heads run `{run.keys.get('heads')}` "
@@ -94,7 +94,7 @@ def model_card(run: RunRef, head: str, clf: Classifier, fmts: Sequence[str], che
         f"- head: `{head}` ({json.dumps(hyper)[:400]})",
         f"- classes ({len(clf.classes)}): {md_text(', '.join(clf.classes[:40]))}" + (" ..." if len(clf.classes) > 40 else ""),
         f"- data: {_data_line(run.params)}", "",
-        "## Metrics (this head, from the heads stage)", "", *_metrics_table(h), "",
+        "## Metrics (this head, from the heads stage)", "", *_metrics_table(h.splits if h else {}), "",
         "## Formats", "",
         "| file | checked against jax on random crops (max abs. probability difference) |", "|---|---|",
         *[f"| `{fmt_lib.FILES[f]}` | {checks[f]:.2e} |" if f in checks else f"| `{fmt_lib.FILES[f]}` | not checked |"

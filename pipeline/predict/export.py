@@ -64,8 +64,8 @@ def preprocess_config(clf: Classifier, written: Sequence[str], platform: str) ->
                    "meaning": "softmax over labels.txt (line i = column i)"},
         "steps": [
             "decode; apply the EXIF orientation; composite transparency on white; convert to RGB",
-            f"JPEG only: decode at 1/2, 1/4 or 1/8 scale (PIL Image.draft) when the shorter side "
-            f"stays >= draft_margin x resize_size",
+            "JPEG only: decode at 1/2, 1/4 or 1/8 scale (PIL Image.draft) when the shorter side "
+            "stays >= draft_margin x resize_size",
             f"resize the shorter side to resize_size with PIL's {pre.resize_method} filter "
             "(antialiased); the longer side int(resize_size * long / short)",
             "crop input_size x input_size at the centre: left = round((width - input_size) / 2), "

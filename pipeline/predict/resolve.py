@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from pipeline import cache, publish, results, storage
 from pipeline.errors import UserError
-from pipeline.heads.artifact import read_heads_metrics
+from pipeline.heads import artifact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,7 @@ class RunRef:
       backbone: the ``backbone`` params the features stage used (name, dtype, depthwise).
       features: the ``features`` params it used (augment, n_crops, reduce, dtype, ...).
       classes: class names, index = label.
-      metrics: `pipeline.heads.artifact.read_heads_metrics` of the heads output.
+      metrics: the heads output's `pipeline.heads.artifact.HeadsMetrics` (no heads when it has no metrics.json).
       params: flat ``section.key`` params of the run's stages (for the model card).
     """
 
@@ -41,7 +41,7 @@ class RunRef:
     backbone: Mapping[str, Any]
     features: Mapping[str, Any]
     classes: list[str]
-    metrics: Mapping[str, Any]
+    metrics: artifact.HeadsMetrics
     params: Mapping[str, Any]
 
     @property
@@ -119,10 +119,10 @@ def load_run(cache_dir: Any, heads_key: str) -> RunRef:
                         f"longer in {cache_dir}; rerun `python -m pipeline run heads` with that run's params.")
     fparams = fman.get("params") or {}
     backbone = dict(fparams.get("backbone") or {})
-    index = json.loads((heads_dir / "heads.json").read_text())
+    classes = list(json.loads((heads_dir / "heads.json").read_text())["classes"])
     return RunRef(cache_dir=cache_dir, keys={k: v for k, v in keys.items() if k in ("data", "features", "heads")},
                   heads_dir=heads_dir, backbone=backbone, features=dict(fparams.get("features") or {}),
-                  classes=list(index["classes"]), metrics=read_heads_metrics(heads_dir) or {"heads": {}},
+                  classes=classes, metrics=artifact.read(heads_dir) or artifact.HeadsMetrics(classes=classes, heads={}),
                   params=results.run_params(cache_dir, keys))
 
 
@@ -149,8 +149,8 @@ def choose_head(run: RunRef, wanted: str | None, primary_head: str = "auto") -> 
         wanted = chosen or "best"
     if wanted == "best":
         # The report's 'auto' rule, over the heads that were saved (metrics may list more).
-        metrics = {"heads": {n: h for n, h in run.metrics.get("heads", {}).items() if n in names}}
-        chosen = choose_primary(metrics, "auto")
+        saved = {n: h for n, h in run.metrics.heads.items() if n in names}
+        chosen = choose_primary(dataclasses.replace(run.metrics, heads=saved), "auto")
         if chosen is None:
             raise UserError(f"{run.heads_dir} has no saved head with metrics; rerun the heads stage.")
         return chosen

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from pipeline.heads.artifact import HeadsMetrics
 from pipeline.heads.primary import selection_scores
 from pipeline.report import readers
 from pipeline.report.common import Log, Options, num, pct, value
 from pipeline.report.document import ASSET_DIR, Asset, Figure, Section, Table, Text
 
 
-def metrics_section(heads: dict | None, primary: str | None, opts: Options, log: Log) -> Section:
+def metrics_section(metrics: HeadsMetrics, primary: str | None, opts: Options, log: Log) -> Section:
     blocks: list = []
     rows, classes_ = [], []
-    for name, h in heads["heads"].items():
-        for split, m in h["splits"].items():
+    for name, h in metrics.heads.items():
+        for split, m in h.splits.items():
             hl = readers.headline(m)
             ci = m.get("ci95") if isinstance(m.get("ci95"), Mapping) else {}
             rows.append([name, split, num(hl.get("n", "–")), pct(hl.get("accuracy")) + _ci(ci.get("accuracy")),
@@ -24,7 +25,7 @@ def metrics_section(heads: dict | None, primary: str | None, opts: Options, log:
             # Highlight the head chosen without looking at test; the best test row would be a
             # choice made on the test split, and its figure an optimistic one.
             classes_.append("best" if name == primary and split == opts.split else "")
-    how = (selection_scores(heads)[1] if opts.primary_head == "auto" or opts.primary_head not in heads["heads"]
+    how = (selection_scores(metrics)[1] if opts.primary_head == "auto" or opts.primary_head not in metrics.heads
            else "named by report.primary_head")
     blocks.append(Table(["head", "split", "images", "accuracy [95% CI]", "mean per-class acc. [95% CI]",
                          "log loss"], rows, row_classes=classes_,
@@ -33,21 +34,21 @@ def metrics_section(heads: dict | None, primary: str | None, opts: Options, log:
                                 f"(report.primary_head), not the best {opts.split} row: a head picked on "
                                 f"the {opts.split} split would make its {opts.split} figure optimistic. "
                                 "The plots below use it."))
-    if (vs := _against_plain_probe(heads, primary)):
+    if (vs := _against_plain_probe(metrics, primary)):
         blocks.append(vs)
-    hyper_rows = [[name, ", ".join(f"{k}={value(v)}" for k, v in readers.flatten(h["hyper"]).items()
+    hyper_rows = [[name, ", ".join(f"{k}={value(v)}" for k, v in readers.flatten(h.hyper).items()
                                    if isinstance(v, (int, float, str, bool)) and k != "seconds") or "–"]
-                  for name, h in heads["heads"].items()]
+                  for name, h in metrics.heads.items()]
     if any(r[1] != "–" for r in hyper_rows):
         blocks.append(Table(["head", "chosen hyperparameters"], hyper_rows))
     from pipeline.report import plots
 
-    panels = [p for name, h in heads["heads"].items() for p in _training_panels(name, h["hyper"])]
+    panels = [p for name, h in metrics.heads.items() for p in _training_panels(name, h.hyper)]
     if panels:
         blocks.append(Figure(Asset(f"{ASSET_DIR}/training.png", plots.training_png(panels, dpi=opts.dpi)),
                              alt="how the heads were fitted", caption="How each head was fitted (dashed: the "
                              "value chosen on the val split)."))
-    curves = {"run": c} if (c := readers.normalize_curve(heads.get("curve"))) else {}
+    curves = {"run": c} if (c := readers.normalize_curve(metrics.learning_curve)) else {}
     # A curve needs two training-set sizes (a smoke run with one image per class has one).
     curves = {k: c for k, c in curves.items() if len({x for x in c[1] if x is not None}) >= 2}
     if curves:
@@ -58,10 +59,11 @@ def metrics_section(heads: dict | None, primary: str | None, opts: Options, log:
     return Section("metrics", "Heads: metrics", blocks)
 
 
-def _against_plain_probe(heads: dict, primary: str | None) -> Text | None:
+def _against_plain_probe(metrics: HeadsMetrics, primary: str | None) -> Text | None:
     """One sentence: the highlighted head against the plain probe on the same images (paired)."""
-    base = heads.get("baseline")
-    vs = (heads["heads"].get(primary) or {}).get("vs_plain_probe") if primary else None
+    base = metrics.baseline
+    head = metrics.heads.get(primary) if primary else None
+    vs = head.vs_plain_probe if head is not None else None
     if not (isinstance(base, Mapping) and isinstance(vs, Mapping)):
         return None
     lo, hi = vs["ci95"]

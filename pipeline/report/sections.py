@@ -11,9 +11,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
+from pipeline.finetune.artifact import read_with_finetune
 from pipeline.gradients import attack_artifact
 from pipeline.heads.primary import choose_primary, pick_split
-from pipeline.heads.artifact import read_heads_metrics, read_predictions
+from pipeline.heads.artifact import HeadsMetrics, read_predictions
 from pipeline.report import galleries, readers
 from pipeline.report.common import (Log, Options, num, pct, plot_text, safe_name, seconds, thumbnail,
                                    top_k_text, value)
@@ -37,13 +38,13 @@ def not_run(id: str, title: str, stage: str, inputs: Mapping[str, Path], manifes
     return Section(id, title, status="not run", note=note)
 
 
-def overview_section(opts: Options, heads: dict | None, primary: str | None, classes: list[str] | None,
+def overview_section(opts: Options, heads: HeadsMetrics | None, primary: str | None, classes: list[str] | None,
                      sizes: Mapping[str, int], adv_metrics: attack_artifact.AttackOutput | None,
                      manifests: Mapping[str, Any], params: Mapping[str, Mapping]) -> Section:
     tiles = []
     if heads and primary:
-        split = pick_split(heads["heads"][primary]["splits"], opts.split)
-        m = heads["heads"][primary]["splits"].get(split, {})
+        split = pick_split(heads.heads[primary].splits, opts.split)
+        m = heads.heads[primary].splits.get(split, {})
         tiles.append((f"{split} accuracy", pct(m.get("accuracy")), f"head {primary}"))
         if "mean_per_class_accuracy" in m:
             tiles.append(("mean per-class accuracy", pct(m["mean_per_class_accuracy"]), f"head {primary}, {split}"))
@@ -112,12 +113,12 @@ def data_section(data: DataSet | None, classes: list[str] | None, sizes: Mapping
     return Section("data", "Data", blocks)
 
 
-def confusion_section(heads: dict, primary: str, classes: list[str], opts: Options) -> Section:
+def confusion_section(heads: HeadsMetrics, primary: str, classes: list[str], opts: Options) -> Section:
     from pipeline.report import plots
 
-    h = heads["heads"][primary]
-    split = pick_split(h["splits"], opts.split)
-    cm = h["splits"].get(split, {}).get("confusion_matrix")
+    h = heads.heads[primary]
+    split = pick_split(h.splits, opts.split)
+    cm = h.splits.get(split, {}).get("confusion_matrix")
     if not cm or len(cm) != len(classes):
         return Section("confusion", "Confusion matrix", status="not run",
                        note=f"metrics.json has no {len(classes)}-class confusion matrix for {primary} on {split}.")
@@ -129,12 +130,12 @@ def confusion_section(heads: dict, primary: str, classes: list[str], opts: Optio
         alt=f"confusion matrix of {primary} on {split}")])
 
 
-def per_class_section(heads: dict, primary: str, classes: list[str], opts: Options) -> Section:
+def per_class_section(heads: HeadsMetrics, primary: str, classes: list[str], opts: Options) -> Section:
     from pipeline.report import plots
 
-    h = heads["heads"][primary]
-    split = pick_split(h["splits"], opts.split)
-    m = h["splits"].get(split, {})
+    h = heads.heads[primary]
+    split = pick_split(h.splits, opts.split)
+    m = h.splits.get(split, {})
     per = m.get("per_class") or {}
     if not per:
         return Section("per-class", "Per-class accuracy", status="not run",
@@ -156,30 +157,30 @@ def per_class_section(heads: dict, primary: str, classes: list[str], opts: Optio
         Details("Precision, recall and F1 per class", [table])])
 
 
-def mistakes_section(heads_dir: Path, heads: dict, primary: str, classes: list[str], finder: readers.ImageFinder,
+def mistakes_section(heads_dir: Path, primary: str, classes: list[str], finder: readers.ImageFinder,
                      opts: Options) -> Section:
     preds = read_predictions(heads_dir, primary, classes)
     title = "Most confident mistakes"
     if preds is None:
         return Section("mistakes", title, status="not run", note=f"No predictions_{primary}.json in the heads output.")
-    wrong = [r for r in preds if r["true"] != r["pred"]]
-    wrong.sort(key=lambda r: -(r["conf"] if r["conf"] is not None else 0.0))
+    wrong = [r for r in preds if r.true != r.pred]
+    wrong.sort(key=lambda r: -(r.p_pred if r.p_pred is not None else 0.0))
     shown = wrong[:opts.max_mistakes]
     blocks: list = [Text(f"{len(wrong)} of {len(preds)} {opts.split} images are misclassified by {primary}; "
                          f"the {len(shown)} it was surest about:")]
     cards, missing = [], 0
     for i, r in enumerate(shown):
-        src = finder.source(r["id"]) if r["id"] else None
+        src = finder.source(r.id) if r.id else None
         thumb = thumbnail(src, opts.thumbnail_size, f"mistake_{i:03d}") if src else None
         missing += thumb is None
         name = lambda k: classes[k] if 0 <= k < len(classes) else str(k)  # noqa: E731
-        lines = [f"predicted {name(r['pred'])} ({pct(r['conf'], 0)})"]
-        if r["true_prob"] is not None:
-            lines.append(f"p(true class) = {pct(r['true_prob'], 0)}")
-        if r.get("top") and (top := top_k_text(r["top"][1:3])):
+        lines = [f"predicted {name(r.pred)} ({pct(r.p_pred, 0)})"]
+        if r.p_true is not None:
+            lines.append(f"p(true class) = {pct(r.p_true, 0)}")
+        if (top := top_k_text(list(r.top[1:3]))):
             lines.append(f"next: {top}")
-        cards.append(Card([(thumb, "")] if thumb else [], title=f"true: {name(r['true'])}", lines=lines,
-                          kind="bad", foot=r["id"]))
+        cards.append(Card([(thumb, "")] if thumb else [], title=f"true: {name(r.true)}", lines=lines,
+                          kind="bad", foot=r.id))
     if cards:
         blocks.append(Gallery(cards, min_width=max(150, opts.thumbnail_size)))
     if missing:
@@ -253,9 +254,9 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
     params = readers.run_params(manifests, own_params)
     data_dir, feat_dir = inputs.get("data"), inputs.get("features")
     heads_dir = inputs.get("heads")
-    heads = read_heads_metrics(heads_dir, inputs.get("finetune"))
+    heads = read_with_finetune(heads_dir, inputs.get("finetune"))
     data = readers.read_data(data_dir)
-    classes = readers.read_classes(data, feat_dir) or (heads or {}).get("classes")
+    classes = readers.read_classes(data, feat_dir) or (heads.classes if heads else None)
     sizes = readers.split_sizes(data, feat_dir)
     primary = choose_primary(heads, opts.primary_head, log)
     adv_dir = inputs.get("adversarial")
@@ -271,14 +272,14 @@ def build(inputs: Mapping[str, Path], own_params: Mapping[str, Any], schema: Map
     finder = readers.ImageFinder(data_dir)
     sections.append((doctor_report.section(doctor_dir, finder, opts) if doctor_dir else None)
                     or not_run(doctor_report.ID, doctor_report.TITLE, "doctor", inputs, manifests, "doctor.json"))
-    if heads and heads["heads"] and primary:
+    if heads and heads.heads and primary:
         log(f"primary head: {primary}")
         sections.append(metrics_section(heads, primary, opts, log))
         if classes:
             sections.append(confusion_section(heads, primary, classes, opts))
             sections.append(per_class_section(heads, primary, classes, opts))
             preds_dir = inputs.get("finetune") if primary == "finetune" else heads_dir
-            sections.append(mistakes_section(preds_dir, heads, primary, classes, finder, opts))
+            sections.append(mistakes_section(preds_dir, primary, classes, finder, opts))
     else:
         for id_, title in (("metrics", "Heads: metrics"), ("confusion", "Confusion matrix"),
                            ("per-class", "Per-class accuracy"), ("mistakes", "Most confident mistakes")):
