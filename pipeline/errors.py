@@ -10,6 +10,13 @@ class UserError(Exception):
     """A problem the user can fix (bad params, missing data, a busy cache). The message says how."""
 
 
+def damaged_output(path: object, stage: str, why: str) -> UserError:
+    """The error for a stage's output file that is not what its writer writes: the file, what is
+    wrong with it, and the fix (rerun that stage)."""
+    return UserError(f"{path}: {why}; this {stage} output is damaged or from an older version: rerun the "
+                     f"stage (`python -m pipeline run {stage} --force {stage}`).")
+
+
 # What each expected errno means for the path it names, and what to do about it.
 _OS_ADVICE = {
     errno.ENOENT: ("does not exist", "check the path"),

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
+from pipeline.errors import damaged_output
 from pipeline.params import to_plain
+
+T = TypeVar("T")
 
 
 def load_json(path: Path) -> Any | None:
@@ -15,6 +18,21 @@ def load_json(path: Path) -> Any | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_output_json(path: Path, stage: str, parse: Callable[[Any], T]) -> T | None:
+    """`parse` of a stage's JSON output file, or None when the file is absent.
+
+    Raises:
+      UserError: the file is there but `parse` cannot read it (not JSON, a key missing, a value of
+        another type): it names the file, what is wrong and the fix (`errors.damaged_output`).
+    """
+    if not Path(path).is_file():
+        return None
+    try:
+        return parse(json.loads(Path(path).read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise damaged_output(path, stage, f"{type(e).__name__}: {e}") from None
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

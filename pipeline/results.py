@@ -17,6 +17,7 @@ from pipeline import cache, folders, publish, storage
 from pipeline.errors import UserError
 from pipeline.finetune.artifact import read_with_finetune
 from pipeline.gradients import attack_artifact, ideal_artifact
+from pipeline.graph import Graph, load_graph
 from pipeline.plain import flatten
 
 HEAD_METRICS = ("accuracy", "mean_per_class_accuracy", "log_loss")
@@ -68,29 +69,28 @@ def find_key(cache_dir: Path, stage: str, prefix: str) -> str:
                     f"give more characters of the key.")
 
 
-def chain_from_heads(cache_dir: Path, heads_key: str) -> dict[str, str]:
-    """Stage keys of the run built on a heads output: its upstream chain (from the manifests) and
-    the newest complete ideal / adversarial / report outputs that read it."""
-    keys = {"heads": heads_key}
-    m = _manifest(cache_dir, "heads", heads_key) or {}
-    # Several backbones: the upstream key hashes the parts; the first part is the first
-    # backbone's features output (what ctx.inputs["features"] was), and names the data run.
-    parts = (m.get("upstream_parts") or {}).get("features") or []
-    feats = parts[0] if parts else (m.get("upstream") or {}).get("features")
-    if feats:
-        keys["features"] = feats
-        fm = _manifest(cache_dir, "features", feats) or {}
-        if (data := (fm.get("upstream") or {}).get("data")):
-            keys["data"] = data
-    for stage in ("finetune", "ideal", "adversarial"):
-        for dm in cache.iter_manifests(cache_dir, stage):  # newest first
-            if (dm.get("upstream") or {}).get("heads") == heads_key:
-                keys[stage] = dm["key"]
+def chain_from_heads(cache_dir: Path, heads_key: str, graph: Graph | None = None) -> dict[str, str]:
+    """Stage keys of the run built on a heads output: of each stage of `graph` (default: the
+    product's) that reads it directly, the newest complete output, and every output these and the
+    heads output read (the manifests' upstream keys, transitively)."""
+    keys: dict[str, str] = {}
+    todo = [("heads", heads_key)]
+    for stage in (graph or load_graph()).downstream("heads"):
+        for m in cache.iter_manifests(cache_dir, stage):  # newest first
+            if (m.get("upstream") or {}).get("heads") == heads_key:
+                todo.append((stage, m["key"]))
                 break
-    for rm in cache.iter_manifests(cache_dir, "report"):
-        if (rm.get("upstream") or {}).get("heads") == heads_key:
-            keys["report"] = rm["key"]
-            break
+    while todo:
+        stage, key = todo.pop()
+        m = _manifest(cache_dir, stage, key)
+        if stage in keys or (m is None and stage != "heads"):
+            continue  # a part-read token (finetune's stub part) names no output
+        keys[stage] = key
+        upstream = dict((m or {}).get("upstream") or {})
+        # A fanned-out dep (several backbones): its upstream key hashes the parts; the first part
+        # is the first backbone's output (what ctx.inputs[dep] was), and names the run before it.
+        upstream.update({d: parts[0] for d, parts in ((m or {}).get("upstream_parts") or {}).items() if parts})
+        todo += [(d, k) for d, k in upstream.items() if isinstance(k, str)]
     return keys
 
 

@@ -126,7 +126,7 @@ def show_latest(cache_dir: Path, graph: Graph | None = None) -> str:
 
 # --- compare -------------------------------------------------------------------------------------
 
-def _side(cache_dir: Path, ref: str) -> tuple[str, dict[str, str]]:
+def _side(cache_dir: Path, ref: str, graph: Graph) -> tuple[str, dict[str, str]]:
     """('latest' or a heads key) -> (label, stage keys)."""
     if ref == "latest":
         stages = read_latest(cache_dir)["stages"]
@@ -136,7 +136,7 @@ def _side(cache_dir: Path, ref: str) -> tuple[str, dict[str, str]]:
                             "`python -m pipeline run heads` first.")
         return f"latest ({keys['heads'][:8]})", keys
     key = find_key(cache_dir, "heads", ref)
-    return key[:8], chain_from_heads(cache_dir, key)
+    return key[:8], chain_from_heads(cache_dir, key, graph)
 
 
 def compare(args: argparse.Namespace, resolve: Callable[[argparse.Namespace], tuple]) -> str:
@@ -157,10 +157,10 @@ def compare(args: argparse.Namespace, resolve: Callable[[argparse.Namespace], tu
         heads output yet.
     """
     cache_dir = args.cache_dir
-    label_a, keys_a = _side(cache_dir, args.a)
+    graph = load_graph(getattr(args, "graph", DEFAULT_GRAPH))
+    label_a, keys_a = _side(cache_dir, args.a, graph)
     if args.b is not None:
-        label_b, keys_b = _side(cache_dir, args.b)
-        graph = load_graph(getattr(args, "graph", DEFAULT_GRAPH))
+        label_b, keys_b = _side(cache_dir, args.b, graph)
     else:
         from pipeline import planner
 

@@ -123,7 +123,7 @@ def test_the_heads_artifact_reads_back_what_the_stage_wrote(fitted, tmp_path):
     m = artifact.read(out)
     assert m.classes == CLASSES and set(m.heads) == {"logreg", "mlp"} and m.judged_split() == "test"
     assert m.heads["logreg"].splits["test"]["accuracy"] == 1.0 and m.heads["mlp"].vs_plain_probe["split"] == "test"
-    assert m.baseline["split"] == "test" and [r["shots"] for r in m.learning_curve] == [1, 2, "all"]
+    assert m.baseline["split"] == "test" and [r.shots for r in m.learning_curve] == [1, 2, "all"]
     artifact.write_metrics(tmp_path, m)
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
     assert artifact.read(tmp_path) == m

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline import cli, planner, runner, show
+from pipeline import cli, planner, results, runner, show
 from pipeline.errors import UserError
 from pipeline.inspect import artifact as inspect_artifact
 from pipeline.progress import QuietReporter
@@ -366,6 +366,11 @@ def _rows(text: str) -> dict[str, list[str]]:
 @pytest.mark.slow
 def test_compare_two_keys_shows_both_values_and_the_change(small_run, second_run):
     key_a, key_b = small_run.plans["heads"].key, second_run.heads.key
+    # A heads key names its whole run: what it read, and the newest outputs that read it.
+    # (Later stages: the newest output that read it; test_end_to_end reruns some on this cache.)
+    chain = results.chain_from_heads(small_run.cache_dir, key_a)
+    assert set(chain) == set(small_run.graph.names)
+    assert all(chain[n] == small_run.plans[n].key for n in ("data", "features", "doctor", "heads"))
     args = argparse.Namespace(a=key_a[:7], b=key_b[:7], cache_dir=small_run.cache_dir, overrides=[])
     text = show.compare(args, resolve=None)
     rows = _rows(text)

@@ -30,7 +30,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.errors import UserError
+from pipeline.plain import read_output_json
 
 FILE = "metrics.json"
 ORDER = ("pgd", "fgsm", "unbounded")  # PGD first: the attack the bounds are about
@@ -123,19 +123,15 @@ def read(folder: str | Path | None) -> AttackOutput | None:
     Raises:
       UserError: metrics.json is there but is not what `write` writes (naming the file and the fix).
     """
-    path = Path(folder) / FILE if folder is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        raw: dict[str, Any] = json.loads(path.read_text())
-        fields = {f.name for f in dataclasses.fields(AttackOutput)}
-        if set(raw) != fields:
-            raise KeyError(", ".join(sorted(set(raw) ^ fields)))
-        return AttackOutput(**{**raw,
-                               "methods": {str(n): AttackMethod(**{"linf_bound_holds": None, **m})
-                                           for n, m in raw["methods"].items()},
-                               "transfer": {str(b): dict(row) for b, row in raw["transfer"].items()},
-                               "examples": [AttackExample(**e) for e in raw["examples"]]})
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{path} is not an adversarial stage output this version reads ({type(e).__name__}: "
-                        f"{e}); rerun the stage: python -m pipeline run adversarial --force adversarial.") from None
+    return read_output_json(Path(folder) / FILE, "adversarial", _parse) if folder is not None else None
+
+
+def _parse(raw: dict[str, Any]) -> AttackOutput:
+    fields = {f.name for f in dataclasses.fields(AttackOutput)}
+    if set(raw) != fields:
+        raise KeyError(", ".join(sorted(set(raw) ^ fields)))
+    return AttackOutput(**{**raw,
+                           "methods": {str(n): AttackMethod(**{"linf_bound_holds": None, **m})
+                                       for n, m in raw["methods"].items()},
+                           "transfer": {str(b): dict(row) for b, row in raw["transfer"].items()},
+                           "examples": [AttackExample(**e) for e in raw["examples"]]})

@@ -31,7 +31,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.errors import UserError
+from pipeline.plain import read_output_json
 
 FILE = "ideal.json"
 MAIN = "main"  # the recipe that is the params section itself
@@ -140,30 +140,26 @@ def read(folder: str | Path | None) -> IdealOutput | None:
     Raises:
       UserError: ideal.json is there but is not what `write` writes (naming the file and the fix).
     """
-    path = Path(folder) / FILE if folder is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        raw = json.loads(path.read_text())
-        if set(raw) != _KEYS or MAIN not in raw["recipes"]:
-            raise KeyError(", ".join(sorted(set(raw) ^ _KEYS)) or MAIN)
-        return IdealOutput(
-            backbone=str(raw["backbone"]), head=str(raw["head"]), targets=[str(t) for t in raw["targets"]],
-            grid=str(raw["grid"]),
-            recipes={str(n): IdealRecipe(settings=dict(r["settings"]), seconds=r["seconds"], compiles=int(r["compiles"]),
-                                         mean_prob=r["mean_prob"], min_prob=r["min_prob"], mean_tv=r["mean_tv"],
-                                         transfer={b: TransferRate(**t) for b, t in r.get("transfer", {}).items()})
-                     for n, r in raw["recipes"].items()},
-            images=[IdealImage(target=str(im["target"]), spec=str(im["spec"]), head=str(im["head"]),
-                               option=str(im["option"]), image=str(im["image"]), prob=im["prob"], tv=im["tv"],
-                               top5=[(str(c["class"]), c["prob"]) for c in im["top5"]],
-                               prob_curve=list(im["prob_curve"]),
-                               transfer={b: TransferHit(**t) for b, t in im.get("transfer", {}).items()})
-                    for im in raw["images"]],
-            work=IdealWork(**raw["work"]))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{path} is not an ideal stage output this version reads ({type(e).__name__}: {e}); "
-                        f"rerun the stage: python -m pipeline run ideal --force ideal.") from None
+    return read_output_json(Path(folder) / FILE, "ideal", _parse) if folder is not None else None
+
+
+def _parse(raw: dict[str, Any]) -> IdealOutput:
+    if set(raw) != _KEYS or MAIN not in raw["recipes"]:
+        raise KeyError(", ".join(sorted(set(raw) ^ _KEYS)) or MAIN)
+    return IdealOutput(
+        backbone=str(raw["backbone"]), head=str(raw["head"]), targets=[str(t) for t in raw["targets"]],
+        grid=str(raw["grid"]),
+        recipes={str(n): IdealRecipe(settings=dict(r["settings"]), seconds=r["seconds"], compiles=int(r["compiles"]),
+                                     mean_prob=r["mean_prob"], min_prob=r["min_prob"], mean_tv=r["mean_tv"],
+                                     transfer={b: TransferRate(**t) for b, t in r.get("transfer", {}).items()})
+                 for n, r in raw["recipes"].items()},
+        images=[IdealImage(target=str(im["target"]), spec=str(im["spec"]), head=str(im["head"]),
+                           option=str(im["option"]), image=str(im["image"]), prob=im["prob"], tv=im["tv"],
+                           top5=[(str(c["class"]), c["prob"]) for c in im["top5"]],
+                           prob_curve=list(im["prob_curve"]),
+                           transfer={b: TransferHit(**t) for b, t in im.get("transfer", {}).items()})
+                for im in raw["images"]],
+        work=IdealWork(**raw["work"]))
 
 
 def _recipe_json(r: IdealRecipe) -> dict[str, Any]:

@@ -53,12 +53,27 @@ class HeadMetrics:
 
 
 @dataclasses.dataclass(frozen=True)
+class CurvePoint:
+    """One point of the learning curve (`pipeline.heads.fewshot.learning_curve`): test accuracy of
+    the probe and of kNN fitted on ``shots`` images per class, mean and std over ``draws`` draws."""
+
+    shots: int | str
+    n_train: float
+    draws: int
+    logreg_accuracy: float
+    logreg_accuracy_std: float
+    logreg_mean_per_class_accuracy: float
+    knn_accuracy: float
+    knn_accuracy_std: float
+
+
+@dataclasses.dataclass(frozen=True)
 class HeadsMetrics:
     """metrics.json: every head's scores and what the stage decided on the way."""
 
     classes: list[str]
     heads: Mapping[str, HeadMetrics]
-    learning_curve: list[dict] | None = None
+    learning_curve: list[CurvePoint] | None = None
     baseline: Mapping[str, Any] | None = None
     backbones: list[dict] = dataclasses.field(default_factory=list)
     fuse: str | None = None
@@ -143,7 +158,7 @@ def write_metrics(out_dir: Path, m: HeadsMetrics) -> None:
     if m.baseline is not None:
         raw["baseline"] = dict(m.baseline)
     if m.learning_curve is not None:
-        raw["learning_curve"] = m.learning_curve
+        raw["learning_curve"] = [dataclasses.asdict(point) for point in m.learning_curve]
     raw["seconds"] = dict(m.seconds)
     write_json(Path(out_dir) / METRICS, raw)
 
@@ -167,6 +182,10 @@ def heads_from_record(raw: Mapping[str, Any]) -> dict[str, HeadMetrics]:
             for name, h in raw.items()}
 
 
+def _curve(raw: Any) -> list[CurvePoint] | None:
+    return [CurvePoint(**point) for point in raw] if isinstance(raw, list) else None
+
+
 def write_json(path: Path, raw: Any) -> None:
     """A metrics file, indented, NaN and infinities as null."""
     Path(path).write_text(json.dumps(_finite(raw), indent=1))
@@ -178,7 +197,7 @@ def read(folder: Path | None) -> HeadsMetrics | None:
     if not isinstance(raw, dict) or not isinstance(raw.get("heads"), dict):
         return None
     return HeadsMetrics(classes=raw.get("classes"), heads=heads_from_record(raw["heads"]),
-                        learning_curve=raw.get("learning_curve"), baseline=raw.get("baseline"),
+                        learning_curve=_curve(raw.get("learning_curve")), baseline=raw.get("baseline"),
                         backbones=raw.get("backbones") or [], fuse=raw.get("fuse"),
                         class_weight=raw.get("class_weight"), standardize_param=raw.get("standardize_param"),
                         standardize=raw.get("standardize"), seconds=raw.get("seconds") or {})
@@ -266,8 +285,8 @@ def table(m: HeadsMetrics) -> str:
         for col in ("images/class", "n train", "logreg", "kNN"):
             curve.add_column(col, justify="right")
         for row in m.learning_curve:
-            curve.add_row(str(row["shots"]), f"{row['n_train']:.0f}", f"{row['logreg_accuracy']:.4f}",
-                          f"{row['knn_accuracy']:.4f}")
+            curve.add_row(str(row.shots), f"{row.n_train:.0f}", f"{row.logreg_accuracy:.4f}",
+                          f"{row.knn_accuracy:.4f}")
         console.print(curve)
     return buf.getvalue().rstrip()
 

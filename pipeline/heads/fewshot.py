@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.heads import logreg
+from pipeline.heads.artifact import CurvePoint
 from pipeline.heads.metrics import mean_per_class_accuracy
 
 
@@ -65,9 +66,7 @@ def learning_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
         at C (the sweep has one), reused for the ``"all"`` point.
 
     Returns:
-      One dict per point: ``shots``, ``n_train`` (mean), ``logreg_accuracy``,
-      ``logreg_accuracy_std``, ``logreg_mean_per_class_accuracy``, ``knn_accuracy``,
-      ``knn_accuracy_std``, ``draws``.
+      One `pipeline.heads.artifact.CurvePoint` per size, in the order of `shots`.
     """
     numeric = sorted({int(s) for s in shots if s != "all"})
     subsets = {s: [draw_shots(train_y, s, num_classes, np.random.default_rng(seed + d)) for d in range(draws)]
@@ -94,10 +93,10 @@ def learning_curve(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
             votes = knn_votes(sim[:, idx], train_y[idx], num_classes, knn_k)
             knn_acc.append(float(np.mean(votes.argmax(1) == test_y)))
             n.append(len(idx))
-        rows.append({"shots": s, "n_train": float(np.mean(n)), "draws": len(idxs),
-                     "logreg_accuracy": float(np.mean(lr_acc)), "logreg_accuracy_std": float(np.std(lr_acc)),
-                     "logreg_mean_per_class_accuracy": float(np.mean(lr_mpca)),
-                     "knn_accuracy": float(np.mean(knn_acc)), "knn_accuracy_std": float(np.std(knn_acc))})
+        rows.append(CurvePoint(shots=s, n_train=float(np.mean(n)), draws=len(idxs),
+                               logreg_accuracy=float(np.mean(lr_acc)), logreg_accuracy_std=float(np.std(lr_acc)),
+                               logreg_mean_per_class_accuracy=float(np.mean(lr_mpca)),
+                               knn_accuracy=float(np.mean(knn_acc)), knn_accuracy_std=float(np.std(knn_acc))))
     return rows
 
 

@@ -28,7 +28,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, damaged_output
 
 FILE = "inspect.json"
 MAP_FILE = "map.json"
@@ -145,8 +145,7 @@ def _load(path: Path) -> Any:
 
 
 def _malformed(path: Path, why: str) -> UserError:
-    return UserError(f"{path}: {why}; this inspect output is damaged or from an older version. Rerun the "
-                     f"inspect stage (`python -m pipeline run inspect --force inspect`).")
+    return damaged_output(path, "inspect", why)
 
 
 def _parse(cls: type, raw: Any, path: Path) -> Any:

@@ -6,7 +6,7 @@ import dataclasses
 import io
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pipeline.report.document import ASSET_DIR, Asset
 
@@ -130,19 +130,7 @@ def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))[:80]
 
 
-def top_k_text(v: Any) -> str | None:
-    """A top-k list (``[[name, p], ...]`` or ``[{"class": .., "prob": ..}]``) as one line, or None."""
-    if not isinstance(v, list) or not v:
-        return None
-    parts = []
-    for item in v:
-        if isinstance(item, (list, tuple)) and len(item) == 2:
-            parts.append(f"{item[0]} {pct(item[1], 0)}")
-        elif isinstance(item, dict):
-            name = next((item[k] for k in ("class", "name", "label") if k in item), "?")
-            p = next((item[k] for k in ("prob", "p", "probability") if k in item), None)
-            parts.append(f"{name} {pct(p, 0)}" if p is not None else str(name))
-        else:
-            return None
-    return ", ".join(parts)
+def top_k_text(pairs: Sequence[tuple[str, float]]) -> str | None:
+    """(class, probability) pairs as one line (``tabby 62%, tiger cat 20%``), or None when empty."""
+    return ", ".join(f"{name} {pct(p, 0)}" for name, p in pairs) or None
 

@@ -48,11 +48,15 @@ def metrics_section(metrics: HeadsMetrics, primary: str | None, opts: Options, l
         blocks.append(Figure(Asset(f"{ASSET_DIR}/training.png", plots.training_png(panels, dpi=opts.dpi)),
                              alt="how the heads were fitted", caption="How each head was fitted (dashed: the "
                              "value chosen on the val split)."))
-    curves = {"run": c} if (c := readers.normalize_curve(metrics.learning_curve)) else {}
+    curve = metrics.learning_curve or []
     # A curve needs two training-set sizes (a smoke run with one image per class has one).
-    curves = {k: c for k, c in curves.items() if len({x for x in c[1] if x is not None}) >= 2}
-    if curves:
-        png = plots.learning_curves_png(curves, dpi=opts.dpi)
+    if len({point.n_train for point in curve}) >= 2:
+        series = {name: [getattr(point, name) for point in curve]
+                  for name in ("logreg_accuracy", "logreg_mean_per_class_accuracy", "knn_accuracy")}
+        spread = {name: [getattr(point, f"{name}_std") for point in curve]
+                  for name in ("logreg_accuracy", "knn_accuracy")}
+        png = plots.learning_curves_png({"run": ("n_train", [point.n_train for point in curve], series, spread)},
+                                        dpi=opts.dpi)
         blocks.append(Figure(Asset(f"{ASSET_DIR}/learning_curve.png", png), alt="learning curve",
                              caption="Accuracy on the test split against the number of training images "
                                      "(mean over seeded draws; band: ±1 std).", max_width=900))

@@ -130,33 +130,3 @@ def headline(split_metrics: Mapping[str, Any]) -> dict[str, float]:
     """The scalar metrics of one split that are worth a column (in a fixed order)."""
     keys = ("accuracy", "mean_per_class_accuracy", "log_loss", "top5_accuracy", "n")
     return {k: split_metrics[k] for k in keys if isinstance(split_metrics.get(k), (int, float))}
-
-
-def normalize_curve(curve: Any) -> tuple[str, list[float], dict[str, list], dict[str, list]] | None:
-    """A learning curve as (x label, x values, {series: y values}, {series: y std}).
-
-    Accepts a list of points (``[{"n_train": 37, "logreg_accuracy": 0.5, ...}]``) or columns
-    (``{"n_train": [...], "val_accuracy": [...]}``); the x column is the first whose name says
-    size, count or fraction; a ``<series>_std`` column gives that series' spread.
-    """
-    if isinstance(curve, Mapping) and "points" in curve:
-        curve = curve["points"]
-    cols: dict[str, list] = {}
-    if isinstance(curve, list) and curve and all(isinstance(p, Mapping) for p in curve):
-        keys = [k for k in curve[0] if all(isinstance(p.get(k), (int, float)) and not isinstance(p.get(k), bool)
-                                           or p.get(k) is None for p in curve)]
-        cols = {k: [p.get(k) for p in curve] for k in keys}
-    elif isinstance(curve, Mapping):
-        cols = {k: list(v) for k, v in curve.items() if isinstance(v, list) and v
-                and all(isinstance(x, (int, float)) or x is None for x in v)}
-    if len(cols) < 2:
-        return None
-    xk = next((k for k in cols if any(w in k.lower() for w in ("n_train", "size", "fraction", "count", "per_class",
-                                                                    "samples", "examples"))), None)
-    xk = xk or next(iter(cols))
-    skip = ("seconds", "time", "seed", "draws", "shots")
-    series = {k: v for k, v in cols.items() if k != xk and len(v) == len(cols[xk]) and not k.endswith("_std")
-              and not any(w in k.lower() for w in skip)}
-    std = {k: cols[f"{k}_std"] for k in series if f"{k}_std" in cols}
-    return (xk, cols[xk], series, std) if series else None
-
