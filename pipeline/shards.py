@@ -129,6 +129,26 @@ def assemble(dest: Path, parts: Iterable[Path], shape: tuple[int, ...], dtype: n
     _fsync_dir(dest.parent)
 
 
+def assemble_split(stage: str, split: str, folder: Path, dest: Path, ranges: Sequence[Range],
+                   rows_per_item: int, width: int, dtype: np.dtype) -> None:
+    """Check that every shard of a split is in `folder`, then `assemble` them into `dest`.
+
+    Args:
+      stage, split: named in the error.
+      folder: the split's shards; ranges: its `shard_ranges`, in order.
+      rows_per_item: rows per image in each shard; width: columns per row.
+
+    Raises:
+      RuntimeError: a shard is missing or incomplete (a process did not finish).
+    """
+    missing = [r for r in ranges if not is_done(folder, r, rows_per_item)]
+    if missing:
+        raise RuntimeError(f"{stage}: {len(missing)} shard(s) of split {split} are missing (first: images "
+                           f"{missing[0][0]}..{missing[0][1] - 1}); a process did not finish. Rerun to compute them.")
+    n = ranges[-1][1] if ranges else 0
+    assemble(dest, [shard_path(folder, r) for r in ranges], (n * rows_per_item, width), dtype)
+
+
 def write_durable_json(path: Path, obj: object) -> None:
     """Write JSON at `path` so that the file exists only when complete (as `write_durable`)."""
     import json

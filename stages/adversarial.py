@@ -22,7 +22,6 @@ Outputs (`pipeline.gradients.attack_artifact`, which describes them in full, wri
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -72,13 +71,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from pipeline.gradients import attacks
     from pipeline.gradients import model as model_lib
     from pipeline.gradients import targets as targets_lib
-    from pipeline.heads.trained import available, load_head
+    from pipeline.heads.trained import available, load_head, read_classes
+    from pipeline.sources.dataset import read_classes as read_data_classes
     from pipeline.models import registry
 
     p: AdversarialParams = ctx.params["adversarial"]
     bp = ctx.params["backbone"]
     data_dir, heads_dir = Path(ctx.inputs["data"]), Path(ctx.inputs["heads"])
-    data_classes = json.loads((data_dir / "classes.json").read_text())
+    data_classes = read_data_classes(data_dir)
 
     # What to attack (dataset labels) and what the classifier should say.
     source = targets_lib.resolve_source(p.source, data_classes, "adversarial.source")
@@ -89,7 +89,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if targets_lib.split_spec(p.target)[0] != targets_lib.IMAGENET and p.head not in head_names + [finetuned.NAME]:
         raise targets_lib.TargetError(f"adversarial.head: no trained head {p.head!r} in the heads stage's "
                                       f"output; available: {', '.join(head_names) or 'none'}, finetune.")
-    head_classes = {n: json.loads((heads_dir / "heads.json").read_text())["classes"] for n in head_names}
+    head_classes = {n: read_classes(heads_dir) for n in head_names}
     if finetuned.available(ft_dir):
         head_classes[finetuned.NAME] = finetuned.classes(ft_dir)
     target = targets_lib.resolve(p.target, p.head, head_classes, "adversarial.target")

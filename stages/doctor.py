@@ -80,13 +80,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
       The headline counts (leaks, duplicates, label issues, outliers, dropped).
     """
     from pipeline.doctor import artifact, examine, summary
+    from pipeline.features.artifact import read_classes
 
     p: DoctorParams = ctx.params["doctor"]
     feats = Path(ctx.inputs["features"])
-    if not (feats / "classes.json").exists():
+    try:
+        read_classes(feats)
+    except FileNotFoundError as e:
         from pipeline.errors import UserError
 
-        raise UserError(f"{feats} is not a features stage output (no classes.json); rerun --force features.")
+        raise UserError(f"{e}; rerun --force features.") from None
     found = artifact.Findings(**examine.examine(feats, ctx.inputs.get("data"), p, log=ctx.log))
     artifact.write(ctx.out_dir, found)
     ctx.log("\n" + summary.text(found))

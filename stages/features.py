@@ -35,6 +35,7 @@ from typing import Any, Literal, Mapping, Union
 import numpy as np
 
 from pipeline import shards
+from pipeline.features import artifact
 from pipeline.features.artifact import FeaturesInfo, write_info
 from pipeline.features.params import FeaturesParams, input_spec, view_plan
 from pipeline.params import ParamsError, spec
@@ -189,23 +190,16 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
     for split in SPLITS:
         rec = data.splits[split]
         folder = out / split / "shards"
-        ranges = shards.shard_ranges(len(rec), fp.shard_size)
         sizes[split] = len(rec) * rows
-        if (out / split / "ids.json").exists() and not folder.exists():
+        if artifact.split_assembled(out, split) and not folder.exists():
             continue  # assembled by an earlier finalize that was killed later on
-        missing = [r for r in ranges if not shards.is_done(folder, r, rows)]
-        if missing:
-            raise RuntimeError(f"features: {len(missing)} shard(s) of split {split} are missing "
-                               f"(first: images {missing[0][0]}..{missing[0][1] - 1}); a process "
-                               "did not finish. Rerun to compute them.")
-        shards.assemble(out / split / "features.npy",
-                        [shards.shard_path(folder, r) for r in ranges], (len(rec) * rows, dim), dtype)
+        shards.assemble_split("features", split, folder, artifact.features_path(out, split),
+                              shards.shard_ranges(len(rec), fp.shard_size), rows, dim, dtype)
         labels = np.repeat(np.asarray(rec.labels, np.int32), rows)
-        shards.write_durable(out / split / "labels.npy", labels)
         ids = rec.ids if rows == 1 else [f"{i}#{v}" for i in rec.ids for v in range(rows)]
-        shards.write_durable_json(out / split / "ids.json", ids)   # last: marks the split done
+        artifact.write_split_labels_ids(out, split, labels, ids)   # last: marks the split done
         shutil.rmtree(folder)
-    shards.write_durable_json(out / "classes.json", data.classes)
+    artifact.write_classes(out, data.classes)
     info = FeaturesInfo(backbone=spec["backbone"], feature_dim=dim, dtype=fp.dtype, splits=sizes,
                         images={s: len(data.splits[s]) for s in SPLITS}, views=_n_views(fp),
                         augment=fp.augment, reduce=fp.reduce, input_size=spec["input_size"])

@@ -86,7 +86,7 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
     from pipeline.heads.trained import load_head
     from pipeline.models import cut
     from pipeline.heads.artifact import HeadMetrics, HeadsMetrics, write_predictions
-    from pipeline.finetune.artifact import FinetuneMetrics, load_split, read_trunk_classes
+    from pipeline.finetune.artifact import FinetuneMetrics, load_split, read_trunk_classes, split_assembled
 
     p: FinetuneTrainParams = ctx.params["finetune_train"]
     out = Path(ctx.out_dir)
@@ -95,7 +95,7 @@ def train(ctx: StageContext, backbone: Any) -> dict[str, Any]:
     t_start = time.perf_counter()
     classes = read_trunk_classes(trunk_dir)
     K = len(classes)
-    data = {s: load_split(trunk_dir, s) for s in SPLITS if (trunk_dir / s / "ids.json").exists()}
+    data = {s: load_split(trunk_dir, s) for s in SPLITS if split_assembled(trunk_dir, s)}
     for s in ("train", "val"):
         if s not in data or len(data[s][1]) == 0:
             raise UserError(f"finetune: the trunk output has no {s} split; fine-tuning needs train and val "

@@ -24,7 +24,6 @@ Outputs (`pipeline.gradients.ideal_artifact`, which describes them in full, writ
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import time
 from pathlib import Path
@@ -54,17 +53,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from pipeline.gradients import model as model_lib
     from pipeline.gradients import pictures
     from pipeline.gradients import targets as targets_lib
-    from pipeline.heads.trained import available, load_head
+    from pipeline.heads.trained import available, load_head, read_classes
     from pipeline.models import registry
 
     p: IdealParams = ctx.params["ideal"]
     bp = ctx.params["backbone"]
     heads_dir = Path(ctx.inputs["heads"])
     head_names = available(heads_dir)
-    head_classes = {}
-    if head_names:
-        index = json.loads((heads_dir / "heads.json").read_text())
-        head_classes = {n: list(index["classes"]) for n in head_names}
+    head_classes = {n: read_classes(heads_dir) for n in head_names}
     from pipeline.finetune import model as finetuned
 
     ft_dir = Path(ctx.inputs["finetune"]) if "finetune" in ctx.inputs else None

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import shards
+from pipeline.finetune import artifact
 from pipeline.finetune.artifact import TrunkInfo, write_trunk_info
 from pipeline.finetune.params import FinetuneParams, rows_per_image
 from pipeline.params import ParamsError
@@ -152,19 +153,13 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
         rec = data.splits[split]
         r = rows_per_image(fp, split)
         folder = out / split / "shards"
-        if (out / split / "ids.json").exists() and not folder.exists():
+        if artifact.split_assembled(out, split) and not folder.exists():
             continue  # assembled by an earlier finalize that was killed later on
-        ranges = shards.shard_ranges(len(rec), fp.shard_size)
-        missing = [g for g in ranges if not shards.is_done(folder, g, r)]
-        if missing:
-            raise RuntimeError(f"trunk: {len(missing)} shard(s) of split {split} are missing (first: images "
-                               f"{missing[0][0]}..{missing[0][1] - 1}); a process did not finish. Rerun.")
-        shards.assemble(out / split / "activations.npy", [shards.shard_path(folder, g) for g in ranges],
-                        (len(rec) * r, flat), np.dtype(fp.dtype))
-        shards.write_durable(out / split / "labels.npy", np.asarray(rec.labels, np.int32))
-        shards.write_durable_json(out / split / "ids.json", list(rec.ids))  # last: marks the split done
+        shards.assemble_split("trunk", split, folder, artifact.activations_path(out, split),
+                              shards.shard_ranges(len(rec), fp.shard_size), r, flat, np.dtype(fp.dtype))
+        artifact.write_split_labels_ids(out, split, rec.labels, rec.ids)  # last: marks the split done
         shutil.rmtree(folder)
-    shards.write_durable_json(out / "classes.json", data.classes)
+    artifact.write_trunk_classes(out, data.classes)
     info = TrunkInfo(enabled=True, backbone=stats[0]["backbone"], cut=fp.unfreeze, activation_shape=tuple(shape),
                      dtype=fp.dtype, views=fp.views, images={s: len(data.splits[s]) for s in SPLITS},
                      rows_per_image={s: rows_per_image(fp, s) for s in SPLITS})
@@ -176,7 +171,7 @@ def finalize(ctx: StageContext) -> dict[str, Any]:
                "computed_views": rows, "resumed_shards": sum(s["resumed_shards"] for s in stats),
                "seconds": seconds, "views_per_s": round(rows / seconds, 2) if seconds else None,
                "compile_seconds": max(s["compile_seconds"] for s in stats),
-               "megabytes": round(sum((out / s / "activations.npy").stat().st_size for s in SPLITS) / 1e6, 1)}
+               "megabytes": round(sum(artifact.activations_path(out, s).stat().st_size for s in SPLITS) / 1e6, 1)}
     ctx.log(f"trunk of {info.backbone} up to {fp.unfreeze}: {rows} views -> {shape} {fp.dtype} in "
             f"{seconds:.1f} s ({summary['views_per_s']} views/s, compile {summary['compile_seconds']} s), "
             f"{summary['resumed_shards']} shard(s) resumed, {summary['megabytes']} MB")

@@ -40,6 +40,10 @@ def test_folder_of_real_photos(tmp_path):
     classes = read(out, "classes.json")
     splits = read(out, "splits.json")
     assert len(classes) == 37 and "beagle" in classes and "Abyssinian" in classes
+    from pipeline.sources import dataset
+
+    assert dataset.read_classes(out) == classes and dataset.has_data(out)
+    assert not dataset.has_data(tmp_path / "b") and not dataset.has_data(None)
     files = sorted(f"{c.name}/{f.name}" for c in PETS_DEV.iterdir() for f in c.iterdir())
     ids = [i for s in splits.values() for i in s["ids"]]
     assert sorted(ids) == files                                  # every photo in exactly one split

@@ -189,6 +189,44 @@ def test_a_process_cleans_only_its_own_shards_temporaries(tmp_path):
     assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
 
 
+def test_a_split_is_assembled_only_once_its_ids_are_written(tmp_path, monkeypatch):
+    """The features artifact's split marker: labels.npy first, ids.json last; a write killed in
+    between leaves the split unassembled, so finalize assembles it again."""
+    from pipeline import shards
+    from pipeline.features import artifact
+
+    with pytest.raises(FileNotFoundError, match="not a features stage output"):
+        artifact.read_classes(tmp_path)
+    artifact.write_classes(tmp_path, ["a", "b"])
+    assert artifact.read_classes(tmp_path) == ["a", "b"]
+
+    folder, ranges = tmp_path / "train" / "shards", shards.shard_ranges(5, 2)
+    folder.mkdir(parents=True)
+    for r in ranges[:-1]:
+        shards.write_durable(shards.shard_path(folder, r), np.full((r[1] - r[0], 3), r[0], np.float32))
+    with pytest.raises(RuntimeError, match=r"features: 1 shard\(s\) of split train are missing \(first: images 4..4\)"):
+        shards.assemble_split("features", "train", folder, artifact.features_path(tmp_path, "train"), ranges, 1, 3,
+                              np.float32)
+    shards.write_durable(shards.shard_path(folder, ranges[-1]), np.full((1, 3), 4, np.float32))
+    shards.assemble_split("features", "train", folder, artifact.features_path(tmp_path, "train"), ranges, 1, 3,
+                          np.float32)
+    assert not artifact.split_assembled(tmp_path, "train")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed before ids.json")
+
+    with monkeypatch.context() as m:
+        m.setattr(shards, "write_durable_json", killed)
+        with pytest.raises(KeyboardInterrupt):
+            artifact.write_split_labels_ids(tmp_path, "train", np.arange(5) % 2, [f"i{k}" for k in range(5)])
+    assert (tmp_path / "train" / "labels.npy").exists() and not artifact.split_assembled(tmp_path, "train")
+    artifact.write_split_labels_ids(tmp_path, "train", np.arange(5) % 2, [f"i{k}" for k in range(5)])
+    assert artifact.split_assembled(tmp_path, "train") and not artifact.split_assembled(tmp_path, "val")
+    x, y, ids = artifact.load_split(tmp_path, "train")
+    assert x[:, 0].tolist() == [0, 0, 2, 2, 4] and y.dtype == np.int32 and y.tolist() == [0, 1, 0, 1, 0]
+    assert ids == ["i0", "i1", "i2", "i3", "i4"]
+
+
 def test_two_devices_shard_the_batch(data_dir, backbone, tmp_path):
     # 2 virtual CPU devices, batch 3 (padded to 4 = 2 x 2), in a fresh process.
     proc = _worker(data_dir, tmp_path / "out", "--devices", "2", "--batch", "3", "--shard", "6")

@@ -75,6 +75,9 @@ def test_trunk_rows_are_the_cut_of_the_centre_and_augmented_views(data_dir, trun
     assert info["activation_shape"] == [16, 16, 8] and info["rows_per_image"] == {"train": 3, "val": 1, "test": 1}
     acts, labels, ids = load_split(trunk_dir, "train")
     assert acts.shape[:2] == (len(labels), 3) and acts.dtype == np.float16
+    assert all(ft_artifact.split_assembled(trunk_dir, s) for s in ("train", "val", "test"))
+    assert not ft_artifact.split_assembled(trunk_dir, "absent") and not (trunk_dir / "train" / "shards").exists()
+    assert ft_artifact.read_trunk_classes(trunk_dir) == data_stage.load_data(data_dir).classes
     ds = data_stage.load_data(data_dir)
     src = next(ds.sources("train"))
     img = images.decode_image(src, min_size=max(bb.spec.resize_size, bb.spec.input_size))  # as the stages decode

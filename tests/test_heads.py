@@ -128,6 +128,9 @@ def test_the_heads_artifact_reads_back_what_the_stage_wrote(fitted, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
     assert artifact.read(tmp_path) == m
     assert artifact.read(tmp_path / "absent") is None
+    from pipeline.heads import trained
+
+    assert trained.read_classes(out) == CLASSES
 
 
 def test_predictions_file_and_loaded_heads_agree(fitted, feats):

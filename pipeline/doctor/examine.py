@@ -24,14 +24,12 @@ def load(features_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[st
     Features stored one row per view (``features.reduce: rows``) are averaged back to one row
     per image, so the doctor judges images.
     """
-    import json
+    from pipeline.features.artifact import load_split, read_classes, split_assembled
 
-    from pipeline.features.artifact import load_split
-
-    classes = json.loads((features_dir / "classes.json").read_text())
+    classes = read_classes(features_dir)
     xs, ys, ids, split_of = [], [], [], []
     for s in SPLITS:
-        if not (features_dir / s / "features.npy").exists():
+        if not split_assembled(features_dir, s):
             continue
         x, y, i = load_split(features_dir, s)
         x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)

@@ -1,10 +1,13 @@
-"""What the features stage writes, and its readers (`load_split`, `read_info`).
+"""What the features stage writes, its writers, and its readers (`load_split`, `read_info`, `read_classes`).
 
   classes.json           class names (index = label)
   info.json              `FeaturesInfo`: backbone, width, dtype, rows and images per split, views
   <split>/features.npy   (N, D) float32 or float16 (N x views rows with ``reduce: rows``)
   <split>/labels.npy     (N,) int32
   <split>/ids.json       N image ids (``<id>#<view>`` with ``reduce: rows`` and several views)
+
+A split is whole once its ids.json exists (`split_assembled`): the stage's finalize writes it last
+(`write_split_labels_ids`), so a finalize killed mid-split leaves that split to be assembled again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 INFO = "info.json"
+CLASSES = "classes.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,45 @@ def read_info(features_dir: str | os.PathLike) -> FeaturesInfo:
     raw = json.loads((Path(features_dir) / INFO).read_text())
     known = {f.name for f in dataclasses.fields(FeaturesInfo)}
     return FeaturesInfo(**{k: v for k, v in raw.items() if k in known})
+
+
+def write_classes(out_dir: str | os.PathLike, classes: list[str]) -> None:
+    """Write classes.json durably (index = label)."""
+    from pipeline import shards
+
+    shards.write_durable_json(Path(out_dir) / CLASSES, list(classes))
+
+
+def read_classes(features_dir: str | os.PathLike) -> list[str]:
+    """The class names the features' labels index.
+
+    Raises:
+      FileNotFoundError: no classes.json: `features_dir` is not a features stage output.
+    """
+    path = Path(features_dir) / CLASSES
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {features_dir} is not a features stage output")
+    return list(json.loads(path.read_text()))
+
+
+def features_path(out_dir: str | os.PathLike, split: str) -> Path:
+    """Where a split's (N, D) features go (the stage assembles its shards there)."""
+    return Path(out_dir) / split / "features.npy"
+
+
+def write_split_labels_ids(out_dir: str | os.PathLike, split: str, labels: np.ndarray, ids: list[str]) -> None:
+    """Write a split's labels.npy, then its ids.json: the last durable write of a split, which marks
+    it assembled (`split_assembled`); its features.npy must already be in place."""
+    from pipeline import shards
+
+    d = Path(out_dir) / split
+    shards.write_durable(d / "labels.npy", np.asarray(labels, np.int32))
+    shards.write_durable_json(d / "ids.json", list(ids))
+
+
+def split_assembled(features_dir: str | os.PathLike, split: str) -> bool:
+    """Whether a split's files are all written (its ids.json, written last, exists)."""
+    return (Path(features_dir) / split / "ids.json").is_file()
 
 
 def load_split(features_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

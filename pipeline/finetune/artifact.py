@@ -6,7 +6,8 @@ Trunk (the contract with `finetune`):
   <split>/activations.npy    (N * r, h * w * c) float16/float32, rows image-major (r = 1 + views for
                              train, 1 otherwise); `load_split` memory-maps and reshapes it
   <split>/labels.npy         (N,) int32, one per image
-  <split>/ids.json           N image ids
+  <split>/ids.json           N image ids, written last: a split is whole once it exists
+                             (`write_split_labels_ids`, `split_assembled`)
 
 Finetune:
   metrics.json               `FinetuneMetrics`: {"classes", "heads": {"finetune": {"hyperparameters",
@@ -77,9 +78,32 @@ def read_trunk_info(trunk_dir: str | Path) -> TrunkInfo:
     return TrunkInfo(**{**raw, "activation_shape": tuple(raw.get("activation_shape", ()))})
 
 
+def write_trunk_classes(out_dir: str | Path, classes: list[str]) -> None:
+    """Write the trunk's classes.json durably (index = label)."""
+    shards.write_durable_json(Path(out_dir) / "classes.json", list(classes))
+
+
 def read_trunk_classes(trunk_dir: str | Path) -> list[str]:
     """The class names the trunk's labels index."""
     return list(json.loads((Path(trunk_dir) / "classes.json").read_text()))
+
+
+def activations_path(out_dir: str | Path, split: str) -> Path:
+    """Where a split's activations go (the stage assembles its shards there)."""
+    return Path(out_dir) / split / "activations.npy"
+
+
+def write_split_labels_ids(out_dir: str | Path, split: str, labels: np.ndarray, ids: list[str]) -> None:
+    """Write a split's labels.npy, then its ids.json: the last durable write of a split, which marks
+    it assembled (`split_assembled`); its activations.npy must already be in place."""
+    d = Path(out_dir) / split
+    shards.write_durable(d / "labels.npy", np.asarray(labels, np.int32))
+    shards.write_durable_json(d / "ids.json", list(ids))
+
+
+def split_assembled(trunk_dir: str | Path, split: str) -> bool:
+    """Whether a split's files are all written (its ids.json, written last, exists)."""
+    return (Path(trunk_dir) / split / "ids.json").is_file()
 
 
 def load_split(trunk_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -87,7 +111,7 @@ def load_split(trunk_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarra
     info = read_trunk_info(trunk_dir)
     d = Path(trunk_dir) / split
     labels = np.load(d / "labels.npy")
-    acts = np.load(d / "activations.npy", mmap_mode="r")
+    acts = np.load(activations_path(trunk_dir, split), mmap_mode="r")
     r = info.rows_per_image[split]
     return acts.reshape(len(labels), r, *info.activation_shape), labels, json.loads((d / "ids.json").read_text())
 

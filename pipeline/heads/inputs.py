@@ -8,7 +8,6 @@ dominates the penalty by the size of its activations.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,15 +20,15 @@ SPLITS = ("train", "val", "test")
 
 def load_features(features_dir: Path) -> dict[str, Any]:
     """classes and (features float32, labels, ids) for every split present in one folder."""
-    from pipeline.features.artifact import load_split
+    from pipeline.features.artifact import load_split, read_classes, split_assembled
 
     features_dir = Path(features_dir)
-    classes_path = features_dir / "classes.json"
-    if not classes_path.exists():
-        raise UserError(f"{classes_path} not found: {features_dir} is not a features stage output.")
-    data: dict[str, Any] = {"classes": json.loads(classes_path.read_text())}
+    try:
+        data: dict[str, Any] = {"classes": read_classes(features_dir)}
+    except FileNotFoundError as e:
+        raise UserError(f"{e}.") from None
     for split in SPLITS:
-        if (features_dir / split / "features.npy").exists():
+        if split_assembled(features_dir, split):
             x, y, ids = load_split(features_dir, split)
             data[split] = (np.asarray(x, np.float32), np.asarray(y, np.int64), list(ids))
     return data

@@ -80,6 +80,15 @@ def save_head(heads_dir: Path, name: str, kind: str, params: Mapping[str, Any],
     index_path.write_text(json.dumps(index, indent=1))
 
 
+def read_classes(heads_dir: Path) -> list[str]:
+    """The class names every head in `heads_dir` predicts (``heads.json``'s, index = logit).
+
+    Raises:
+      FileNotFoundError: no heads.json in `heads_dir` (not a heads output folder).
+    """
+    return list(json.loads((Path(heads_dir) / INDEX).read_text())["classes"])
+
+
 def available(heads_dir: Path) -> list[str]:
     """Names of the heads saved in `heads_dir`."""
     path = Path(heads_dir) / INDEX

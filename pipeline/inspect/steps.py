@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -211,15 +210,16 @@ def map_points(features_dir: Path, splits: Sequence[str], head: Any, max_points:
     import jax
     import jax.numpy as jnp
 
+    from pipeline.features.artifact import load_split, split_assembled
+
     feats, labels, ids, split_of = [], [], [], []
     for s in splits:
-        d = Path(features_dir) / s
-        if not (d / "features.npy").is_file():
+        if not split_assembled(features_dir, s):
             continue
-        f = np.load(d / "features.npy", mmap_mode="r")
+        f, y, i = load_split(features_dir, s)
         feats.append(np.asarray(f, np.float32))
-        labels.append(np.load(d / "labels.npy"))
-        ids += json.loads((d / "ids.json").read_text())
+        labels.append(y)
+        ids += i
         split_of += [s] * len(f)
     if not feats:
         raise UserError(f"inspect.map_splits: none of {', '.join(splits)} has cached features in {features_dir}.")

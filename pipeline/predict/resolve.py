@@ -11,7 +11,6 @@ imports jax.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -119,7 +118,9 @@ def load_run(cache_dir: Any, heads_key: str) -> RunRef:
                         f"longer in {cache_dir}; rerun `python -m pipeline run heads` with that run's params.")
     fparams = fman.get("params") or {}
     backbone = dict(fparams.get("backbone") or {})
-    classes = list(json.loads((heads_dir / "heads.json").read_text())["classes"])
+    from pipeline.heads import trained
+
+    classes = trained.read_classes(heads_dir)
     return RunRef(cache_dir=cache_dir, keys={k: v for k, v in keys.items() if k in ("data", "features", "heads")},
                   heads_dir=heads_dir, backbone=backbone, features=dict(fparams.get("features") or {}),
                   classes=classes, metrics=artifact.read(heads_dir) or artifact.HeadsMetrics(classes=classes, heads={}),

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from pipeline.params import to_plain
 from pipeline.plain import canonical, flatten, load_json  # noqa: F401 (the report's readers use them as readers.*)
-from pipeline.sources.dataset import DataSet, load_data
+from pipeline.sources.dataset import DataSet, has_data, load_data
 from pipeline.sources.dataset import read_skipped as read_skipped_records
 
 
@@ -69,14 +69,19 @@ def param_rows(params: Mapping[str, Mapping], defaults: Mapping[str, Mapping]) -
 
 def read_data(data_dir: Path | None) -> DataSet | None:
     """The data stage's output (`pipeline.sources.dataset`), or None when there is none."""
-    return load_data(data_dir) if data_dir is not None and (Path(data_dir) / "splits.json").is_file() else None
+    return load_data(data_dir) if has_data(data_dir) else None
 
 
 def read_classes(data: DataSet | None, features_dir: Path | None) -> list[str] | None:
     """Class names: the data stage's, else the features stage's classes.json (the same list)."""
     if data is not None:
         return list(data.classes)
-    c = load_json(Path(features_dir) / "classes.json") if features_dir is not None else None
+    from pipeline.features.artifact import read_classes as read_features_classes
+
+    try:
+        c = read_features_classes(features_dir) if features_dir is not None else None
+    except (OSError, ValueError):  # absent or unreadable: no classes to show
+        c = None
     return [str(x) for x in c] if c else None
 
 

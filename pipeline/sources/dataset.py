@@ -123,11 +123,21 @@ def read_skipped(data_dir: str | os.PathLike) -> list[Skipped]:
     return [Skipped(**r) for r in json.loads((Path(data_dir) / "skipped.json").read_text())]
 
 
+def has_data(data_dir: str | os.PathLike | None) -> bool:
+    """Whether `data_dir` holds a data stage output (its splits.json), so `load_data` can read it."""
+    return data_dir is not None and (Path(data_dir) / "splits.json").is_file()
+
+
+def read_classes(data_dir: str | os.PathLike) -> list[str]:
+    """The class names (index = label) alone, without reading every split's ids."""
+    return list(json.loads((Path(data_dir) / "classes.json").read_text()))
+
+
 def load_data(data_dir: str | os.PathLike) -> DataSet:
     """Read the data stage's output folder (classes.json, splits.json, info.json)."""
     root = Path(data_dir)
     info = json.loads((root / "info.json").read_text())
-    classes = json.loads((root / "classes.json").read_text())
+    classes = read_classes(root)
     raw = json.loads((root / "splits.json").read_text())
     splits = {s: SplitRecords(ids=v["ids"], labels=v["labels"], indices=v.get("indices"),
                               tfds_split=v.get("tfds_split")) for s, v in raw.items()}
