@@ -105,7 +105,6 @@ class Coordinator:
         self.process_index, self.process_count = process_index, process_count
         self._client = client
         self._timeout_s = timeout_s
-        self._seq = 0
 
     @property
     def is_leader(self) -> bool:

@@ -108,7 +108,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # Every photo either part needs, decoded once.
     photos = steps.choose_photos(data, p.photos)
-    preds = read_predictions(heads_dir, answer, classes) or []
+    preds = read_predictions(heads_dir, answer) or []
     examples = steps.pick_examples(preds, p.max_mistakes, p.max_correct)
     test = "test" if "test" in data.splits else next(iter(data.splits))
     t0 = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -128,6 +129,15 @@ def test_the_heads_artifact_reads_back_what_the_stage_wrote(fitted, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
     assert artifact.read(tmp_path) == m
     assert artifact.read(tmp_path / "absent") is None
+    # A file that is there but is not what the writer writes: one error naming it and the fix.
+    for damaged in ("{not json", "[]", json.dumps({"classes": CLASSES})):
+        (tmp_path / "metrics.json").write_text(damaged)
+        with pytest.raises(UserError, match=re.escape(str(tmp_path / "metrics.json")) + ".*--force heads"):
+            artifact.read(tmp_path)
+    (tmp_path / "predictions_logreg.json").write_text('{"classes": ["a"], "predictions": [{"id": 1}]}')
+    with pytest.raises(UserError, match="predictions_logreg.json.*--force heads"):
+        artifact.read_predictions(tmp_path, "logreg")
+    assert artifact.read_predictions(tmp_path, "mlp") is None
     from pipeline.heads import trained
 
     assert trained.read_classes(out) == CLASSES
@@ -148,7 +158,7 @@ def test_predictions_file_and_loaded_heads_agree(fitted, feats):
         assert [r["id"] for r in rows] == [f"test/{i}.jpg" for i in range(len(y))]
         assert [r["true"] for r in rows] == [CLASSES[i] for i in y]
         assert all(len(r["top"]) == 4 and r["top"][0][0] == r["pred"] for r in rows)
-        typed = artifact.read_predictions(out, name, None)  # the one reader: rows as `PredictionRow`s
+        typed = artifact.read_predictions(out, name)  # the one reader: rows as `PredictionRow`s
         assert [(t.id, CLASSES[t.true], CLASSES[t.pred], t.p_pred, t.p_true, [list(x) for x in t.top]) for t in typed] \
             == [(r["id"], r["true"], r["pred"], r["p_pred"], r["p_true"], r["top"]) for r in rows]
         head = load_head(out, name)

@@ -439,9 +439,13 @@ def test_tfds_mistakes_get_thumbnails_from_the_data_stage(tmp_path):
     classes = json.loads((data_dir / "classes.json").read_text())
     heads_dir = tmp_path / "heads"
     heads_dir.mkdir()
-    preds = [{"id": i, "true": classes[y], "pred": classes[(y + 1) % len(classes)], "p_pred": 0.9, "p_true": 0.05}
-             for i, y in zip(test_ids, splits["test"]["labels"])]
-    (heads_dir / "predictions_logreg.json").write_text(json.dumps({"predictions": preds}))
+    from pipeline.heads.artifact import write_predictions
+
+    y = np.asarray(splits["test"]["labels"])
+    probs = np.zeros((len(y), len(classes)))   # every photo a confident mistake: the next class at 0.9
+    probs[np.arange(len(y)), (y + 1) % len(classes)] = 0.9
+    probs[np.arange(len(y)), y] = 0.05
+    write_predictions(heads_dir / "predictions_logreg.json", probs, y, test_ids, classes, top_k=3)
     sec = sections.mistakes_section(heads_dir, "logreg", classes, finder, sections.Options(split="test"))
     gallery = next(b for b in sec.blocks if isinstance(b, sections.Gallery))
     assert len(gallery.cards) == len(test_ids) and all(card.images for card in gallery.cards)

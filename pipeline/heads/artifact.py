@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.plain import load_json
+from pipeline.plain import read_output_json
 
 SPLITS = ("train", "val", "test")
 METRICS = "metrics.json"
@@ -192,15 +192,21 @@ def write_json(path: Path, raw: Any) -> None:
 
 
 def read(folder: Path | None) -> HeadsMetrics | None:
-    """metrics.json of a heads output, or None when absent."""
-    raw = load_json(Path(folder) / METRICS) if folder is not None else None
-    if not isinstance(raw, dict) or not isinstance(raw.get("heads"), dict):
-        return None
-    return HeadsMetrics(classes=raw.get("classes"), heads=heads_from_record(raw["heads"]),
+    """metrics.json of a heads output, or None when `folder` is None or holds none.
+
+    Raises:
+      UserError: the file is there but is not what `write_metrics` writes (naming it and the fix).
+    """
+    return read_output_json(Path(folder) / METRICS, "heads", _parse_metrics) if folder is not None else None
+
+
+def _parse_metrics(raw: dict[str, Any]) -> HeadsMetrics:
+    # Keys the writer always writes are indexed; the optional ones (baseline, curve, standardize) read with get.
+    return HeadsMetrics(classes=list(raw["classes"]), heads=heads_from_record(raw["heads"]),
                         learning_curve=_curve(raw.get("learning_curve")), baseline=raw.get("baseline"),
-                        backbones=raw.get("backbones") or [], fuse=raw.get("fuse"),
-                        class_weight=raw.get("class_weight"), standardize_param=raw.get("standardize_param"),
-                        standardize=raw.get("standardize"), seconds=raw.get("seconds") or {})
+                        backbones=list(raw["backbones"]), fuse=raw["fuse"], class_weight=raw["class_weight"],
+                        standardize_param=raw["standardize_param"], standardize=raw.get("standardize"),
+                        seconds=dict(raw["seconds"]))
 
 
 def write_predictions(path: Path, probs: np.ndarray, y: np.ndarray, ids: Sequence[Any], classes: list[str],
@@ -221,26 +227,23 @@ def write_predictions(path: Path, probs: np.ndarray, y: np.ndarray, ids: Sequenc
     path.write_text(f'{head}, "predictions": [\n{body}\n]}}\n')
 
 
-def read_predictions(heads_dir: Path | None, head: str, classes: Sequence[str] | None
-                     ) -> list[PredictionRow] | None:
-    """predictions_<head>.json as `PredictionRow`s (labels as indices), or None when absent.
+def read_predictions(heads_dir: Path | None, head: str) -> list[PredictionRow] | None:
+    """predictions_<head>.json as `PredictionRow`s (labels as indices into its ``classes``), or None
+    when `heads_dir` is None or holds no such file.
 
-    `classes` names the labels when the file does not; a row whose label is not a class is left out.
+    Raises:
+      UserError: the file is there but is not what `write_predictions` writes.
     """
     if heads_dir is None:
         return None
-    raw = load_json(Path(heads_dir) / f"predictions_{head}.json")
-    if not isinstance(raw, dict):
-        return None
-    index = {c: i for i, c in enumerate(raw.get("classes") or classes or [])}
-    rows = []
-    for r in raw.get("predictions") or []:
-        true, pred = index.get(r["true"]), index.get(r["pred"])
-        if true is None or pred is None:
-            continue
-        rows.append(PredictionRow(id=str(r["id"]), true=true, pred=pred, p_pred=r.get("p_pred"),
-                                  p_true=r.get("p_true"), top=tuple((str(c), p) for c, p in r.get("top") or ())))
-    return rows
+    return read_output_json(Path(heads_dir) / f"predictions_{head}.json", "heads", _parse_predictions)
+
+
+def _parse_predictions(raw: dict[str, Any]) -> list[PredictionRow]:
+    index = {c: i for i, c in enumerate(raw["classes"])}
+    return [PredictionRow(id=str(r["id"]), true=index[r["true"]], pred=index[r["pred"]], p_pred=r["p_pred"],
+                          p_true=r["p_true"], top=tuple((str(c), p) for c, p in r["top"]))
+            for r in raw["predictions"]]
 
 
 def _finite(obj: Any) -> Any:

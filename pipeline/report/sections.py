@@ -159,7 +159,7 @@ def per_class_section(heads: HeadsMetrics, primary: str, classes: list[str], opt
 
 def mistakes_section(heads_dir: Path, primary: str, classes: list[str], finder: readers.ImageFinder,
                      opts: Options) -> Section:
-    preds = read_predictions(heads_dir, primary, classes)
+    preds = read_predictions(heads_dir, primary)
     title = "Most confident mistakes"
     if preds is None:
         return Section("mistakes", title, status="not run", note=f"No predictions_{primary}.json in the heads output.")
