@@ -95,6 +95,20 @@ def _group_of(found: dict) -> dict[str, int]:
     return {m["id"]: g_i for g_i, g in enumerate(found["groups"]) for m in g["members"]}
 
 
+def test_the_doctor_artifact_reads_back_and_refuses_a_damaged_file(doctored, tmp_path):
+    """`read` gives the stage's doctor.json as `Findings`; a file of another shape is one error
+    naming it and the fix."""
+    from pipeline.doctor import artifact
+    from pipeline.errors import UserError
+
+    found = artifact.read(doctored.plans["doctor"].out)
+    assert found.classes == doctored.found["classes"] and found.counts == doctored.found["counts"]
+    assert artifact.read(tmp_path) is None
+    (tmp_path / "doctor.json").write_text(json.dumps({**doctored.found, "groupz": []}))
+    with pytest.raises(UserError, match=r"doctor.json.*--force doctor"):
+        artifact.read(tmp_path)
+
+
 @pytest.mark.slow
 def test_planted_copies_across_splits_are_found_and_distinct_photos_are_never_paired(doctored):
     found, plant = doctored.found, doctored.plant

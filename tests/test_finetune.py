@@ -209,6 +209,12 @@ def test_the_fine_tuned_classifier_is_one_more_head_to_every_reader(tmp_path):
     assert ft_artifact.read_with_finetune(tmp_path / "heads", tmp_path / "off") == heads
     assert ft_artifact.read_with_finetune(tmp_path / "heads") == heads
     assert ft_artifact.read_with_finetune(tmp_path / "absent", tmp_path / "ft") is None
+    # Neither the stub nor the writer's shape: the damaged-output error, naming the file and the fix.
+    from pipeline.errors import UserError
+
+    (tmp_path / "off" / "metrics.json").write_text('{"enabled": true}')
+    with pytest.raises(UserError, match=r"off/metrics.json.*--force finetune"):
+        ft_artifact.read_metrics(tmp_path / "off")
 
 
 def test_bad_cut_names_the_key_and_near_layers():

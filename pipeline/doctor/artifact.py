@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.doctor import drops as drop_list
+from pipeline.plain import read_output_json
 
 FILE = "doctor.json"
 
@@ -59,8 +60,9 @@ def write(out_dir: str | Path, found: Findings) -> None:
 
 
 def read(folder: str | Path | None) -> Findings | None:
-    """The doctor's findings, or None when `folder` is None or holds no doctor.json."""
-    path = Path(folder) / FILE if folder is not None else None
-    if path is None or not path.is_file():
-        return None
-    return Findings(**json.loads(path.read_text()))
+    """The doctor's findings, or None when `folder` is None or holds no doctor.json.
+
+    Raises:
+      UserError: doctor.json is there but is not what `write` writes (naming it and the fix).
+    """
+    return read_output_json(Path(folder) / FILE, "doctor", lambda raw: Findings(**raw)) if folder is not None else None

@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline import shards
 from pipeline.heads.artifact import HeadsMetrics, heads_from_record, heads_record, read, write_json
-from pipeline.plain import load_json
+from pipeline.plain import read_output_json
 
 TRUNK_INFO = "info.json"
 FINETUNED = "finetune.json"
@@ -175,14 +175,22 @@ def write_metrics(out_dir: str | Path, m: FinetuneMetrics | None) -> None:
 
 
 def read_metrics(finetune_dir: str | Path | None) -> FinetuneMetrics | None:
-    """The finetune stage's metrics.json, or None when absent or fine-tuning was off."""
-    raw = load_json(Path(finetune_dir) / METRICS) if finetune_dir is not None else None
-    if not isinstance(raw, dict) or not isinstance(raw.get("heads"), dict):
+    """The finetune stage's metrics.json, or None when absent or fine-tuning was off (the stub).
+
+    Raises:
+      UserError: the file is there but is neither the stub nor what `write_metrics` writes.
+    """
+    if finetune_dir is None:
         return None
-    return FinetuneMetrics(heads=HeadsMetrics(classes=raw.get("classes"), heads=heads_from_record(raw["heads"])),
-                           probe=raw.get("probe") or {}, start=raw.get("start") or {},
-                           best_train_loss=raw.get("best_train_loss"), history=raw.get("history") or [],
-                           seconds=raw.get("seconds") or {}, best_probe=raw.get("best_probe"))
+    return read_output_json(Path(finetune_dir) / METRICS, "finetune", _parse_metrics)
+
+
+def _parse_metrics(raw: dict[str, Any]) -> FinetuneMetrics | None:
+    if raw == {"enabled": False}:
+        return None
+    return FinetuneMetrics(heads=HeadsMetrics(classes=list(raw["classes"]), heads=heads_from_record(raw["heads"])),
+                           probe=raw["probe"], start=raw["start"], best_train_loss=raw.get("best_train_loss"),
+                           history=raw["history"], seconds=raw["seconds"], best_probe=raw.get("best_probe"))
 
 
 def read_with_finetune(heads_dir: str | Path | None, finetune_dir: str | Path | None = None) -> HeadsMetrics | None:
