@@ -42,6 +42,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     """
     from pipeline.doctor import drops
     from pipeline.heads import artifact, inputs, memo, probe
+    from pipeline.heads.summary import table as end_of_run_table
     from pipeline.heads.metrics import evaluate
     from pipeline.heads.mlp_fit import fit_mlp
     from pipeline.heads.trained import fold_standardization
@@ -111,7 +112,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         learning_curve=curve, baseline=base, backbones=blocks, fuse=p.fuse if len(blocks) > 1 else None,
         class_weight=p.class_weight, standardize_param=p.standardize, standardize=std, seconds=timings)
     artifact.write(Path(ctx.out_dir), artifact.HeadsOutput(metrics, fitted, predictions))
-    ctx.log("\n" + artifact.table(metrics))
+    ctx.log("\n" + end_of_run_table(metrics))
     split = metrics.judged_split()
     summary = {"classes": K, "logreg_C": lr["chosen"]["C"], "standardize": std}
     if len(blocks) > 1:
