@@ -149,6 +149,18 @@ def assemble_split(stage: str, split: str, folder: Path, dest: Path, ranges: Seq
     assemble(dest, [shard_path(folder, r) for r in ranges], (n * rows_per_item, width), dtype)
 
 
+def write_split_tail(split_dir: Path, labels: np.ndarray, ids: Sequence[str]) -> None:
+    """Write an assembled split's labels.npy, then its ids.json: ids.json is the split's last
+    durable write, so its presence (`split_written`) means the whole split is on disk."""
+    write_durable(Path(split_dir) / "labels.npy", np.asarray(labels, np.int32))
+    write_durable_json(Path(split_dir) / "ids.json", list(ids))
+
+
+def split_written(split_dir: Path) -> bool:
+    """Whether `write_split_tail` finished for this split (its ids.json, written last, exists)."""
+    return (Path(split_dir) / "ids.json").is_file()
+
+
 def write_durable_json(path: Path, obj: object) -> None:
     """Write JSON at `path` so that the file exists only when complete (as `write_durable`)."""
     import json

@@ -89,7 +89,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if targets_lib.split_spec(p.target)[0] != targets_lib.IMAGENET and p.head not in head_names + [finetuned.NAME]:
         raise targets_lib.TargetError(f"adversarial.head: no trained head {p.head!r} in the heads stage's "
                                       f"output; available: {', '.join(head_names) or 'none'}, finetune.")
-    head_classes = {n: read_classes(heads_dir) for n in head_names}
+    # Every head of the stage predicts the same classes (heads.json's): read them once.
+    shared = read_classes(heads_dir) if head_names else []
+    head_classes = {n: shared for n in head_names}
     if finetuned.available(ft_dir):
         head_classes[finetuned.NAME] = finetuned.classes(ft_dir)
     target = targets_lib.resolve(p.target, p.head, head_classes, "adversarial.target")

@@ -60,7 +60,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     bp = ctx.params["backbone"]
     heads_dir = Path(ctx.inputs["heads"])
     head_names = available(heads_dir)
-    head_classes = {n: read_classes(heads_dir) for n in head_names}
+    # Every head of the stage predicts the same classes (heads.json's): read them once.
+    shared = read_classes(heads_dir) if head_names else []
+    head_classes = {n: shared for n in head_names}
     from pipeline.finetune import model as finetuned
 
     ft_dir = Path(ctx.inputs["finetune"]) if "finetune" in ctx.inputs else None

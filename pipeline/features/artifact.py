@@ -96,14 +96,14 @@ def write_split_labels_ids(out_dir: str | os.PathLike, split: str, labels: np.nd
     it assembled (`split_assembled`); its features.npy must already be in place."""
     from pipeline import shards
 
-    d = Path(out_dir) / split
-    shards.write_durable(d / "labels.npy", np.asarray(labels, np.int32))
-    shards.write_durable_json(d / "ids.json", list(ids))
+    shards.write_split_tail(Path(out_dir) / split, labels, ids)
 
 
 def split_assembled(features_dir: str | os.PathLike, split: str) -> bool:
     """Whether a split's files are all written (its ids.json, written last, exists)."""
-    return (Path(features_dir) / split / "ids.json").is_file()
+    from pipeline import shards
+
+    return shards.split_written(Path(features_dir) / split)
 
 
 def load_split(features_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -96,14 +96,12 @@ def activations_path(out_dir: str | Path, split: str) -> Path:
 def write_split_labels_ids(out_dir: str | Path, split: str, labels: np.ndarray, ids: list[str]) -> None:
     """Write a split's labels.npy, then its ids.json: the last durable write of a split, which marks
     it assembled (`split_assembled`); its activations.npy must already be in place."""
-    d = Path(out_dir) / split
-    shards.write_durable(d / "labels.npy", np.asarray(labels, np.int32))
-    shards.write_durable_json(d / "ids.json", list(ids))
+    shards.write_split_tail(Path(out_dir) / split, labels, ids)
 
 
 def split_assembled(trunk_dir: str | Path, split: str) -> bool:
     """Whether a split's files are all written (its ids.json, written last, exists)."""
-    return (Path(trunk_dir) / split / "ids.json").is_file()
+    return shards.split_written(Path(trunk_dir) / split)
 
 
 def load_split(trunk_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

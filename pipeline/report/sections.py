@@ -177,7 +177,7 @@ def mistakes_section(heads_dir: Path, primary: str, classes: list[str], finder: 
         lines = [f"predicted {name(r.pred)} ({pct(r.p_pred, 0)})"]
         if r.p_true is not None:
             lines.append(f"p(true class) = {pct(r.p_true, 0)}")
-        if (top := top_k_text(list(r.top[1:3]))):
+        if (top := top_k_text(r.top[1:3])):
             lines.append(f"next: {top}")
         cards.append(Card([(thumb, "")] if thumb else [], title=f"true: {name(r.true)}", lines=lines,
                           kind="bad", foot=r.id))
